@@ -1,0 +1,58 @@
+"""CLaRaConfig: everything that defines a CLaRa model besides its weights."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ADAPTERS = ("compressor", "query_reasoner", "generator")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class LoraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    # "all-linear" = every Linear in the blocks, never lm_head (peft's own rule), so the
+    # same default works for Llama, Mistral, Qwen2 and Gemma module names.
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class CLaRaConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str = "smollm2-135m"
+    compression_rate: int = Field(32, ge=1, le=256)
+    doc_max_length: int = Field(256, ge=1)
+    generation_top_k: int = Field(5, ge=1)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    topk_temperature: float = Field(0.02, gt=0)
+    mse_weight: float = Field(0.1, ge=0)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: str = "sdpa"
+    memory_token_template: str = "<MEM{i}>"
+    encoder_token: str = "<ENC>"
+    separator_token: str = "<SEP>"
+    # adapter -> stage that last trained it; an adapter missing here was never trained.
+    trained: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_rate(self):
+        if self.doc_max_length < self.compression_rate:
+            raise ValueError(
+                f"doc_max_length ({self.doc_max_length}) must be >= compression_rate ({self.compression_rate})"
+            )
+        return self
+
+    @property
+    def num_memory_tokens(self) -> int:
+        return self.doc_max_length // self.compression_rate
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def memory_tokens(self) -> list[str]:
+        return [self.memory_token_template.format(i=i) for i in range(self.num_memory_tokens)]

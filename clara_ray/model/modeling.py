@@ -1,0 +1,465 @@
+"""CLaRa: compress documents into memory-token states, retrieve and generate from them.
+
+Read top to bottom: construction (backbone + special tokens + three LoRA adapters), adapter
+switching, compression, query encoding, generator inputs, the three stage losses, inference API,
+and save/load. SPEC.md sections 1-5 and 7 define the behaviour.
+"""
+from __future__ import annotations
+
+import json
+import random
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from clara_ray.backbones import resolve_backbone
+from clara_ray.data.records import CompressPretrainRecord, EndToEndRecord, InstructRecord
+from clara_ray.model import prompts
+from clara_ray.model.configuration import ADAPTERS, CLaRaConfig
+from clara_ray.model.embeddings import ExtendedEmbedding
+from clara_ray.model.topk import cosine_scores, straight_through_topk
+
+CONFIG_FILE = "clara_config.json"
+MEMORY_ROWS_FILE = "memory_embeddings.safetensors"
+ADAPTER_DIR = "adapters"
+
+
+@dataclass
+class StageLoss:
+    loss: torch.Tensor
+    ce: torch.Tensor
+    mse: torch.Tensor | None = None
+    recall: dict[str, float] = field(default_factory=dict)  # stage 3, when gold indices are known
+    num_tokens: int = 0  # input tokens processed, for throughput logging
+
+
+@dataclass
+class _Batch:
+    """Token ids, mask and positions of a padded batch."""
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        # Positions count real tokens only, so an input's result does not depend on how much
+        # padding its batch-mates forced on it (same query encoding at training and serving).
+        return (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class CLaRa(nn.Module):
+    # ------------------------------------------------------------------ construction
+    def __init__(self, config: CLaRaConfig, backbone: nn.Module, tokenizer):
+        super().__init__()
+        self.config = config
+        self.backbone = backbone  # peft PeftModel holding the three adapters
+        self.tokenizer = tokenizer
+        self.memory_ids = tokenizer.convert_tokens_to_ids(config.memory_tokens())
+        self.encoder_id = tokenizer.convert_tokens_to_ids(config.encoder_token)
+        self.separator_id = tokenizer.convert_tokens_to_ids(config.separator_token)
+        self._lora_layers = [m for m in backbone.modules() if isinstance(m, LoraLayer)]
+        self._rng = random.Random(0)
+        self._active: str | None = None
+        self.use_adapter("generator")
+
+    @classmethod
+    def from_config(cls, config: CLaRaConfig, device: str | torch.device | None = None) -> "CLaRa":
+        """A new CLaRa on `config.backbone` with freshly initialised adapters and memory rows."""
+        source = resolve_backbone(config.backbone)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        lm = AutoModelForCausalLM.from_pretrained(
+            source, dtype=config.torch_dtype, attn_implementation=config.attn_implementation
+        )
+        lm.requires_grad_(False)
+        first_new_id = len(tokenizer)
+        specials = [*config.memory_tokens(), config.encoder_token, config.separator_token]
+        tokenizer.add_special_tokens({"additional_special_tokens": specials}, replace_extra_special_tokens=False)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        lm.set_input_embeddings(ExtendedEmbedding(lm.get_input_embeddings(), first_new_id, len(specials)))
+
+        lora = LoraConfig(
+            r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+            target_modules=config.lora.target_modules, bias="none", task_type="CAUSAL_LM",
+        )
+        peft_model = get_peft_model(lm, lora, adapter_name=ADAPTERS[0])
+        for name in ADAPTERS[1:]:
+            peft_model.add_adapter(name, lora)
+        model = cls(config, peft_model, tokenizer)
+        model.requires_grad_(False)
+        return model.to(device) if device is not None else model
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.embeddings.new_rows.device
+
+    @property
+    def num_memory_tokens(self) -> int:
+        return self.config.num_memory_tokens
+
+    @property
+    def hidden_size(self) -> int:
+        return self.embeddings.embedding_dim
+
+    @property
+    def language_model(self) -> nn.Module:
+        """The Hugging Face causal LM (with LoRA layers injected)."""
+        return self.backbone.get_base_model()
+
+    @property
+    def embeddings(self) -> ExtendedEmbedding:
+        return self.backbone.get_base_model().get_input_embeddings()
+
+    # ------------------------------------------------------------------ adapters
+    def use_adapter(self, name: str) -> None:
+        """Activate one adapter. Unlike peft's set_adapter this leaves requires_grad alone, so
+        one training step can run compressor and generator and still train both."""
+        if name not in ADAPTERS:
+            raise ValueError(f"unknown adapter {name!r}; expected one of {ADAPTERS}")
+        if name != self._active:
+            for layer in self._lora_layers:
+                layer._active_adapter = [name]
+            self._active = name
+
+    @contextmanager
+    def adapter(self, name: str | None):
+        """`with model.adapter("compressor"):` ...; None runs the bare backbone (no LoRA)."""
+        previous = self._active
+        if name is None:
+            with self.backbone.disable_adapter():
+                yield
+            return
+        self.use_adapter(name)
+        try:
+            yield
+        finally:
+            self.use_adapter(previous)
+
+    def adapter_parameters(self, name: str) -> list[nn.Parameter]:
+        return [p for n, p in self.backbone.named_parameters() if f".{name}." in n and "lora_" in n]
+
+    def reset_adapter(self, name: str) -> None:
+        for layer in self._lora_layers:
+            if name in layer.lora_A:
+                layer.reset_lora_parameters(name, init_lora_weights=True)
+        self.config.trained.pop(name, None)
+
+    def copy_adapter(self, source: str, target: str) -> None:
+        state = get_peft_model_state_dict(self.backbone, adapter_name=source)
+        set_peft_model_state_dict(self.backbone, state, adapter_name=target)
+        if source in self.config.trained:
+            self.config.trained[target] = f"copied from {source}"
+
+    def prepare_stage(self, stage: str) -> None:
+        """Initialise adapters and set what trains for a stage (SPEC section 5)."""
+        self.requires_grad_(False)
+        if stage == "compress_pretrain":
+            trained = ["compressor", "generator"]
+            self.embeddings.new_rows.requires_grad_(True)
+        elif stage == "instruct":
+            self.reset_adapter("generator")
+            trained = ["compressor", "generator"]
+        elif stage == "end_to_end":
+            self.copy_adapter("compressor", "query_reasoner")
+            trained = ["query_reasoner", "generator"]
+        else:
+            raise ValueError(f"unknown stage {stage!r}")
+        for name in trained:
+            for p in self.adapter_parameters(name):
+                p.requires_grad_(True)
+
+    def mark_trained(self, stage: str) -> None:
+        for name in self.trained_by(stage):
+            self.config.trained[name] = stage
+
+    @staticmethod
+    def trained_by(stage: str) -> list[str]:
+        return {"compress_pretrain": ["compressor", "generator"], "instruct": ["compressor", "generator"],
+                "end_to_end": ["query_reasoner", "generator"]}[stage]
+
+    # ------------------------------------------------------------------ tokenisation
+    def _pad(self, rows: list[list[int]], labels: list[list[int]] | None = None, left: bool = True) -> _Batch:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        lab = torch.full((len(rows), width), -100, dtype=torch.long) if labels is not None else None
+        for i, row in enumerate(rows):
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            ids[i, span] = torch.tensor(row)
+            mask[i, span] = 1
+            if lab is not None:
+                lab[i, span] = torch.tensor(labels[i])
+        to = lambda t: None if t is None else t.to(self.device)
+        return _Batch(to(ids), to(mask), to(lab))
+
+    def _memory_inputs(self, texts: Sequence[str]) -> _Batch:
+        """Encoder marker + BOS + text + EOS (truncated), padding, then the n memory tokens.
+        Documents and queries go through exactly this function."""
+        encoded = self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
+                                 max_length=self.config.doc_max_length)["input_ids"]
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        bodies = [[self.encoder_id, *bos, *ids, self.tokenizer.eos_token_id] for ids in encoded]
+        batch = self._pad(bodies, left=False)
+        n = self.num_memory_tokens
+        memory = torch.tensor(self.memory_ids, device=self.device).expand(len(bodies), n)
+        return _Batch(torch.cat([batch.input_ids, memory], 1),
+                      torch.cat([batch.attention_mask, torch.ones_like(memory)], 1))
+
+    def _prompt_ids(self, system: str, user: str) -> list[int]:
+        text = prompts.render_chat(self.tokenizer, system, user)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _slot(self) -> str:
+        return "".join(self.config.memory_tokens()) + self.config.separator_token
+
+    # ------------------------------------------------------------------ compression
+    def _encode(self, texts: Sequence[str], adapter: str, with_mse: bool = False):
+        """Last-layer states at the memory positions: (B, n, hidden) [and the MSE term]."""
+        batch = self._memory_inputs(texts)
+        with self.adapter(adapter):
+            # The inner model skips the LM head: only hidden states are needed here.
+            hidden = self.language_model.base_model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+            ).last_hidden_state
+        n = self.num_memory_tokens
+        memory = hidden[:, -n:]
+        if not with_mse:
+            return memory
+        text_mask = batch.attention_mask.clone()
+        text_mask[:, -n:] = 0
+        text_mask = text_mask.unsqueeze(-1).to(hidden.dtype)
+        text_mean = (hidden * text_mask).sum(1) / text_mask.sum(1).clamp(min=1)
+        mse = F.mse_loss(memory.mean(1).float(), text_mean.float())
+        return memory, mse
+
+    def retrieval_vectors(self, states: torch.Tensor) -> torch.Tensor:
+        """(B, n, hidden) -> (B, n*hidden) L2-normalised fp32: cosine becomes inner product."""
+        return F.normalize(states.float().flatten(1), dim=-1)
+
+    # ------------------------------------------------------------------ generator inputs
+    def _generator_batch(self, turns: list[tuple[str, str]], targets: list[str] | None) -> _Batch:
+        rows, labels = [], []
+        for i, (system, user) in enumerate(turns):
+            prompt = self._prompt_ids(system, user)
+            if targets is None:
+                rows.append(prompt)
+                continue
+            # The end-of-turn token closes the target and is part of the loss.
+            answer = self.tokenizer(targets[i], add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+            rows.append(prompt + answer)
+            labels.append([-100] * len(prompt) + answer)
+        return self._pad(rows, labels if targets is not None else None, left=True)
+
+    def _scatter_memory(self, batch: _Batch, compressed: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """Embed the prompt and overwrite each slot's placeholders with its document's states."""
+        embeds = self.embeddings(batch.input_ids)
+        slots = torch.isin(batch.input_ids, torch.tensor(self.memory_ids, device=self.device))
+        source = torch.cat([c.reshape(-1, c.shape[-1]) for c in compressed]) if isinstance(compressed, list) \
+            else compressed.reshape(-1, compressed.shape[-1])
+        if int(slots.sum()) != source.shape[0]:
+            raise ValueError(f"prompt has {int(slots.sum())} memory slots but {source.shape[0]} vectors were given")
+        return embeds.masked_scatter(slots.unsqueeze(-1), source.to(embeds.dtype))
+
+    def _answer_turns(self, questions: Sequence[str], num_docs: Sequence[int]) -> list[tuple[str, str]]:
+        return [prompts.answer_turn([self._slot()] * k, q) for q, k in zip(questions, num_docs)]
+
+    def generator_inputs(self, questions: Sequence[str], compressed) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded (inputs_embeds, attention_mask) for answering from compressed documents."""
+        batch = self._generator_batch(self._answer_turns(questions, [len(c) for c in compressed]), None)
+        return self._scatter_memory(batch, compressed), batch.attention_mask
+
+    def _generator_ce(self, turns, targets, compressed) -> tuple[torch.Tensor, int]:
+        batch = self._generator_batch(turns, targets)
+        embeds = self._scatter_memory(batch, compressed)
+        with self.adapter("generator"):
+            out = self.language_model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
+                                      position_ids=batch.position_ids, labels=batch.labels)
+        return out.loss, int(batch.attention_mask.sum())
+
+    # ------------------------------------------------------------------ stage losses
+    def forward(self, records: Sequence, stage: str) -> StageLoss:
+        if stage == "compress_pretrain":
+            return self.compress_pretrain_loss(records)
+        if stage == "instruct":
+            return self.instruct_loss(records)
+        if stage == "end_to_end":
+            return self.end_to_end_loss(records)
+        raise ValueError(f"unknown stage {stage!r}")
+
+    def _with_mse(self, ce: torch.Tensor, mse: torch.Tensor, tokens: int) -> StageLoss:
+        return StageLoss(ce + self.config.mse_weight * mse, ce.detach(), mse.detach(), num_tokens=tokens)
+
+    def compress_pretrain_loss(self, records: Sequence[CompressPretrainRecord]) -> StageLoss:
+        compressed, mse = self._encode([r.docs[0] for r in records], "compressor", with_mse=True)
+        turns, targets = [], []
+        for r in records:
+            if r.data_type == "qa":
+                turns.append(prompts.qa_turn(self._slot()))
+                targets.append(prompts.qa_target(r.question, r.answers))
+            else:
+                turns.append(prompts.paraphrase_turn(self._slot(), self._rng))
+                targets.append(r.answers[0])
+        ce, tokens = self._generator_ce(turns, targets, compressed.unsqueeze(1))
+        return self._with_mse(ce, mse, tokens)
+
+    def instruct_loss(self, records: Sequence[InstructRecord]) -> StageLoss:
+        docs = [d for r in records for d in r.docs]
+        compressed, mse = self._encode(docs, "compressor", with_mse=True)
+        per_record = list(compressed.split([len(r.docs) for r in records]))
+        turns = self._answer_turns([r.question for r in records], [len(r.docs) for r in records])
+        ce, tokens = self._generator_ce(turns, [r.answer for r in records], per_record)
+        return self._with_mse(ce, mse, tokens)
+
+    def end_to_end_loss(self, records: Sequence[EndToEndRecord]) -> StageLoss:
+        k = min(self.config.generation_top_k, *(len(r.docs) for r in records))
+        candidates, valid = self._compress_candidates([r.docs for r in records])
+        queries = self._encode([r.question for r in records], "query_reasoner")
+        scores = cosine_scores(queries.flatten(1), candidates.flatten(2)).masked_fill(~valid, float("-inf"))
+        weights, topk = straight_through_topk(scores, k, self.config.topk_temperature)
+        selected = torch.einsum("bkn,bnmh->bkmh", weights.to(candidates.dtype), candidates)
+        turns = self._answer_turns([r.question for r in records], [k] * len(records))
+        ce, tokens = self._generator_ce(turns, [r.answer for r in records], selected)
+        return StageLoss(ce, ce.detach(), recall=_recall_at(topk, [r.pos_index for r in records]), num_tokens=tokens)
+
+    def _compress_candidates(self, documents: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compress every question's candidates without gradient, padded to (B, Nmax, n, h)."""
+        with torch.no_grad():
+            flat = self._encode([d for docs in documents for d in docs], "compressor")
+        groups = flat.split([len(d) for d in documents])
+        width = max(len(g) for g in groups)
+        padded = flat.new_zeros(len(groups), width, *flat.shape[1:])
+        valid = torch.zeros(len(groups), width, dtype=torch.bool, device=flat.device)
+        for i, g in enumerate(groups):
+            padded[i, : len(g)] = g
+            valid[i, : len(g)] = True
+        return padded, valid
+
+    # ------------------------------------------------------------------ inference API
+    @contextmanager
+    def _inference(self):
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
+
+    def compress_documents(self, documents: Sequence[str]) -> torch.Tensor:
+        """(N, n, hidden) memory-token states of each document."""
+        with self._inference():
+            return self._encode(list(documents), "compressor")
+
+    def encode_queries(self, questions: Sequence[str]) -> torch.Tensor:
+        """(Q, n, hidden) query-reasoner states, in the same space as compressed documents."""
+        with self._inference():
+            return self._encode(list(questions), "query_reasoner")
+
+    def _decode(self, batch_or_embeds, attention_mask, max_new_tokens: int) -> list[str]:
+        if "generator" not in self.config.trained:
+            warnings.warn("generating with an untrained generator adapter (no stage has trained it)", stacklevel=3)
+        with self.adapter("generator"):
+            out = self.language_model.generate(
+                inputs_embeds=batch_or_embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                do_sample=False, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            )
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def generate_from_compressed_documents_and_questions(
+        self, questions: Sequence[str], compressed, max_new_tokens: int = 64
+    ) -> list[str]:
+        """compressed: (B, k, n, hidden) or a list of (k_i, n, hidden)."""
+        with self._inference():
+            embeds, mask = self.generator_inputs(questions, compressed)
+            return self._decode(embeds, mask, max_new_tokens)
+
+    def generate_from_paraphrase(self, documents: Sequence[str], max_new_tokens: int = 64) -> list[str]:
+        with self._inference():
+            compressed = self._encode(list(documents), "compressor").unsqueeze(1)
+            batch = self._generator_batch([prompts.paraphrase_turn(self._slot()) for _ in documents], None)
+            return self._decode(self._scatter_memory(batch, compressed), batch.attention_mask, max_new_tokens)
+
+    def generate_from_text(self, questions: Sequence[str], documents: Sequence[Sequence[str]],
+                           max_new_tokens: int = 64, adapter: str | None = "generator") -> list[str]:
+        """Text RAG on the same backbone: documents as plain text (adapter None: bare backbone)."""
+        with self._inference():
+            batch = self._generator_batch(
+                [prompts.answer_turn(list(docs), q) for q, docs in zip(questions, documents)], None)
+            with self.adapter(adapter):
+                out = self.language_model.generate(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
+                    do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=self.tokenizer.eos_token_id)
+            new_tokens = out[:, batch.input_ids.shape[1]:]
+            return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def generate_from_questions(self, questions: Sequence[str], documents: Sequence[Sequence[str]],
+                                max_new_tokens: int = 64) -> tuple[list[str], list[list[int]]]:
+        """Retrieve the top-k of each question's candidates with the query reasoner, then answer."""
+        with self._inference():
+            k = min(self.config.generation_top_k, *(len(d) for d in documents))
+            candidates, valid = self._compress_candidates(documents)
+            queries = self._encode(list(questions), "query_reasoner")
+            scores = cosine_scores(queries.flatten(1), candidates.flatten(2)).masked_fill(~valid, float("-inf"))
+            topk = scores.topk(k, dim=-1).indices
+            selected = candidates[torch.arange(len(questions), device=self.device).unsqueeze(1), topk]
+            embeds, mask = self.generator_inputs(questions, selected)
+            return self._decode(embeds, mask, max_new_tokens), topk.tolist()
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, path: str | Path) -> None:
+        """config + one safetensors file per adapter + memory rows; the backbone by reference."""
+        path = Path(path)
+        (path / ADAPTER_DIR).mkdir(parents=True, exist_ok=True)
+        for name in ADAPTERS:
+            state = get_peft_model_state_dict(self.backbone, adapter_name=name)
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
+                      str(path / ADAPTER_DIR / f"{name}.safetensors"))
+        save_file({"new_rows": self.embeddings.new_rows.detach().cpu().contiguous()}, str(path / MEMORY_ROWS_FILE))
+        (path / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
+                        **overrides) -> "CLaRa":
+        """Load a saved CLaRa; `overrides` replace config fields (e.g. dtype, backbone path)."""
+        path = Path(path)
+        config_file = path / CONFIG_FILE
+        if not config_file.exists():
+            raise FileNotFoundError(f"{path} is not a CLaRa checkpoint (no {CONFIG_FILE})")
+        config = CLaRaConfig.model_validate({**json.loads(config_file.read_text()), **overrides})
+        model = cls.from_config(config, device=None)
+        for name in ADAPTERS:
+            file = path / ADAPTER_DIR / f"{name}.safetensors"
+            if file.exists():
+                result = set_peft_model_state_dict(model.backbone, load_file(str(file)), adapter_name=name)
+                if getattr(result, "unexpected_keys", None):
+                    raise ValueError(f"{file}: weights do not fit this backbone: {result.unexpected_keys[:3]}")
+            else:
+                model.config.trained.pop(name, None)
+        rows = load_file(str(path / MEMORY_ROWS_FILE))["new_rows"]
+        if rows.shape != model.embeddings.new_rows.shape:
+            raise ValueError(f"{path / MEMORY_ROWS_FILE}: shape {tuple(rows.shape)} does not fit "
+                             f"{tuple(model.embeddings.new_rows.shape)}")
+        with torch.no_grad():
+            model.embeddings.new_rows.copy_(rows.to(model.embeddings.new_rows.dtype))
+        return model.to(device) if device is not None else model
+
+
+def _recall_at(topk: torch.Tensor, positives: Sequence[Sequence[int]]) -> dict[str, float]:
+    """Batch Recall@k for the questions with gold indices (k = 1 and the full top-k)."""
+    rows = [(set(p), t) for p, t in zip(positives, topk.tolist()) if p]
+    if not rows:
+        return {}
+    ks = sorted({1, topk.shape[1]})
+    return {f"recall@{k}": sum(len(p & set(t[:k])) / len(p) for p, t in rows) / len(rows) for k in ks}
