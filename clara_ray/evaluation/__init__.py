@@ -1,0 +1,1 @@
+"""Evaluation: SPEC section 8 metrics, dataset loaders, baseline retrievers, harness, report."""

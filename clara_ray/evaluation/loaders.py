@@ -1,0 +1,177 @@
+"""Evaluation questions from the paper's JSONL files and from SQuAD v1.1 JSON.
+
+Every loader yields `EvalQuestion`s: a question, its gold answers, its candidate documents and
+the indices of the gold documents among them. Bad input raises `RecordError` naming the file
+and the line (JSONL) or the JSON path (SQuAD) of the offending field.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from clara_ray.data.records import ANSWER_FIELDS, RecordError, iter_jsonl
+
+# The paper's four benchmarks share one JSONL layout (FlashRAG-style); SQuAD has its own JSON.
+PAPER_DATASETS = ("nq", "hotpotqa", "musique", "2wiki")
+
+
+class EvalQuestion(BaseModel):
+    id: str
+    dataset: str
+    question: str = Field(min_length=1)
+    answers: list[str] = Field(min_length=1)
+    docs: list[str] = Field(default_factory=list)
+    pos_index: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_positions(self):
+        bad = [i for i in self.pos_index if not 0 <= i < len(self.docs)]
+        if bad:
+            raise ValueError(f"pos_index {bad} out of range for {len(self.docs)} docs")
+        return self
+
+
+def _doc_text(doc: Any) -> Any:
+    """Candidate documents come as strings or as {title, text} / {contents} objects."""
+    if isinstance(doc, dict):
+        if "contents" in doc:
+            return doc["contents"]
+        if "text" in doc:
+            return f"{doc['title']}\n{doc['text']}" if doc.get("title") else doc["text"]
+    return doc
+
+
+def _answers(obj: dict[str, Any]) -> Any:
+    for field in ANSWER_FIELDS:
+        value = obj.get(field)
+        if value:
+            return [value] if isinstance(value, str) else value
+    return None
+
+
+def parse_eval_record(obj: Any, dataset: str, source: str, line: int) -> EvalQuestion:
+    if not isinstance(obj, dict):
+        raise RecordError(source, line, f"expected a JSON object, got {type(obj).__name__}")
+    answers = _answers(obj)
+    if answers is None:
+        raise RecordError(source, line, f"field 'answers': missing; expected one of {', '.join(ANSWER_FIELDS)}")
+    fields = {
+        "id": str(obj.get("id", f"{dataset}-{line}")),
+        "dataset": dataset,
+        "question": obj.get("question"),
+        "answers": answers,
+        "docs": [_doc_text(d) for d in obj.get("docs") or []],
+        "pos_index": obj.get("pos_index") or [],
+    }
+    try:
+        return EvalQuestion.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors()
+        )
+        raise RecordError(source, line, f"invalid evaluation record: {problems}") from None
+
+
+def load_eval_jsonl(path: str | Path, dataset: str | None = None, limit: int | None = None) -> list[EvalQuestion]:
+    """The paper's evaluation JSONL (NQ, HotpotQA, MuSiQue, 2Wiki); dataset defaults to the file stem."""
+    path = Path(path)
+    dataset = dataset or path.stem
+    questions: list[EvalQuestion] = []
+    for line, obj in iter_jsonl(path):
+        if limit is not None and len(questions) >= limit:
+            break
+        questions.append(parse_eval_record(obj, dataset, str(path), line))
+    if not questions:
+        raise RecordError(str(path), None, "no evaluation records")
+    return questions
+
+
+def _squad_field(container: Any, key: str, kind: type, where: str, source: str) -> Any:
+    value = container.get(key) if isinstance(container, dict) else None
+    if not isinstance(value, kind):
+        raise RecordError(source, None, f"field '{where}.{key}': expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def iter_squad(path: str | Path, articles: Sequence[int] | None = None) -> Iterator[EvalQuestion]:
+    """SQuAD v1.1: one question per record, its article's paragraphs as candidates.
+
+    `articles` selects article indices (train/eval splits are made by article, never by
+    paragraph, so no evaluation paragraph is seen in training).
+    """
+    source = str(path)
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RecordError(source, exc.lineno, f"invalid JSON: {exc.msg}") from None
+    all_articles = _squad_field(data, "data", list, "<root>", source)
+    chosen = range(len(all_articles)) if articles is None else articles
+    for a in chosen:
+        if not 0 <= a < len(all_articles):
+            raise RecordError(source, None, f"article index {a} out of range ({len(all_articles)} articles)")
+        where = f"data[{a}]"
+        paragraphs = _squad_field(all_articles[a], "paragraphs", list, where, source)
+        contexts = [_squad_field(p, "context", str, f"{where}.paragraphs[{i}]", source) for i, p in enumerate(paragraphs)]
+        for i, paragraph in enumerate(paragraphs):
+            qas = _squad_field(paragraph, "qas", list, f"{where}.paragraphs[{i}]", source)
+            for j, qa in enumerate(qas):
+                qa_where = f"{where}.paragraphs[{i}].qas[{j}]"
+                answers = _squad_field(qa, "answers", list, qa_where, source)
+                texts = list(dict.fromkeys(_squad_field(x, "text", str, f"{qa_where}.answers[{n}]", source)
+                                           for n, x in enumerate(answers)))
+                try:
+                    yield EvalQuestion(id=str(qa.get("id", qa_where)), dataset="squad",
+                                       question=_squad_field(qa, "question", str, qa_where, source),
+                                       answers=texts, docs=contexts, pos_index=[i])
+                except ValidationError as exc:
+                    problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                    raise RecordError(source, None, f"field '{qa_where}': {problem}") from None
+
+
+def load_squad(path: str | Path, articles: Sequence[int] | None = None, limit: int | None = None) -> list[EvalQuestion]:
+    questions = []
+    for question in iter_squad(path, articles):
+        if limit is not None and len(questions) >= limit:
+            break
+        questions.append(question)
+    if not questions:
+        raise RecordError(str(path), None, "no questions in the selected articles")
+    return questions
+
+
+def cap_candidates(question: EvalQuestion, max_candidates: int, seed: int = 0) -> EvalQuestion:
+    """Keep every gold document plus a seeded random sample of the others, shuffled.
+
+    SQuAD articles hold 10-100+ paragraphs; the paper's setting is about 20 candidates per
+    question, and compressing fewer candidates keeps CPU runs affordable.
+    """
+    if len(question.docs) <= max_candidates:
+        return question
+    rng = random.Random(f"{seed}:{question.id}")
+    gold = list(dict.fromkeys(question.pos_index))[:max_candidates]
+    others = [i for i in range(len(question.docs)) if i not in set(gold)]
+    keep = gold + rng.sample(others, max_candidates - len(gold))
+    rng.shuffle(keep)
+    return question.model_copy(update={
+        "docs": [question.docs[i] for i in keep],
+        "pos_index": [keep.index(i) for i in gold],
+    })
+
+
+def load_questions(fmt: str, path: str | Path, *, dataset: str | None = None, articles: Sequence[int] | None = None,
+                   limit: int | None = None, max_candidates: int | None = None, seed: int = 0) -> list[EvalQuestion]:
+    """One entry for the harness: `fmt` is "squad" or "jsonl" (the paper's layout)."""
+    if fmt == "squad":
+        questions = load_squad(path, articles, limit)
+    elif fmt == "jsonl":
+        questions = load_eval_jsonl(path, dataset, limit)
+    else:
+        raise ValueError(f"unknown evaluation data format {fmt!r}; expected 'squad' or 'jsonl'")
+    if max_candidates:
+        questions = [cap_candidates(q, max_candidates, seed) for q in questions]
+    return questions
