@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from clara_ray.data.records import RecordError, parse_record, read_records
+
+
+@pytest.mark.parametrize("field", ["answer", "answers", "golden_answers", "gold_answer"])
+def test_every_answer_field_variant_is_accepted(field):
+    value = "Paris" if field in ("answer", "gold_answer") else ["Paris", "paris"]
+    record = parse_record({"question": "q", "docs": ["d"], field: value, "pos_index": [0]}, "end_to_end")
+    assert record.answers[0] == "Paris" and record.answer == "Paris"
+
+
+BAD = [
+    ("compress_pretrain", {"data_type": "summary", "answers": ["a"], "docs": ["d"]}, "data_type"),
+    ("compress_pretrain", {"data_type": "qa", "question": ["q"], "answers": ["a", "b"], "docs": ["d"]},
+     "1 questions but 2 answers"),
+    ("compress_pretrain", {"data_type": "paraphrase", "answers": ["a"], "docs": ["d", "e"]}, "exactly one"),
+    ("instruct", {"question": "q", "docs": ["d"]}, "missing answer"),
+    ("instruct", {"question": "q", "docs": [], "answer": "a"}, "at least one document"),
+    ("instruct", {"question": "", "docs": ["d"], "answer": "a"}, "question"),
+    ("instruct", {"question": "q", "docs": ["d"], "answer": ""}, "missing answer"),
+    ("end_to_end", {"question": "q", "docs": ["d"], "answer": "a", "pos_index": [3]}, "out of range"),
+    ("end_to_end", ["not", "an", "object"], "expected a JSON object"),
+]
+
+
+@pytest.mark.parametrize("stage,obj,message", BAD)
+def test_bad_records_name_file_line_and_reason(tmp_path, stage, obj, message):
+    path = tmp_path / "data.jsonl"
+    good = {"compress_pretrain": {"data_type": "paraphrase", "answers": ["a"], "docs": ["d"]},
+            "instruct": {"question": "q", "docs": ["d"], "answer": "a"},
+            "end_to_end": {"question": "q", "docs": ["d"], "answer": "a"}}[stage]
+    path.write_text(json.dumps(good) + "\n\n" + json.dumps(obj) + "\n")
+    with pytest.raises(RecordError, match=message) as info:
+        read_records(path, stage)
+    assert str(info.value).startswith(f"{path}:3:")
+    assert info.value.line == 3
+
+
+def test_invalid_json_names_its_line(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"question": "q", "docs": ["d"], "answer": "a"}\n{"question": \n')
+    with pytest.raises(RecordError, match=r"broken.jsonl:2: invalid JSON"):
+        read_records(path, "instruct")
+
+
+def test_empty_file_is_an_error(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n")
+    with pytest.raises(RecordError, match="no records"):
+        read_records(path, "instruct")

@@ -1,0 +1,151 @@
+"""Fast tier: the CLaRa mechanism on a tiny random Llama."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from clara_ray import CLaRa, CLaRaConfig
+from clara_ray.data.records import parse_record
+
+
+def stage1_records():
+    return [
+        parse_record({"data_type": "qa", "question": ["Who wrote it?"], "answers": ["Ada"],
+                      "docs": ["Ada wrote the first program in 1843."]}, "compress_pretrain"),
+        parse_record({"data_type": "paraphrase", "answers": ["A cat sat on a mat."],
+                      "docs": ["The cat was sitting on the mat."]}, "compress_pretrain"),
+    ]
+
+
+def stage3_records():
+    docs = [f"Document number {i} talks about topic {i}." for i in range(6)]
+    return [parse_record({"question": "Which topic?", "docs": docs, "answer": "topic 3", "pos_index": [3]},
+                         "end_to_end")]
+
+
+def randomise_adapters(model: CLaRa, seed: int = 0) -> None:
+    """Give every LoRA weight a non-zero value so adapters visibly change outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.backbone.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        model.embeddings.new_rows.add_(torch.randn(model.embeddings.new_rows.shape, generator=gen) * 0.1)
+
+
+@pytest.mark.parametrize("rate", [1, 4, 32])
+def test_compressed_shape_is_n_by_hidden(rate):
+    config = CLaRaConfig(backbone="tiny-random", doc_max_length=32, compression_rate=rate)
+    model = CLaRa.from_config(config)
+    out = model.compress_documents(["short", "a somewhat longer document with more words in it"])
+    assert out.shape == (2, 32 // rate, model.hidden_size)
+
+
+def test_only_memory_rows_of_the_embedding_get_gradient(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    model.prepare_stage("compress_pretrain")
+    model(stage1_records(), "compress_pretrain").loss.backward()
+    embeddings = model.embeddings
+    assert embeddings.base.weight.grad is None and not embeddings.base.weight.requires_grad
+    assert embeddings.new_rows.grad is not None
+    # rows of the memory tokens used in the batch receive gradient
+    assert embeddings.new_rows.grad[: model.num_memory_tokens].abs().sum() > 0
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("new_rows" in n or ".compressor." in n or ".generator." in n for n in trainable)
+
+
+def test_stage3_gradient_reaches_query_reasoner_not_compressor(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    randomise_adapters(model)
+    model.prepare_stage("end_to_end")
+    for p in model.adapter_parameters("compressor"):
+        p.requires_grad_(True)  # would receive gradient if compression were not under no_grad
+    out = model(stage3_records(), "end_to_end")
+    out.loss.backward()
+    assert out.mse is None
+    reasoner = model.adapter_parameters("query_reasoner")
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in reasoner)
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.adapter_parameters("compressor"))
+    assert set(out.recall) == {"recall@1", "recall@5"}
+
+
+def test_end_to_end_initialises_query_reasoner_from_compressor(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    randomise_adapters(model)
+    docs = ["Paris is the capital of France."]
+    assert not torch.allclose(model.encode_queries(docs), model.compress_documents(docs))
+    model.prepare_stage("end_to_end")
+    torch.testing.assert_close(model.encode_queries(docs), model.compress_documents(docs))
+
+
+def test_instruct_stage_reinitialises_generator(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    randomise_adapters(model)
+    model.prepare_stage("instruct")
+    lora_b = [p for n, p in model.backbone.named_parameters() if ".generator." in n and "lora_B" in n]
+    assert lora_b and all(torch.count_nonzero(p) == 0 for p in lora_b)
+    assert any(torch.count_nonzero(p) for n, p in model.backbone.named_parameters()
+               if ".compressor." in n and "lora_B" in n)
+
+
+def test_encoding_does_not_depend_on_batch_padding(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    randomise_adapters(model)
+    alone = model.encode_queries(["who is there?"])
+    padded = model.encode_queries(["who is there?", "a much longer question " * 5])[:1]
+    torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-4)
+
+
+def test_generator_reads_the_scattered_document_vectors(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    docs = model.compress_documents(["alpha beta", "gamma delta", "epsilon"])
+    embeds, mask = model.generator_inputs(["q?"], docs.unsqueeze(0))
+    slots = torch.isin(model._generator_batch(model._answer_turns(["q?"], [3]), None).input_ids,
+                       torch.tensor(model.memory_ids))
+    torch.testing.assert_close(embeds[slots], docs.reshape(-1, model.hidden_size))
+    with pytest.raises(ValueError, match="memory slots"):
+        model._scatter_memory(model._generator_batch(model._answer_turns(["q?"], [2]), None), docs.unsqueeze(0))
+
+
+def test_save_load_round_trip_reproduces_outputs(tiny_model, tmp_path):
+    model = copy.deepcopy(tiny_model)
+    randomise_adapters(model, seed=1)
+    model.mark_trained("end_to_end")
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = CLaRa.from_pretrained(tmp_path / "ckpt", device="cpu")
+    assert loaded.config == model.config
+    docs = ["The Eiffel tower is in Paris.", "Water boils at 100 degrees."]
+    torch.testing.assert_close(loaded.compress_documents(docs), model.compress_documents(docs), rtol=0, atol=0)
+    torch.testing.assert_close(loaded.encode_queries(docs), model.encode_queries(docs), rtol=0, atol=0)
+    compressed = model.compress_documents(docs).unsqueeze(0)
+    embeds, mask = model.generator_inputs(["Where?"], compressed)
+    model.eval(), loaded.eval()  # LoRA dropout off, as in every inference path
+    with model.adapter("generator"), loaded.adapter("generator"), torch.no_grad():
+        a = model.language_model(inputs_embeds=embeds, attention_mask=mask).logits
+        b = loaded.language_model(inputs_embeds=embeds, attention_mask=mask).logits
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    kwargs = dict(max_new_tokens=8)
+    assert loaded.generate_from_questions(["Where?"], [docs], **kwargs) == \
+        model.generate_from_questions(["Where?"], [docs], **kwargs)
+    # a fresh model with the same config differs, so the comparison above is not vacuous
+    fresh = CLaRa.from_config(model.config)
+    assert not torch.equal(fresh.compress_documents(docs), model.compress_documents(docs))
+
+
+def test_every_saved_adapter_loads_and_missing_ones_are_marked_untrained(tiny_model, tmp_path):
+    model = copy.deepcopy(tiny_model)
+    randomise_adapters(model)
+    model.mark_trained("instruct")
+    model.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "adapters" / "generator.safetensors").unlink()
+    loaded = CLaRa.from_pretrained(tmp_path / "ckpt")
+    assert "generator" not in loaded.config.trained and loaded.config.trained["compressor"] == "instruct"
+    with pytest.warns(UserWarning, match="untrained generator"):
+        loaded.generate_from_paraphrase(["text"], max_new_tokens=2)
+
+
+def test_from_pretrained_rejects_a_non_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a CLaRa checkpoint"):
+        CLaRa.from_pretrained(tmp_path)
