@@ -55,20 +55,15 @@ class HarnessConfig(BaseModel):
 
 
 def select_topk(ranked: Sequence[int], gold: Sequence[int], k: int, oracle: bool) -> list[int]:
-    """Top-k of a ranking; in oracle mode the gold documents (best-ranked first) replace the
-    lowest-ranked non-gold picks so that every gold document (up to k) is read."""
-    top = list(ranked[:k])
+    """Top-k of a ranking; in oracle mode the best-ranked gold documents (up to k) are always
+    kept and the best-ranked others fill the remaining slots, in ranking order."""
     if not oracle:
-        return top
+        return list(ranked[:k])
     gold_set = set(gold)
-    missing = [i for i in ranked if i in gold_set and i not in top]
-    missing += [i for i in gold if i not in top and i not in missing]  # gold absent from the ranking
-    for doc in missing:
-        slots = [p for p, i in enumerate(top) if i not in gold_set]
-        if not slots:
-            break
-        top[slots[-1]] = doc
-    return top
+    golds = ([i for i in ranked if i in gold_set] + [i for i in gold if i not in set(ranked)])[:k]
+    fill = [i for i in ranked if i not in gold_set][: k - len(golds)]
+    position = {doc: p for p, doc in enumerate(ranked)}
+    return sorted(golds + fill, key=lambda doc: position.get(doc, len(ranked)))
 
 
 class Evaluator:

@@ -133,11 +133,19 @@ def iter_squad(path: str | Path, articles: Sequence[int] | None = None) -> Itera
                     raise RecordError(source, None, f"field '{qa_where}': {problem}") from None
 
 
-def load_squad(path: str | Path, articles: Sequence[int] | None = None, limit: int | None = None) -> list[EvalQuestion]:
-    questions = []
+def load_squad(path: str | Path, articles: Sequence[int] | None = None, limit: int | None = None,
+               per_article: int | None = None) -> list[EvalQuestion]:
+    """`per_article` caps the questions taken from each article, spreading a small evaluation
+    over many articles instead of exhausting the first one."""
+    questions: list[EvalQuestion] = []
+    taken: dict[tuple[str, ...], int] = {}
     for question in iter_squad(path, articles):
         if limit is not None and len(questions) >= limit:
             break
+        article = tuple(question.docs)
+        if per_article is not None and taken.get(article, 0) >= per_article:
+            continue
+        taken[article] = taken.get(article, 0) + 1
         questions.append(question)
     if not questions:
         raise RecordError(str(path), None, "no questions in the selected articles")
@@ -164,10 +172,11 @@ def cap_candidates(question: EvalQuestion, max_candidates: int, seed: int = 0) -
 
 
 def load_questions(fmt: str, path: str | Path, *, dataset: str | None = None, articles: Sequence[int] | None = None,
-                   limit: int | None = None, max_candidates: int | None = None, seed: int = 0) -> list[EvalQuestion]:
+                   limit: int | None = None, per_article: int | None = None, max_candidates: int | None = None,
+                   seed: int = 0) -> list[EvalQuestion]:
     """One entry for the harness: `fmt` is "squad" or "jsonl" (the paper's layout)."""
     if fmt == "squad":
-        questions = load_squad(path, articles, limit)
+        questions = load_squad(path, articles, limit, per_article)
     elif fmt == "jsonl":
         questions = load_eval_jsonl(path, dataset, limit)
     else:
