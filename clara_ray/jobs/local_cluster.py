@@ -1,0 +1,80 @@
+"""A throwaway `ray start --head` cluster on loopback, the same kind `ray job submit` talks to.
+
+Token auth is disabled for this local cluster only (Ray 2.60 enables it by default and the CLI
+then fails against clusters started otherwise); production clusters keep their own setting.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalRayCluster:
+    def __init__(self, num_cpus: int | None = None, temp_dir: str | Path | None = None, start_timeout: float = 120):
+        self.num_cpus = num_cpus
+        # Ray requires a short temp path (unix socket names are length-limited).
+        self.temp_dir = Path(temp_dir or tempfile.mkdtemp(prefix="clray_", dir="/tmp"))
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.start_timeout = start_timeout
+
+    @property
+    def address(self) -> str:
+        """The job-submission (dashboard) address."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": self.gcs_address}
+
+    def _ray(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        ray_cli = Path(sys.executable).with_name("ray")
+        return subprocess.run([str(ray_cli), *args], env=self.env(), capture_output=True, text=True, check=check)
+
+    def start(self) -> "LocalRayCluster":
+        args = ["start", "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
+                f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1",
+                f"--temp-dir={self.temp_dir}", "--include-dashboard=true", "--disable-usage-stats"]
+        if self.num_cpus is not None:
+            args.append(f"--num-cpus={self.num_cpus}")
+        result = self._ray(*args, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"ray start failed:\n{result.stdout}\n{result.stderr}")
+        self._wait_for_dashboard()
+        return self
+
+    def _wait_for_dashboard(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.address}/api/version", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(1)
+        raise RuntimeError(f"Ray dashboard at {self.address} did not come up in {self.start_timeout:.0f}s")
+
+    def stop(self) -> None:
+        self._ray("stop", "--force", check=False)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> "LocalRayCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,40 @@
+"""Submit one entry point as a Ray job, stream its log to a file, and wait for the outcome."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+
+class JobFailed(RuntimeError):
+    def __init__(self, name: str, status: str, log_path: Path):
+        super().__init__(f"step '{name}' ended {status}; its log: {log_path}")
+        self.name, self.status, self.log_path = name, status, log_path
+
+
+def submit_and_wait(address: str, name: str, entrypoint: str, log_path: str | Path,
+                    working_dir: str | Path | None = None, env_vars: dict[str, str] | None = None,
+                    timeout: float = 3600, poll: float = 2.0) -> str:
+    """Run `entrypoint` as a job on the cluster at `address`; raise JobFailed unless it succeeds."""
+    client = JobSubmissionClient(address)
+    runtime_env: dict = {"env_vars": env_vars or {}}
+    if working_dir is not None:
+        runtime_env["working_dir"] = str(working_dir)
+        runtime_env["excludes"] = [".venv", ".git", "runs", "outputs", "*.log"]
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
+                               submission_id=f"{name}-{int(time.time() * 1000)}")
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    status = client.get_job_status(job_id)
+    while not status.is_terminal() and time.monotonic() < deadline:
+        time.sleep(poll)
+        status = client.get_job_status(job_id)
+    log_path.write_text(client.get_job_logs(job_id))
+    if not status.is_terminal():
+        client.stop_job(job_id)
+        raise JobFailed(name, f"TIMED OUT after {timeout:.0f}s", log_path)
+    if status != JobStatus.SUCCEEDED:
+        raise JobFailed(name, str(status.value), log_path)
+    return job_id
