@@ -13,7 +13,12 @@ app = typer.Typer(help="clara-ray: train and serve CLaRa on Ray.", no_args_is_he
 
 # subcommand -> module under pipelines/
 STEPS = {
+    "train": "train",
+    "build-squad-data": "build_squad_data",
     "demo": "demo",
+    "ingest": "ingest",
+    "serve": "serve",
+    "eval": "evaluate",
 }
 
 

@@ -1,0 +1,73 @@
+"""`clara serve`: run the RAG application locally on Ray Serve (binds 127.0.0.1 by default).
+
+The application and its per-deployment resources/autoscaling come from the same YAML that
+`serve deploy` reads (serve/config.yaml); --checkpoint/--store and `key=value` overrides change
+the application's `args` (serve.settings.ServeSettings).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "serve" / "config.yaml"
+
+
+def load_serve_config(config: Path, overrides: list[str]):
+    """(settings, deployment options, app entry) from a Serve config file + overrides."""
+    import yaml
+
+    from clara_ray.config import ConfigError, _merge, parse_overrides
+    from serve.settings import ServeSettings
+
+    try:
+        raw = yaml.safe_load(config.read_text())
+        app = raw["applications"][0]
+    except FileNotFoundError:
+        raise ConfigError(f"serve config not found: {config}") from None
+    except (KeyError, IndexError, TypeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{config}: not a Serve config with an `applications` list ({exc})") from None
+    args = _merge(app.get("args") or {}, parse_overrides(overrides))
+    try:
+        settings = ServeSettings.model_validate(args)
+    except ValueError as exc:
+        raise ConfigError(f"{config} applications[0].args (with overrides {overrides}): {exc}") from None
+    options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments") or []}
+    return settings, options, app, raw
+
+
+def main(
+    checkpoint: Annotated[str, typer.Option(help="CLaRa checkpoint directory (query reasoner + generator).")],
+    store: Annotated[str, typer.Option(help="Compressed store built from that checkpoint.")],
+    config: Annotated[Path, typer.Option(help="Serve config YAML (as for `serve deploy`).")] = DEFAULT_CONFIG,
+    host: Annotated[str, typer.Option(help="Bind address; keep 127.0.0.1 unless auth is on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    override: Annotated[Optional[list[str]], typer.Argument(help="ServeSettings overrides key=value.")] = None,
+) -> None:
+    """Serve CLaRa RAG over HTTP: /v1/rag, /v1/chat/completions, /v1/models, /healthz."""
+    import ray
+    from ray import serve
+
+    from serve.app import build_app
+
+    overrides = [f"checkpoint={checkpoint}", f"store={store}", *(override or [])]
+    settings, options, app, raw = load_serve_config(config, overrides)
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False)
+    serve.start(http_options={"host": host, "port": port}, proxy_location=raw.get("proxy_location", "HeadOnly"))
+    serve.run(build_app(settings, options), name=app.get("name", "clara"), route_prefix=app.get("route_prefix", "/"))
+    typer.echo(f"serving {settings.model_name} on http://{host}:{port} (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,136 @@
+"""FastAPI ingress of the RAG application and the application builder.
+
+`serve deploy serve/config.yaml` imports `serve.app:build_app` with the YAML `args` (validated as
+`ServeSettings`); `clara serve` calls `build_app` too, with the same per-deployment options.
+"""
+
+import hmac
+import json
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve.deployments import Generator, Retriever
+from serve.retrieved import Retrieved
+from serve.schemas import (ChatRequest, Document, RagRequest, RagResponse, RequestError, Timings, chat_chunk,
+                           chat_completion, completion_id, model_list, parse_body)
+from serve.settings import ServeSettings
+
+api = FastAPI(title="clara-ray RAG", description="Answers from a precompressed CLaRa store.")
+
+
+@api.exception_handler(RequestError)
+async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+
+
+def _documents(retrieved: Retrieved) -> list[Document]:
+    return [Document(id=i, score=s, text=t, source=src)
+            for i, s, t, src in zip(retrieved.ids, retrieved.scores, retrieved.texts, retrieved.sources)]
+
+
+def _sse(payload: Any) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
+@serve.ingress(api)
+class RagIngress:
+    def __init__(self, settings: ServeSettings, retriever: DeploymentHandle, generator: DeploymentHandle):
+        self.settings = settings
+        self.token = settings.resolved_token()
+        self.retriever = retriever
+        self.generator = generator
+
+    # ---------------------------------------------------------------- request checks
+    def _authorize(self, request: Request) -> None:
+        if self.token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            raise RequestError(401, "missing or wrong bearer token")
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, refusing (413) past the limit without reading more than limit + one chunk."""
+        limit = self.settings.limits.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise RequestError(413, f"body has {declared} bytes; the limit is {limit}")
+        size, chunks = 0, []
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _parse(self, request: Request, schema):
+        self._authorize(request)
+        return parse_body(await self._read_body(request), schema, self.settings.limits)
+
+    # ---------------------------------------------------------------- pipeline
+    async def _retrieve(self, question: str, top_k: int | None) -> Retrieved:
+        return await self.retriever.search.remote((question, top_k or self.settings.default_top_k))
+
+    def _budget(self, max_new_tokens: int | None) -> int:
+        return max_new_tokens or self.settings.default_max_new_tokens
+
+    # ---------------------------------------------------------------- routes
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "model": self.settings.model_name, "backend": self.settings.backend,
+                "reader": self.settings.reader}
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> dict:
+        self._authorize(request)
+        return model_list(self.settings.model_name)
+
+    @api.post("/v1/rag", response_model=RagResponse)
+    async def rag(self, request: Request) -> RagResponse:
+        body: RagRequest = await self._parse(request, RagRequest)
+        start = time.perf_counter()
+        retrieved = await self._retrieve(body.question, body.top_k)
+        retrieved_at = time.perf_counter()
+        answer = await self.generator.generate.remote((body.question, retrieved, self._budget(body.max_new_tokens)))
+        done = time.perf_counter()
+        return RagResponse(answer=answer, documents=_documents(retrieved), timings=Timings(
+            retrieve_s=retrieved_at - start, generate_s=done - retrieved_at, total_s=done - start))
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, request: Request):
+        body: ChatRequest = await self._parse(request, ChatRequest)
+        question, budget = body.question(), self._budget(body.new_tokens())
+        retrieved = await self._retrieve(question, body.top_k)
+        documents, cid = _documents(retrieved), completion_id()
+        if not body.stream:
+            answer = await self.generator.generate.remote((question, retrieved, budget))
+            return chat_completion(cid, self.settings.model_name, answer, documents)
+
+        async def events() -> AsyncIterator[str]:
+            name = self.settings.model_name
+            # Citations first: the client can show sources while the answer streams in.
+            yield _sse(chat_chunk(cid, name, {"role": "assistant", "content": ""}, documents=documents))
+            async for piece in self.generator.options(stream=True).stream.remote(question, retrieved, budget):
+                yield _sse(chat_chunk(cid, name, {"content": piece}))
+            yield _sse(chat_chunk(cid, name, {}, finish="stop"))
+            yield _sse("[DONE]")
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def build_app(args: dict | ServeSettings, deployment_options: dict[str, dict] | None = None):
+    """The bound application. `deployment_options` (deployment name -> `.options(...)` kwargs)
+    lets local runs apply the same replica/autoscaling settings `serve deploy` reads from YAML."""
+    settings = args if isinstance(args, ServeSettings) else ServeSettings.model_validate(args)
+    options = deployment_options or {}
+
+    def bind(deployment, *init_args):
+        return deployment.options(**options.get(deployment.name, {})).bind(*init_args)
+
+    return bind(RagIngress, settings, bind(Retriever, settings), bind(Generator, settings))

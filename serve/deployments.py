@@ -1,0 +1,87 @@
+"""The two model deployments: Retriever (query reasoner + store) and Generator (backend).
+
+Both batch concurrent requests with `@serve.batch`; the batch size comes from the settings
+(`batch.max_batch_size: 1` turns batching off, which the load benchmark compares against).
+Model calls run in a worker thread so the replica keeps accepting (and batching) requests.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import numpy as np
+from ray import serve
+
+from serve.loading import load_model, open_store
+from serve.retrieved import Retrieved
+from serve.settings import ServeSettings
+
+
+def _apply_batch_settings(handler, settings: ServeSettings) -> None:
+    handler.set_max_batch_size(settings.batch.max_batch_size)
+    handler.set_batch_wait_timeout_s(settings.batch.batch_wait_timeout_s)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+class Retriever:
+    def __init__(self, settings: ServeSettings):
+        self.model = load_model(settings)
+        self.store = open_store(settings)
+        _apply_batch_settings(self.search, settings)
+
+    def _search(self, requests: list[tuple[str, int]]) -> list[Retrieved]:
+        import torch
+
+        with torch.no_grad():
+            queries = self.model.retrieval_vectors(self.model.encode_queries([q for q, _ in requests]))
+        hits = self.store.search(queries.cpu().numpy().astype(np.float32), max(k for _, k in requests))
+        ids, scores, vectors = hits.ids, hits.scores, hits.vectors
+        out = []
+        for i, (_, k) in enumerate(requests):
+            keep = [j for j in range(min(k, ids.shape[1])) if ids[i, j] is not None]  # None: store < k docs
+            out.append(Retrieved(
+                ids=[str(ids[i, j]) for j in keep], scores=[float(scores[i, j]) for j in keep],
+                texts=[hits.texts[i][j] for j in keep], sources=[hits.sources[i][j] for j in keep],
+                vectors=np.ascontiguousarray(vectors[i, keep], dtype=np.float16)))
+        return out
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def search(self, requests: list[tuple[str, int]]) -> list[Retrieved]:
+        return await asyncio.to_thread(self._search, requests)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+class Generator:
+    def __init__(self, settings: ServeSettings):
+        from serve.backends import make_backend
+
+        self.backend = make_backend(settings, load_model(settings))
+        # One model call at a time: batches and streams share the adapter state and the cores.
+        self.lock = asyncio.Lock()
+        _apply_batch_settings(self.generate, settings)
+
+    def _generate(self, requests: list[tuple[str, Retrieved, int]]) -> list[str]:
+        answers: list[str | None] = [None] * len(requests)
+        # One generate() call per max_new_tokens value, so nobody decodes longer than asked.
+        for budget in sorted({r[2] for r in requests}):
+            rows = [i for i, r in enumerate(requests) if r[2] == budget]
+            out = self.backend.generate([requests[i][0] for i in rows], [requests[i][1] for i in rows], budget)
+            for i, answer in zip(rows, out):
+                answers[i] = answer
+        return answers
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def generate(self, requests: list[tuple[str, Retrieved, int]]) -> list[str]:
+        async with self.lock:
+            return await asyncio.to_thread(self._generate, requests)
+
+    async def stream(self, question: str, retrieved: Retrieved, max_new_tokens: int) -> AsyncIterator[str]:
+        async with self.lock:
+            pieces = self.backend.stream(question, retrieved, max_new_tokens)
+            while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+                yield piece
+
+    def __del__(self):
+        backend = getattr(self, "backend", None)
+        if backend is not None:
+            backend.close()

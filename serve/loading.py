@@ -1,0 +1,24 @@
+"""Load the checkpoint and store a replica serves (safetensors/JSON/FAISS only: no pickle)."""
+from __future__ import annotations
+
+from serve.settings import ServeSettings
+
+
+def load_model(settings: ServeSettings):
+    import torch
+
+    from clara_ray import CLaRa
+
+    torch.set_num_threads(settings.torch_threads)
+    overrides = {"dtype": settings.dtype} if settings.dtype else {}
+    model = CLaRa.from_pretrained(settings.checkpoint, device=settings.device, **overrides)
+    model.eval()  # LoRA dropout off for every path, including the streamed one
+    return model
+
+
+def open_store(settings: ServeSettings):
+    from clara_ray.store import CompressedStore, checkpoint_fingerprint
+
+    # The store records which checkpoint compressed it: vectors from another one would be garbage
+    # to this query reasoner and generator, so refuse to start rather than answer nonsense.
+    return CompressedStore.open(settings.store, expect_checkpoint=checkpoint_fingerprint(settings.checkpoint))

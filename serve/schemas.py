@@ -1,0 +1,182 @@
+"""Request/response models of the HTTP API, and body parsing with the configured limits.
+
+Limits come from `ServeSettings.limits` through pydantic's validation context, so one schema
+serves any configuration and every refusal names its field.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from serve.settings import Limits
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class RequestError(Exception):
+    """A client error: HTTP status + FastAPI-style `detail`."""
+
+    def __init__(self, status: int, detail: Any):
+        super().__init__(str(detail))
+        self.status = status
+        self.detail = detail
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    return (info.context or {}).get("limits") or Limits()
+
+
+def _check_question(question: str, info: ValidationInfo) -> str:
+    limit = _limits(info).max_question_chars
+    if not question.strip():
+        raise ValueError("question is empty")
+    if len(question) > limit:
+        raise ValueError(f"question has {len(question)} characters; the limit is {limit}")
+    return question
+
+
+def _check_top_k(top_k: int | None, info: ValidationInfo) -> int | None:
+    limit = _limits(info).max_top_k
+    if top_k is not None and not 1 <= top_k <= limit:
+        raise ValueError(f"top_k must be between 1 and {limit}, got {top_k}")
+    return top_k
+
+
+def _check_new_tokens(value: int | None, info: ValidationInfo) -> int | None:
+    limit = _limits(info).max_new_tokens
+    if value is not None and not 1 <= value <= limit:
+        raise ValueError(f"must be between 1 and {limit}, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------------------------- /v1/rag
+class RagRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: str
+    top_k: int | None = None
+    max_new_tokens: int | None = None
+
+    _question = field_validator("question")(_check_question)
+    _top_k = field_validator("top_k")(_check_top_k)
+    _new_tokens = field_validator("max_new_tokens")(_check_new_tokens)
+
+
+class Document(BaseModel):
+    id: str
+    score: float
+    text: str
+    source: str
+
+
+class Timings(BaseModel):
+    """Seconds spent per step, measured inside the ingress replica."""
+    retrieve_s: float
+    generate_s: float
+    total_s: float
+
+
+class RagResponse(BaseModel):
+    answer: str
+    documents: list[Document]
+    timings: Timings
+
+
+# ---------------------------------------------------------------------- OpenAI-compatible
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "\n".join(p.text for p in self.content if p.type == "text" and p.text)
+        return self.content or ""
+
+
+class ChatRequest(BaseModel):
+    # The openai client sends many optional fields (temperature, n, ...): accept and ignore them;
+    # decoding here is greedy.
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    top_k: int | None = None  # extension: how many documents to retrieve
+
+    _top_k = field_validator("top_k")(_check_top_k)
+    _max_tokens = field_validator("max_tokens", "max_completion_tokens")(_check_new_tokens)
+
+    @field_validator("messages")
+    @classmethod
+    def _messages(cls, messages: list[ChatMessage], info: ValidationInfo) -> list[ChatMessage]:
+        limit = _limits(info).max_messages
+        if len(messages) > limit:
+            raise ValueError(f"{len(messages)} messages; the limit is {limit}")
+        users = [m for m in messages if m.role == "user"]
+        if not users:
+            raise ValueError("no user message: the last user message is the question")
+        _check_question(users[-1].text(), info)
+        return messages
+
+    def question(self) -> str:
+        return [m for m in self.messages if m.role == "user"][-1].text()
+
+    def new_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def chat_completion(cid: str, model: str, answer: str, documents: list[Document]) -> dict:
+    """A `chat.completion` object; the retrieved documents ride along as `citations`."""
+    return {
+        "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": answer}}],
+        "citations": [d.model_dump() for d in documents],
+    }
+
+
+def chat_chunk(cid: str, model: str, delta: dict, finish: str | None = None,
+               documents: list[Document] | None = None) -> dict:
+    chunk = {
+        "id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    if documents is not None:
+        chunk["citations"] = [d.model_dump() for d in documents]
+    return chunk
+
+
+def model_list(name: str) -> dict:
+    return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "clara-ray"}]}
+
+
+# ---------------------------------------------------------------------------------- parsing
+def parse_body(raw: bytes, schema: type[T], limits: Limits) -> T:
+    """Bytes -> validated request; 413 over the size limit, 400 for bad JSON, 422 per field."""
+    if len(raw) > limits.max_body_bytes:
+        raise RequestError(413, f"body has {len(raw)} bytes; the limit is {limits.max_body_bytes}")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"body is not valid JSON: {exc}") from None
+    try:
+        return schema.model_validate(data, context={"limits": limits})
+    except ValidationError as exc:
+        detail = [{"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+                  for err in exc.errors(include_url=False, include_input=False)]
+        raise RequestError(422, detail) from None
