@@ -1,0 +1,18 @@
+"""Real `ray start --head` cluster on loopback; jobs go through the job-submission API."""
+import pytest
+
+from clara_ray.jobs import JobFailed, LocalRayCluster, submit_and_wait
+
+
+@pytest.mark.slow
+def test_jobs_succeed_or_fail_with_their_log(tmp_path):
+    with LocalRayCluster(num_cpus=1) as cluster:
+        ok_log = tmp_path / "ok.log"
+        submit_and_wait(cluster.address, "hello", "python -c \"import ray; ray.init(); print('hello from', ray.get_runtime_context().get_job_id())\"",
+                        ok_log, timeout=120)
+        assert "hello from" in ok_log.read_text()
+        bad_log = tmp_path / "bad.log"
+        with pytest.raises(JobFailed, match=r"step 'broken' ended FAILED.*bad.log") as info:
+            submit_and_wait(cluster.address, "broken", "python -c \"raise SystemExit('boom: bad input')\"",
+                            bad_log, timeout=120)
+        assert "boom: bad input" in info.value.log_path.read_text()
