@@ -1,0 +1,175 @@
+"""Build the three stages' JSONL from SQuAD-format data (paragraphs with questions).
+
+- Stage 1 (`pretrain_data.jsonl`): one record per paragraph, the paragraph with its QA pairs
+  (plus a paraphrase record where a paragraph carries a non-standard `paraphrase` field).
+- Stage 2 (`instruction_data.jsonl`): one record per question, the gold paragraph among
+  `instruct_docs - 1` negatives.
+- Stage 3 (`end_to_end_data.jsonl`): one record per question, the gold paragraph among
+  `end_to_end_docs - 1` negatives, with `pos_index` and every distinct gold answer.
+
+Negatives are other paragraphs: first from the same article (same topic, so they are hard to
+tell apart), the rest from other articles. Articles are split whole into train and held-out, so
+no held-out paragraph is seen in training. Every output is validated with the stage's record
+type and written atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from clara_ray.data.records import parse_record
+
+STAGE_FILES = {
+    "compress_pretrain": "pretrain_data.jsonl",
+    "instruct": "instruction_data.jsonl",
+    "end_to_end": "end_to_end_data.jsonl",
+}
+HELDOUT_PREFIX = "heldout_"
+
+
+class SquadFormatError(ValueError):
+    pass
+
+
+@dataclass
+class Question:
+    text: str
+    answers: list[str]
+
+
+@dataclass
+class Paragraph:
+    article: int
+    context: str
+    questions: list[Question]
+    paraphrase: str | None = None
+
+
+@dataclass
+class BuildStats:
+    files: dict[str, int] = field(default_factory=dict)  # file name -> records written
+
+
+def _distinct(texts: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
+
+
+def load_squad(path: str | Path) -> list[list[Paragraph]]:
+    """Articles of paragraphs; a malformed entry raises naming the file and its JSON path."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SquadFormatError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise SquadFormatError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
+        raise SquadFormatError(f"{path}: expected an object with a 'data' list (SQuAD format)")
+    articles = []
+    for a, article in enumerate(raw["data"]):
+        where = f"{path}: data[{a}]"
+        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
+            raise SquadFormatError(f"{where}: expected an object with a 'paragraphs' list")
+        paragraphs = []
+        for p, par in enumerate(article["paragraphs"]):
+            if not isinstance(par, dict) or not isinstance(par.get("context"), str) or not par["context"].strip():
+                raise SquadFormatError(f"{where}.paragraphs[{p}]: missing a non-empty 'context'")
+            questions = []
+            for q, qa in enumerate(par.get("qas") or []):
+                answers = _distinct(ans.get("text", "") for ans in (qa.get("answers") or []) if isinstance(ans, dict))
+                if not isinstance(qa.get("question"), str) or not qa["question"].strip():
+                    raise SquadFormatError(f"{where}.paragraphs[{p}].qas[{q}]: missing 'question'")
+                if answers:  # unanswerable (SQuAD 2.0) questions have nothing to train on
+                    questions.append(Question(qa["question"].strip(), answers))
+            paragraphs.append(Paragraph(a, par["context"].strip(), questions, par.get("paraphrase")))
+        articles.append(paragraphs)
+    if not articles:
+        raise SquadFormatError(f"{path}: no articles")
+    return articles
+
+
+def _negatives(gold: Paragraph, same_article: list[Paragraph], others: list[Paragraph], count: int,
+               rng: random.Random) -> list[str]:
+    near = [p for p in same_article if p is not gold]
+    hard = rng.sample(near, min(len(near), (count + 1) // 2))
+    rest = rng.sample(others, min(len(others), count - len(hard)))
+    chosen = hard + rest
+    if len(chosen) < count:  # a tiny corpus: top up from whatever is left
+        pool = [p for p in near if p not in hard]
+        chosen += rng.sample(pool, min(len(pool), count - len(chosen)))
+    if len(chosen) < count:
+        raise SquadFormatError(f"only {len(chosen)} other paragraphs available, {count} negatives needed")
+    return [p.context for p in chosen]
+
+
+def _with_gold(gold: str, negatives: list[str], rng: random.Random) -> tuple[list[str], int]:
+    docs = [gold, *negatives]
+    rng.shuffle(docs)
+    return docs, docs.index(gold)
+
+
+def stage_records(articles: list[list[Paragraph]], instruct_docs: int, end_to_end_docs: int,
+                  max_questions_per_paragraph: int, seed: int) -> dict[str, list[dict[str, Any]]]:
+    """The three stages' records (as JSON objects) for a set of articles."""
+    rng = random.Random(seed)
+    everything = [p for article in articles for p in article]
+    out: dict[str, list[dict[str, Any]]] = {stage: [] for stage in STAGE_FILES}
+    for article in articles:
+        others = [p for p in everything if p.article != article[0].article] if article else []
+        for par in article:
+            questions = par.questions[:max_questions_per_paragraph]
+            if questions:
+                out["compress_pretrain"].append({"data_type": "qa", "question": [q.text for q in questions],
+                                                 "answers": [q.answers[0] for q in questions], "docs": [par.context]})
+            if par.paraphrase:
+                out["compress_pretrain"].append({"data_type": "paraphrase", "question": [],
+                                                 "answers": [par.paraphrase], "docs": [par.context]})
+            for q in questions:
+                docs, _ = _with_gold(par.context, _negatives(par, article, others, instruct_docs - 1, rng), rng)
+                out["instruct"].append({"question": q.text, "docs": docs, "answer": q.answers[0]})
+                docs, gold = _with_gold(par.context, _negatives(par, article, others, end_to_end_docs - 1, rng), rng)
+                out["end_to_end"].append({"question": q.text, "docs": docs, "answers": q.answers, "pos_index": [gold]})
+    for stage, records in out.items():
+        rng.shuffle(records)
+        for i, record in enumerate(records):
+            parse_record(record, stage, f"<built {stage}>", i + 1)  # a builder bug must not ship bad data
+    return out
+
+
+def write_jsonl(records: list[dict[str, Any]], path: Path) -> None:
+    """Write records to `path` via a temporary sibling, so a crash leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for record in records:
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_squad_data(squad_path: str | Path, out_dir: str | Path, train_articles: int | None = None,
+                     instruct_docs: int = 5, end_to_end_docs: int = 20, max_questions_per_paragraph: int = 5,
+                     seed: int = 0) -> BuildStats:
+    """Write the stage files for the first `train_articles` articles, and held-out files for the rest."""
+    articles = load_squad(squad_path)
+    cut = len(articles) if train_articles is None else train_articles
+    if not 0 < cut <= len(articles):
+        raise SquadFormatError(f"train_articles={train_articles} but {squad_path} has {len(articles)} articles")
+    out_dir = Path(out_dir)
+    stats = BuildStats()
+    splits = [("", articles[:cut])] + ([(HELDOUT_PREFIX, articles[cut:])] if cut < len(articles) else [])
+    for prefix, split in splits:
+        for stage, records in stage_records(split, instruct_docs, end_to_end_docs,
+                                            max_questions_per_paragraph, seed).items():
+            name = prefix + STAGE_FILES[stage]
+            write_jsonl(records, out_dir / name)
+            stats.files[name] = len(records)
+    return stats

@@ -1,0 +1,140 @@
+"""The typed config of one training stage (`python -m pipelines.train --config <yaml>`).
+
+One schema serves the GPU reference profile and the small CPU profile: the device, precision,
+ZeRO stage and optimizer flavour are fields, never branches in the training code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from clara_ray.data.records import Stage
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    paths: list[str] = Field(min_length=1, description="JSONL files (or directories of them) in the stage's format")
+    shuffle_buffer: int = Field(0, ge=0, description="local shuffle buffer per worker, 0 = file order")
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(gt=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    # GPU: DeepSpeed's fused Adam kernel; CPU: torch's AdamW (avoids compiling an extension).
+    torch_adam: bool = False
+
+
+class BatchConfig(_Strict):
+    global_size: int = Field(gt=0, description="samples per optimizer step over all workers")
+    micro_size: int = Field(gt=0, description="samples per forward pass on one worker")
+
+
+class ResourcesConfig(_Strict):
+    num_workers: int = Field(1, gt=0, description="one Ray Train worker per GPU (or per CPU slot)")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+
+
+class DeepSpeedConfig(_Strict):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_checkpointing: bool = False
+    backend: Literal["nccl", "gloo"] = "gloo"
+    # DeepSpeed's CPU shared-memory all-reduce is JIT-compiled on first use (~2 min); gloo is
+    # fast enough for CPU runs, so it stays off unless asked for.
+    cpu_shm_allreduce: bool = False
+    extra: dict[str, Any] = Field(default_factory=dict, description="merged into the generated DeepSpeed JSON")
+
+
+class CheckpointConfig(_Strict):
+    every_steps: int = Field(100, gt=0)
+    keep: int = Field(2, gt=0, description="checkpoints kept by Ray Train")
+
+
+class RunConfig(_Strict):
+    name: str = Field(min_length=1, description="same name + storage_path = resume")
+    storage_path: str = "runs"
+    output_dir: Optional[str] = Field(None, description="exported CLaRa dir; default <storage>/<name>/model")
+    max_failures: int = Field(2, ge=-1, description="worker-group restarts after a failure (-1 = forever)")
+    log_every: int = Field(1, gt=0)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.storage_path).expanduser().resolve() / self.name
+
+    @property
+    def export_dir(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir).expanduser().resolve()
+        return self.run_dir / "model"
+
+
+class TrainConfig(_Strict):
+    stage: Stage
+    data: DataConfig
+    # Stage 1 builds a fresh model from `model` (CLaRaConfig fields); stages 2-3 start from the
+    # previous stage's exported directory in `init_from`, where `model` overrides saved fields
+    # (e.g. dtype, or the backbone's path on this cluster).
+    model: Optional[dict[str, Any]] = None
+    init_from: Optional[str] = None
+    optim: OptimConfig
+    batch: BatchConfig
+    epochs: float = Field(1.0, gt=0)
+    max_steps: Optional[int] = Field(None, gt=0, description="overrides epochs when set")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    run: RunConfig
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.stage == "compress_pretrain":
+            if self.model is None and self.init_from is None:
+                raise ValueError("compress_pretrain needs `model` (CLaRaConfig fields) or `init_from`")
+        elif self.init_from is None:
+            raise ValueError(f"{self.stage} starts from the previous stage: set init_from=<exported model dir>")
+        per_step = self.batch.micro_size * self.resources.num_workers
+        if self.batch.global_size % per_step:
+            raise ValueError(
+                f"batch.global_size {self.batch.global_size} is not a multiple of "
+                f"micro_size {self.batch.micro_size} x num_workers {self.resources.num_workers}"
+            )
+        return self
+
+    def with_absolute_paths(self) -> "TrainConfig":
+        """Paths resolved against the driver's directory: Ray workers run elsewhere."""
+        def absolute(path: str | None) -> str | None:
+            return path if path is None or "://" in path else str(Path(path).expanduser().resolve())
+
+        if self.init_from and "://" not in self.init_from and not Path(self.init_from).expanduser().is_dir():
+            raise ValueError(f"init_from {self.init_from}: no such model directory (run the previous stage first)")
+        run = self.run.model_copy(update={"storage_path": absolute(self.run.storage_path),
+                                          "output_dir": absolute(self.run.output_dir)})
+        return self.model_copy(update={"init_from": absolute(self.init_from), "run": run})
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.batch.global_size // (self.batch.micro_size * self.resources.num_workers)
+
+    def total_steps(self, num_records: int) -> int:
+        """Optimizer steps for the run: `max_steps`, else `epochs` passes over the data."""
+        if self.max_steps is not None:
+            return self.max_steps
+        steps = int(num_records * self.epochs) // self.batch.global_size
+        if steps == 0:
+            raise ValueError(
+                f"{num_records} records x {self.epochs} epochs is less than one global batch of "
+                f"{self.batch.global_size}: lower batch.global_size or set max_steps"
+            )
+        return steps

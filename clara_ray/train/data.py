@@ -1,0 +1,108 @@
+"""Stage JSONL through Ray Data: validated at read time, sharded to Ray Train workers.
+
+Each row carries the record as normalised JSON plus the file and line it came from. The read
+validates every line with `parse_record`, so a bad record fails the read with `file:line` (on
+the driver, before any worker starts) instead of being dropped or crashing a training step.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from clara_ray.data.records import RECORD_TYPES, Record, RecordError, parse_record
+
+if TYPE_CHECKING:
+    import pyarrow
+    import ray.data
+
+RECORD_COLUMN = "record"
+
+
+def _datasource_class():
+    # Built lazily: importing Ray Data costs seconds and the CLI's --help must stay instant.
+    from ray.data.datasource import FileBasedDatasource
+
+    class StageRecordsDatasource(FileBasedDatasource):
+        """JSONL files of one stage's records; each line validated as it is read."""
+
+        _FILE_EXTENSIONS = ["jsonl"]
+
+        def __init__(self, paths, stage: str, **kwargs):
+            super().__init__(paths, **kwargs)
+            self.stage = stage
+
+        def _read_stream(self, f: "pyarrow.NativeFile", path: str) -> Iterator["pyarrow.Table"]:
+            import pyarrow as pa
+
+            rows = {RECORD_COLUMN: [], "source": [], "line": []}
+            for number, text in enumerate(f.readall().decode("utf-8").splitlines(), start=1):
+                if not text.strip():
+                    continue
+                try:
+                    obj = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise RecordError(path, number, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+                record = parse_record(obj, self.stage, path, number)
+                rows[RECORD_COLUMN].append(record.model_dump_json())
+                rows["source"].append(path)
+                rows["line"].append(number)
+            if rows["line"]:
+                yield pa.table(rows)
+
+    return StageRecordsDatasource
+
+
+def _resolve(paths: list[str]) -> list[str]:
+    resolved = []
+    for raw in paths:
+        if "://" in raw:  # remote storage: Ray Data resolves it
+            resolved.append(raw)
+            continue
+        path = Path(raw).expanduser().resolve()
+        if not path.exists():
+            raise RecordError(raw, None, "data file not found")
+        resolved.append(str(path))
+    return resolved
+
+
+def read_stage_dataset(paths: list[str], stage: str) -> "ray.data.Dataset":
+    """Read and validate stage records; materialised, so errors surface here, on the driver."""
+    import ray.data
+
+    if stage not in RECORD_TYPES:
+        raise ValueError(f"unknown stage {stage!r}")
+    source = _datasource_class()(_resolve(paths), stage=stage)
+    ds = ray.data.read_datasource(source).materialize()
+    if ds.count() == 0:
+        raise RecordError(", ".join(paths), None, "no records")
+    return ds
+
+
+def records_from_batch(batch: dict, stage: str) -> list[Record]:
+    """Rebuild typed records from a `iter_batches(batch_format="numpy")` batch."""
+    record_type = RECORD_TYPES[stage]
+    return [record_type.model_validate_json(text) for text in batch[RECORD_COLUMN]]
+
+
+def micro_batches(shard, stage: str, micro_size: int, shuffle_buffer: int, seed: int) -> Iterator[list[Record]]:
+    """Endless stream of full micro-batches from a worker's shard, one epoch after another.
+
+    Every worker draws the same number of micro-batches per step, so no rank waits for a
+    collective that a peer with a shorter shard would never enter.
+    """
+    epoch = 0
+    while True:
+        produced = 0
+        for batch in shard.iter_batches(
+            batch_size=micro_size,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=shuffle_buffer or None,
+            local_shuffle_seed=seed + epoch if shuffle_buffer else None,
+        ):
+            produced += 1
+            yield records_from_batch(batch, stage)
+        if produced == 0:
+            raise ValueError(f"a worker's data shard holds fewer than micro_size={micro_size} records")
+        epoch += 1

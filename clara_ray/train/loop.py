@@ -1,0 +1,202 @@
+"""The per-worker training loop Ray Train runs on every rank.
+
+DeepSpeed owns the optimizer, ZeRO partitioning, gradient accumulation, clipping, the lr
+schedule and the checkpoint files; Ray Train owns the workers, the data shards, checkpoint
+persistence and restarts. Every `checkpoint.every_steps` each rank writes its DeepSpeed shard and
+reports it; the final checkpoint also holds the exported CLaRa directory (`model/`).
+"""
+from __future__ import annotations
+
+import itertools
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from clara_ray.train.config import TrainConfig
+from clara_ray.train.data import micro_batches
+
+EXPORT_SUBDIR = "model"
+_TAG_PREFIX = "step_"
+
+
+def build_model(cfg: TrainConfig, device: str):
+    """Stage 1: a fresh CLaRa from `cfg.model`; later stages: the previous stage's export."""
+    from clara_ray import CLaRa, CLaRaConfig
+
+    if cfg.init_from:
+        model = CLaRa.from_pretrained(cfg.init_from, device=device, **(cfg.model or {}))
+    else:
+        model = CLaRa.from_config(CLaRaConfig(**cfg.model), device=device)
+    model.prepare_stage(cfg.stage)
+    return model
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Turn on activation checkpointing in the Hugging Face backbone inside `model`."""
+    for module in model.modules():
+        if getattr(module, "supports_gradient_checkpointing", False):
+            # Non-reentrant: the frozen backbone's inputs need no grad for LoRA grads to flow.
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            return
+    raise ValueError("deepspeed.gradient_checkpointing is set but the model has no HF backbone supporting it")
+
+
+def _skip_shm_allreduce(cfg: TrainConfig) -> None:
+    # DeepSpeed's comm backend JIT-compiles a CPU shared-memory all-reduce the first time it starts
+    # unless the op is marked incompatible; gloo does the job on CPU, so we mark it off.
+    if cfg.resources.use_gpu or cfg.deepspeed.cpu_shm_allreduce:
+        return
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def _restore(engine) -> int:
+    """Load the last reported checkpoint into the engine; returns the step to continue from."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as directory:
+        # Frozen backbone weights are not in the checkpoint (exclude_frozen_parameters), hence
+        # non-strict; every trainable tensor and the optimizer/scheduler state are.
+        _, client_state = engine.load_checkpoint(directory, load_module_strict=False)
+    if client_state is None:
+        raise RuntimeError(f"checkpoint {checkpoint.path} holds no DeepSpeed state")
+    return int(client_state["step"])
+
+
+def _save_and_report(engine, model, cfg: TrainConfig, step: int, metrics: dict[str, Any], final: bool) -> None:
+    import ray.train
+    from ray.train import Checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="clara-ckpt-") as directory:
+        engine.save_checkpoint(directory, tag=f"{_TAG_PREFIX}{step:08d}", client_state={"step": step},
+                               exclude_frozen_parameters=True)
+        if final and ray.train.get_context().get_world_rank() == 0:
+            model.mark_trained(cfg.stage)
+            model.save_pretrained(Path(directory) / EXPORT_SUBDIR)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+
+
+class _StepStats:
+    """A step's micro-batch losses (and stage-3 recall) summed, then averaged over all ranks."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.tokens = 0
+
+    def _add(self, name: str, value) -> None:
+        if value is None:
+            return
+        self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def add(self, out) -> None:
+        for name in ("loss", "ce", "mse"):
+            value = getattr(out, name, None)
+            self._add(name, value.detach() if hasattr(value, "detach") else value)
+        for name, value in (getattr(out, "recall", None) or {}).items():
+            self._add(name, value)
+        self.tokens += int(getattr(out, "num_tokens", 0) or 0)
+
+    def global_means(self) -> tuple[dict[str, float], int]:
+        """(mean of every metric over all ranks' micro-batches, tokens over all ranks)."""
+        import torch.distributed as dist
+
+        parts = [(self.sums, self.counts, self.tokens)]
+        if dist.is_initialized():
+            # Objects, not a fixed-size tensor: recall@k exists only where a batch had gold indices.
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, (self.sums, self.counts, self.tokens))
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for part_sums, part_counts, _ in parts:
+            for name, value in part_sums.items():
+                sums[name] = sums.get(name, 0.0) + value
+                counts[name] = counts.get(name, 0) + part_counts[name]
+        return {name: sums[name] / counts[name] for name in sums}, sum(p[2] for p in parts)
+
+
+def _tensorboard(cfg: TrainConfig, start_step: int):
+    from torch.utils.tensorboard import SummaryWriter
+
+    # purge_step drops events a crashed attempt logged beyond the checkpoint we resume from.
+    return SummaryWriter(str(cfg.run.run_dir / "tensorboard"), purge_step=start_step or None)
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry: one rank of the stage's training."""
+    setup_began = time.perf_counter()
+    import deepspeed
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from clara_ray.train.deepspeed_config import build_deepspeed_config, scheduler_factory
+
+    cfg = TrainConfig.model_validate(loop_config["train_config"])
+    total_steps: int = loop_config["total_steps"]
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(cfg.seed)
+    _skip_shm_allreduce(cfg)
+
+    model = build_model(cfg, str(ray.train.torch.get_device()))
+    if cfg.deepspeed.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, model_parameters=trainable, config=build_deepspeed_config(cfg),
+        lr_scheduler=scheduler_factory(cfg, total_steps),
+    )
+    start_step = _restore(engine)
+    if rank == 0:
+        print(f"[{cfg.stage}] rank 0 ready in {time.perf_counter() - setup_began:.1f}s: "
+              f"{sum(p.numel() for p in trainable):,} trainable parameters, starting at step "
+              f"{start_step}/{total_steps}", flush=True)
+    accum = cfg.grad_accum_steps
+    stream = micro_batches(ray.train.get_dataset_shard("train"), cfg.stage, cfg.batch.micro_size,
+                           cfg.data.shuffle_buffer, cfg.seed)
+    # Resume where the data stream was: skip the micro-batches the restored steps consumed.
+    stream = itertools.islice(stream, start_step * accum, None)
+
+    writer = _tensorboard(cfg, start_step) if rank == 0 else None
+    engine.train()
+    began, metrics = time.perf_counter(), {"step": start_step, "resumed_from_step": start_step}
+    for step in range(start_step + 1, total_steps + 1):
+        tick, stats = time.perf_counter(), _StepStats()
+        lr = scheduler.get_last_lr()[0]
+        for records in itertools.islice(stream, accum):
+            out = engine(records, cfg.stage)
+            engine.backward(out.loss)
+            engine.step()
+            stats.add(out)
+        seconds = time.perf_counter() - tick
+        due_log = step % cfg.run.log_every == 0 or step == total_steps
+        due_ckpt = step % cfg.checkpoint.every_steps == 0 or step == total_steps
+        if not (due_log or due_ckpt):
+            continue
+        means, tokens = stats.global_means()
+        metrics = {"step": step, "lr": lr, "samples_per_s": cfg.batch.global_size / seconds,
+                   "tokens_per_s": tokens / seconds, "resumed_from_step": start_step, **means}
+        if writer is not None:
+            _log_progress(writer, metrics, total_steps)
+        if due_ckpt:
+            if step == total_steps:
+                metrics["train_seconds"] = time.perf_counter() - began
+            _save_and_report(engine, model, cfg, step, metrics, final=step == total_steps)
+    if start_step >= total_steps and rank == 0:
+        print(f"[{cfg.stage}] already at step {total_steps}/{total_steps}; nothing to train", flush=True)
+    if writer is not None:
+        writer.close()
+
+
+def _log_progress(writer, metrics: dict[str, Any], total_steps: int) -> None:
+    step = metrics["step"]
+    keys = [k for k in metrics if k not in ("step", "resumed_from_step", "train_seconds")]
+    print(f"step {step}/{total_steps} " + " ".join(f"{k} {metrics[k]:.4g}" for k in keys), flush=True)
+    for key in keys:
+        writer.add_scalar(f"train/{key}", metrics[key], step)

@@ -1,0 +1,110 @@
+"""Driver side of a training stage: data, Ray Train's TorchTrainer, export and summary.
+
+`train_stage(cfg)` works against whatever Ray cluster the process is attached to (`ray job
+submit` sets RAY_ADDRESS) and starts a local one otherwise. Running it again with the same
+`run.name` and `run.storage_path` resumes from the last reported checkpoint (Ray Train V2).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from clara_ray.train.config import TrainConfig
+from clara_ray.train.data import read_stage_dataset
+from clara_ray.train.loop import EXPORT_SUBDIR, train_worker
+
+
+class TrainSummary(BaseModel):
+    stage: str
+    run_dir: str
+    model_dir: str
+    records: int
+    total_steps: int
+    resumed_from_step: int
+    final_metrics: dict[str, Any]
+    wall_seconds: float
+
+    def describe(self) -> str:
+        m = self.final_metrics
+        keys = ["loss", "ce", "mse", *sorted(k for k in m if k.startswith("recall")), "samples_per_s", "tokens_per_s"]
+        parts = [f"{k}={m[k]:.4g}" for k in keys if k in m]
+        resumed = f" (resumed from step {self.resumed_from_step})" if self.resumed_from_step else ""
+        return (f"[{self.stage}] {self.total_steps} steps on {self.records} records{resumed} in "
+                f"{self.wall_seconds:.1f}s; final {' '.join(parts)}\n"
+                f"  model: {self.model_dir}\n  run:   {self.run_dir} (TensorBoard: {self.run_dir}/tensorboard)")
+
+
+def _write_atomically(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _export(checkpoint, target: Path) -> None:
+    """Copy the checkpoint's CLaRa directory to `target`, replacing any previous export whole."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        with checkpoint.as_directory() as directory:
+            source = Path(directory) / EXPORT_SUBDIR
+            if not source.is_dir():
+                raise RuntimeError(f"final checkpoint {checkpoint.path} holds no exported model")
+            shutil.copytree(source, staging / "new")
+        if target.exists():
+            os.replace(target, staging / "old")
+        os.replace(staging / "new", target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _trainer(cfg: TrainConfig, dataset, total_steps: int):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    res = cfg.resources
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"train_config": cfg.model_dump(mode="json"), "total_steps": total_steps},
+        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                                     resources_per_worker={"CPU": res.cpus_per_worker}),
+        torch_config=TorchConfig(backend=cfg.deepspeed.backend),
+        run_config=RunConfig(
+            name=cfg.run.name,
+            storage_path=str(cfg.run.run_dir.parent),
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+        ),
+        datasets={"train": dataset},
+    )
+
+
+def train_stage(cfg: TrainConfig) -> TrainSummary:
+    import ray
+
+    began = time.perf_counter()
+    cfg = cfg.with_absolute_paths()
+    if not ray.is_initialized():
+        ray.init()  # joins RAY_ADDRESS (set by `ray job submit`), else starts a local cluster
+    dataset = read_stage_dataset(cfg.data.paths, cfg.stage)
+    records = dataset.count()
+    total_steps = cfg.total_steps(records)
+    result = _trainer(cfg, dataset, total_steps).fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {cfg.run.run_dir} finished without a checkpoint")
+    _export(result.checkpoint, cfg.run.export_dir)
+    metrics = dict(result.metrics or {})
+    summary = TrainSummary(
+        stage=cfg.stage, run_dir=str(cfg.run.run_dir), model_dir=str(cfg.run.export_dir), records=records,
+        total_steps=total_steps, resumed_from_step=int(metrics.get("resumed_from_step", 0)),
+        final_metrics=metrics, wall_seconds=time.perf_counter() - began,
+    )
+    _write_atomically(summary.model_dump_json(indent=1), cfg.run.run_dir / "summary.json")
+    return summary

@@ -1,0 +1,36 @@
+"""`python -m pipelines.build_squad_data --squad <squad.json> --out <dir>`: stage JSONL from SQuAD.
+
+Writes pretrain_data.jsonl, instruction_data.jsonl and end_to_end_data.jsonl for the first
+`--train-articles` articles, and heldout_*.jsonl for the remaining ones (split by article).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def main(
+    squad: Annotated[Path, typer.Option(help="SQuAD-format JSON (data -> paragraphs -> qas)")],
+    out: Annotated[Path, typer.Option(help="output directory")],
+    train_articles: Annotated[Optional[int], typer.Option(help="articles for training; the rest held out")] = None,
+    instruct_docs: Annotated[int, typer.Option(help="documents per stage-2 record (gold + negatives)")] = 5,
+    end_to_end_docs: Annotated[int, typer.Option(help="candidates per stage-3 record (gold + negatives)")] = 20,
+    max_questions: Annotated[int, typer.Option(help="questions used per paragraph")] = 5,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Build the three training stages' JSONL from SQuAD-format paragraphs and questions."""
+    from clara_ray.data.squad import SquadFormatError, build_squad_data
+
+    try:
+        stats = build_squad_data(squad, out, train_articles, instruct_docs, end_to_end_docs, max_questions, seed)
+    except SquadFormatError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for name, count in stats.files.items():
+        typer.echo(f"{out / name}: {count} records")
+
+
+if __name__ == "__main__":
+    typer.run(main)
