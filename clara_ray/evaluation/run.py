@@ -1,0 +1,153 @@
+"""Evaluate a checkpoint over a question set with Ray Data: one actor pool holds the model.
+
+Resumable: every finished batch is appended to `predictions.jsonl.partial`; a rerun skips the
+questions already there. The final `predictions.jsonl`, `summary.json` and report are written
+to temporary files and renamed, so a crash never leaves a half-written result.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from clara_ray.evaluation.config import EvalConfig
+from clara_ray.evaluation.loaders import EvalQuestion, load_questions
+
+log = logging.getLogger(__name__)
+PARTIAL = "predictions.jsonl.partial"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def read_partial(path: Path) -> dict[str, dict[str, Any]]:
+    """Rows already scored; a line cut off by a crash is dropped (its question reruns)."""
+    rows: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rows[row["id"]] = row
+    return rows
+
+
+def questions_for(cfg: EvalConfig) -> list[EvalQuestion]:
+    d = cfg.data
+    questions = load_questions(d.format, d.path, dataset=d.dataset, articles=d.article_indices, limit=d.limit,
+                               per_article=d.per_article, max_candidates=d.max_candidates, seed=d.seed)
+    seen: set[str] = set()
+    for q in questions:
+        if q.id in seen:
+            raise ValueError(f"{d.path}: question id {q.id!r} occurs twice; ids must be unique")
+        seen.add(q.id)
+    return questions
+
+
+class EvalActor:
+    """Ray Data actor: loads the checkpoint once, scores batches of JSON-encoded questions.
+
+    Rows travel as JSON strings so Arrow never has to unify the schemas of nested, ragged
+    fields (candidate lists, per-system results) across blocks.
+    """
+
+    def __init__(self, config_json: str):
+        import torch
+
+        from clara_ray import CLaRa
+        from clara_ray.evaluation.harness import Evaluator
+
+        cfg = EvalConfig.model_validate_json(config_json)
+        if cfg.ray.torch_threads:
+            torch.set_num_threads(cfg.ray.torch_threads)
+        model = CLaRa.from_pretrained(cfg.checkpoint, device=cfg.device, **cfg.model_overrides)
+        self.evaluator = Evaluator(model, cfg.harness, minilm_path=cfg.minilm_path)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        questions = [EvalQuestion.model_validate_json(text) for text in batch["question"]]
+        return {"row": [json.dumps(row) for row in self.evaluator.evaluate(questions)]}
+
+
+def _score_with_ray(cfg: EvalConfig, todo: list[EvalQuestion]) -> Iterable[str]:
+    import ray
+
+    # Questions sharing candidates (one SQuAD article) sit together, so a batch compresses
+    # each shared document once and the actor's cache serves the next batch.
+    todo = sorted(todo, key=lambda q: (q.dataset, q.docs[:1], q.id))
+    dataset = ray.data.from_items([{"question": q.model_dump_json()} for q in todo])
+    scored = dataset.map_batches(
+        EvalActor, fn_constructor_kwargs={"config_json": cfg.model_dump_json()},
+        batch_size=cfg.ray.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.ray.actors),
+        num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
+    )
+    for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
+        yield from (str(line) for line in batch["row"])
+
+
+def checkpoint_info(path: str) -> dict[str, Any]:
+    """Compression rate and backbone from the saved config, for labels and plots."""
+    from clara_ray.model.modeling import CONFIG_FILE
+
+    saved = json.loads((Path(path) / CONFIG_FILE).read_text())
+    return {key: saved.get(key) for key in ("backbone", "compression_rate", "doc_max_length", "trained")}
+
+
+def _claim_output_dir(cfg: EvalConfig, out: Path) -> None:
+    """Rows are reused on rerun only for the same checkpoint, data and harness settings."""
+    identity = json.dumps(cfg.model_dump(include={"checkpoint", "model_overrides", "data", "harness"}), sort_keys=True)
+    marker = out / "run_config.json"
+    if marker.exists() and marker.read_text() != identity:
+        raise ValueError(f"{out} holds results of a different evaluation (see {marker}); "
+                         "choose another output_dir or delete it")
+    if not marker.exists():
+        write_atomic(marker, identity)
+
+
+def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
+    from clara_ray.evaluation.harness import summarise
+    from clara_ray.evaluation.report import write_report
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = checkpoint_info(cfg.checkpoint)  # fails early, naming the path, if not a checkpoint
+    _claim_output_dir(cfg, out)
+    questions = questions_for(cfg)
+    partial = out / PARTIAL
+    done = {**read_partial(out / "predictions.jsonl"), **read_partial(partial)}
+    if partial.exists():  # drop a line torn by a crash, so appended rows start on a fresh line
+        write_atomic(partial, "".join(json.dumps(row) + "\n" for row in read_partial(partial).values()))
+    todo = [q for q in questions if q.id not in done]
+    log.info("%d questions, %d already scored, %d to go", len(questions), len(questions) - len(todo), len(todo))
+    start = time.perf_counter()
+    if todo:
+        with partial.open("a", encoding="utf-8") as fh:
+            for line in _score_with_ray(cfg, todo):
+                fh.write(line + "\n")
+                fh.flush()
+    done = {**done, **read_partial(partial)}
+    missing = [q.id for q in questions if q.id not in done]
+    if missing:
+        raise RuntimeError(f"{len(missing)} questions were not scored (first: {missing[0]}); rerun to resume")
+    rows = [done[q.id] for q in questions]
+    summary = {
+        "label": cfg.label or f"CR={info['compression_rate']}",
+        "checkpoint": cfg.checkpoint, **info,
+        "data": cfg.data.model_dump(), "harness": cfg.harness.model_dump(),
+        "wall_seconds_this_run": round(time.perf_counter() - start, 2),
+        **summarise(rows),
+    }
+    write_atomic(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    write_report([summary], out)
+    partial.unlink(missing_ok=True)
+    return summary

@@ -1,0 +1,80 @@
+"""The Ray Data evaluation run on the tiny model: outputs, summary, resume after a crash."""
+import json
+from pathlib import Path
+
+import pytest
+
+from clara_ray.evaluation.config import EvalConfig
+from clara_ray.evaluation.run import PARTIAL, run_evaluation
+
+DOCS = ["Ada Lovelace wrote the first published program.", "Mount Everest is the highest mountain.",
+        "The Nile flows north into the Mediterranean.", "Copper conducts electricity well."]
+ROWS = [
+    {"id": "q1", "question": "Who wrote the first published program?", "golden_answers": ["Ada Lovelace"],
+     "docs": DOCS, "pos_index": [0]},
+    {"id": "q2", "question": "Which mountain is the highest?", "answers": ["Mount Everest", "Everest"],
+     "docs": DOCS, "pos_index": [1]},
+    {"id": "q3", "question": "Where does the Nile flow?", "answer": "the Mediterranean", "docs": DOCS[::-1],
+     "pos_index": [1]},
+]
+
+
+@pytest.fixture
+def eval_config(tmp_path, tiny_model):
+    checkpoint = tmp_path / "ckpt"
+    tiny_model.save_pretrained(checkpoint)
+    data = tmp_path / "nq.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return EvalConfig.model_validate({
+        "checkpoint": str(checkpoint), "output_dir": str(tmp_path / "out"),
+        "data": {"format": "jsonl", "path": str(data)},
+        "harness": {"top_k": 2, "max_new_tokens": 3, "retrievers": ["clara", "bm25"],
+                    "systems": [{"name": "clara", "kind": "clara"}, {"name": "closed", "kind": "closed_book"}]},
+        "ray": {"actors": 1, "num_cpus": 0.5, "batch_size": 2},
+    })
+
+
+@pytest.mark.slow
+def test_run_writes_predictions_summary_report_and_resumes(ray_cluster, eval_config):
+    out = eval_config.output_dir
+    summary = run_evaluation(eval_config)
+    rows = [json.loads(line) for line in open(f"{out}/predictions.jsonl")]
+    assert [r["id"] for r in rows] == ["q1", "q2", "q3"]  # question order, whatever the batch order
+    assert summary["num_questions"] == 3 and summary["compression_rate"] == 8 and summary["label"] == "CR=8"
+    assert set(summary["generation"]) == {"clara/normal", "clara/oracle", "closed/closed"}
+    recall = sum(r["retrieval"]["bm25"]["recall@1"] for r in rows) / 3
+    assert summary["retrieval"]["bm25"]["recall@1"] == pytest.approx(recall)
+    assert json.load(open(f"{out}/summary.json"))["retrieval"] == summary["retrieval"]
+    assert "| CR=8 | clara | oracle | 3 |" in open(f"{out}/report.md").read()
+    with open(f"{out}/recall_at_k.png", "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    # a crash after q1's batch: the partial file holds q1 and a torn line, no final outputs
+    marked = dict(rows[0], systems={**rows[0]["systems"], "clara/normal": {**rows[0]["systems"]["clara/normal"],
+                                                                          "prediction": "FROM-PARTIAL"}})
+    out_dir = Path(out)
+    out_dir.joinpath(PARTIAL).write_text(json.dumps(marked) + "\n{\"id\": \"q2\", \"ret")
+    out_dir.joinpath("predictions.jsonl").unlink()
+    resumed = run_evaluation(eval_config)
+    rows = [json.loads(line) for line in open(f"{out}/predictions.jsonl")]
+    assert rows[0]["systems"]["clara/normal"]["prediction"] == "FROM-PARTIAL"  # reused, not recomputed
+    assert [r["id"] for r in rows] == ["q1", "q2", "q3"] and resumed["num_questions"] == 3
+    assert not out_dir.joinpath(PARTIAL).exists()
+
+
+def test_output_dir_of_another_evaluation_is_refused(eval_config):
+    from pathlib import Path
+
+    Path(eval_config.output_dir).mkdir(parents=True)
+    Path(eval_config.output_dir, "run_config.json").write_text('{"checkpoint": "other"}')
+    with pytest.raises(ValueError, match="holds results of a different evaluation"):
+        run_evaluation(eval_config)
+
+
+def test_article_range_and_bad_checkpoint(tmp_path, eval_config):
+    cfg = EvalConfig.model_validate({**eval_config.model_dump(), "data": {
+        "format": "squad", "path": "x.json", "article_range": [3, 6]}})
+    assert cfg.data.article_indices == [3, 4, 5]
+    assert EvalConfig.model_validate_json(cfg.model_dump_json()) == cfg  # travels to the Ray actors intact
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        run_evaluation(cfg.model_copy(update={"checkpoint": str(tmp_path / "nowhere")}))
