@@ -1,0 +1,57 @@
+"""Captioning: each extracted image described by an OpenAI-compatible vision model."""
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+from clara_ray.ingest.config import ApiConfig, CaptionConfig
+from clara_ray.ingest.extract import MARKER_RE
+from clara_ray.ingest.openai_client import ApiCallError, ChatClient
+from clara_ray.ingest.storage import to_columns
+
+
+def caption_messages(jpeg: bytes, prompt: str) -> list[dict]:
+    url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+    return [{"role": "user", "content": [
+        {"type": "text", "text": prompt},
+        {"type": "image_url", "image_url": {"url": url}},
+    ]}]
+
+
+def caption_image(client: ChatClient, jpeg: bytes, cfg: CaptionConfig) -> str:
+    text = client.complete(caption_messages(jpeg, cfg.prompt), max_tokens=cfg.max_tokens)
+    return " ".join(text.split())
+
+
+def insert_captions(text: str, captions: dict[str, str]) -> str:
+    """Put each caption at its marker; images without a caption leave no trace in the text."""
+    def replace(match) -> str:
+        caption = captions.get(match.group(1))
+        return f"[Image: {caption}]" if caption else ""
+
+    return MARKER_RE.sub(replace, text).strip()
+
+
+class Captioner:
+    """Ray Data actor holding one API client."""
+
+    def __init__(self, api: dict, cfg: dict, out_dir: str):
+        self.api = ApiConfig.model_validate(api)
+        self.cfg = CaptionConfig.model_validate(cfg)
+        self.client = ChatClient(self.api, self.api.vision_model, self.cfg.workers)
+        self.out_dir = Path(out_dir)
+
+    def _one(self, key: str, path: str) -> dict[str, Any]:
+        row = {"key": key, "status": "ok", "caption": "", "error_kind": "", "error": ""}
+        try:
+            row["caption"] = caption_image(self.client, (self.out_dir / path).read_bytes(), self.cfg)
+        except ApiCallError as exc:
+            row.update(status="error", error_kind=exc.kind, error=str(exc))
+        except OSError as exc:
+            row.update(status="error", error_kind="unreadable", error=str(exc))
+        return row
+
+    def __call__(self, batch: dict) -> dict:
+        rows = [self._one(k, p) for k, p in zip(batch["key"], batch["path"])]
+        return to_columns(rows)

@@ -1,0 +1,155 @@
+"""Extraction: one input file -> text with image markers, its images saved as JPEG files.
+
+Documents go through docling's Python API (PDF, DOCX, PPTX, HTML, Markdown). Standalone images
+(detected by content, not by file name) skip docling, whose image route needs the layout/OCR
+models: the image itself is the document and its caption becomes the text.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from clara_ray.ingest.config import ExtractConfig
+from clara_ray.ingest.images import ImageError, normalise_image, sniff_image
+from clara_ray.ingest.storage import to_columns, write_atomic
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
+_PLACEHOLDER = "\x00CLARA_IMAGE\x00"
+MARKER_RE = re.compile(r"<<image:([0-9a-f]{16}-\d{3})>>")
+
+
+def image_marker(image_id: str) -> str:
+    return f"<<image:{image_id}>>"
+
+
+class ExtractionError(Exception):
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind = kind
+
+
+def build_converter(cfg: ExtractConfig):
+    """A docling converter for the document formats; PDF pipeline chosen by artifact availability."""
+    from docling.datamodel.backend_options import HTMLBackendOptions, MarkdownBackendOptions, PdfBackendOptions
+    from docling.datamodel.base_models import InputFormat
+    from docling.document_converter import (DocumentConverter, HTMLFormatOption, MarkdownFormatOption,
+                                            NativePdfFormatOption, PdfFormatOption)
+
+    if cfg.pdf_artifacts_path:
+        from docling.datamodel.pipeline_options import PdfPipelineOptions
+
+        pdf = PdfFormatOption(pipeline_options=PdfPipelineOptions(
+            artifacts_path=cfg.pdf_artifacts_path, generate_picture_images=True, do_ocr=False))
+    else:
+        from docling.datamodel.pipeline_options import NativePdfPipelineOptions
+
+        pdf = NativePdfFormatOption(
+            pipeline_options=NativePdfPipelineOptions(generate_page_images=False, generate_picture_images=True),
+            backend_options=PdfBackendOptions(include_bitmap_images=True))
+    return DocumentConverter(
+        allowed_formats=[InputFormat.PDF, InputFormat.DOCX, InputFormat.PPTX, InputFormat.HTML, InputFormat.MD],
+        format_options={
+            InputFormat.PDF: pdf,
+            # Local pictures referenced by HTML/Markdown are part of the document.
+            InputFormat.HTML: HTMLFormatOption(backend_options=HTMLBackendOptions(
+                fetch_images=True, enable_local_fetch=True)),
+            InputFormat.MD: MarkdownFormatOption(backend_options=MarkdownBackendOptions(
+                fetch_images=True, enable_local_fetch=True)),
+        })
+
+
+def _save_image(image, image_id: str, out_dir: Path, cfg: ExtractConfig) -> dict[str, Any]:
+    norm = normalise_image(image, cfg.max_image_side, cfg.min_image_side, cfg.jpeg_quality)
+    doc_part, number = image_id.rsplit("-", 1)
+    rel = Path("images") / doc_part / f"{number}.jpg"
+    write_atomic(out_dir / rel, norm.jpeg)
+    return {"image_id": image_id, "path": str(rel), "width": norm.width, "height": norm.height}
+
+
+def _convert_document(converter, path: Path, cfg: ExtractConfig):
+    from docling.datamodel.base_models import ConversionStatus
+
+    kwargs = {"page_range": (1, cfg.max_pages)} if cfg.max_pages else {}
+    try:
+        result = converter.convert(path, raises_on_error=False, **kwargs)
+    except Exception as exc:  # docling raises for formats it refuses before converting
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        kind = "unsupported_format" if "format" in message.lower() else "conversion_failed"
+        raise ExtractionError(kind, message) from None
+    if result.status not in (ConversionStatus.SUCCESS, ConversionStatus.PARTIAL_SUCCESS):
+        reasons = "; ".join(e.error_message for e in result.errors) or f"status {result.status.value}"
+        raise ExtractionError("conversion_failed", reasons)
+    return result
+
+
+def _document_text(result, key: str, out_dir: Path, cfg: ExtractConfig):
+    """Markdown text with one marker per picture (reading order), pictures saved as files."""
+    from docling_core.types.doc import ImageRefMode, PictureItem
+
+    doc = result.document
+    pictures = [item for item, _ in doc.iterate_items() if isinstance(item, PictureItem)]
+    text = doc.export_to_markdown(image_mode=ImageRefMode.PLACEHOLDER, image_placeholder=_PLACEHOLDER)
+    pieces = text.split(_PLACEHOLDER)
+    images, image_errors, out = [], [], [pieces[0]]
+    for number, piece in enumerate(pieces[1:]):
+        image_id = f"{key[:16]}-{number:03d}"
+        picture = pictures[number] if number < len(pictures) else None
+        pil = picture.get_image(doc) if picture is not None else None
+        marker = ""
+        if pil is None:
+            image_errors.append(f"picture {number}: no image data in the document")
+        else:
+            try:
+                images.append(_save_image(pil, image_id, out_dir, cfg))
+                marker = image_marker(image_id)
+            except ImageError as exc:
+                image_errors.append(f"picture {number}: {exc}")
+        out.extend([marker, piece])
+    return "".join(out).strip(), images, image_errors, len(doc.pages)
+
+
+def extract_file(converter, path: Path, key: str, out_dir: Path, cfg: ExtractConfig) -> dict[str, Any]:
+    """Extract one file into a row; failures become a row with status 'error' and the reason."""
+    row: dict[str, Any] = {"key": key, "format": path.suffix.lower().lstrip("."), "status": "ok",
+                           "error_kind": "", "error": "", "pages": 0, "text": "",
+                           "images": "[]", "image_errors": "[]"}
+    try:
+        data = path.read_bytes()
+        if not data.strip():
+            raise ExtractionError("empty_file", "file is empty")
+        if sniff_image(data) or path.suffix.lower() in IMAGE_SUFFIXES:
+            row["format"] = "image"
+            image_id = f"{key[:16]}-000"
+            try:
+                images = [_save_image(data, image_id, out_dir, cfg)]
+            except ImageError as exc:
+                raise ExtractionError("corrupt_image", str(exc)) from None
+            text, image_errors, pages = image_marker(image_id), [], 1
+        else:
+            result = _convert_document(converter, path, cfg)
+            row["format"] = result.input.format.value
+            text, images, image_errors, pages = _document_text(result, key, out_dir, cfg)
+            if not text:
+                raise ExtractionError("no_text", "no text or pictures found in the document")
+        row.update(text=text, pages=pages, images=json.dumps(images), image_errors=json.dumps(image_errors))
+    except ExtractionError as exc:
+        row.update(status="error", error_kind=exc.kind, error=str(exc))
+    except OSError as exc:
+        row.update(status="error", error_kind="unreadable", error=str(exc))
+    return row
+
+
+class Extractor:
+    """Ray Data actor: holds one docling converter (built once; docling import takes seconds)."""
+
+    def __init__(self, cfg: dict, out_dir: str):
+        self.cfg = ExtractConfig.model_validate(cfg)
+        self.out_dir = Path(out_dir)
+        self.converter = build_converter(self.cfg)
+
+    def __call__(self, batch: dict) -> dict:
+        rows = [extract_file(self.converter, Path(path), key, self.out_dir, self.cfg)
+                for path, key in zip(batch["path"], batch["key"])]
+        return to_columns(rows)

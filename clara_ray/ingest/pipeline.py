@@ -1,0 +1,259 @@
+"""The ingest pipeline on Ray Data: stage orchestration, resume, errors and the summary.
+
+Each stage runs as a Ray Data `map_batches` over the work not yet in its Parquet parts
+(actor pools where a stage holds a converter, an API client or an embedder); results stream
+back to the driver, which appends them as parts. Final files are rebuilt from all parts on
+every run, so a rerun after any interruption writes the same files, without duplicates.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+from clara_ray.ingest.captions import Captioner, insert_captions
+from clara_ray.ingest.chunking import chunk_text
+from clara_ray.ingest.config import ApiConfig, IngestConfig
+from clara_ray.ingest.extract import Extractor
+from clara_ray.ingest.hashing import content_key
+from clara_ray.ingest.outputs import ERRORS, RAW, build_records, raw_knowledge_rows, write_records
+from clara_ray.ingest.storage import StageParts, write_atomic, write_jsonl, write_table
+from clara_ray.ingest.synthesis import Synthesizer
+
+log = logging.getLogger(__name__)
+
+
+class IngestError(RuntimeError):
+    """A run that cannot start (missing input, no API endpoint)."""
+
+
+def discover(input_dir: Path) -> list[dict[str, Any]]:
+    """Every visible file under input_dir, keyed by content; identical files count once."""
+    rows, seen = [], set()
+    for path in sorted(p for p in input_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(input_dir)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        key = content_key(path.read_bytes())
+        if key not in seen:
+            seen.add(key)
+            rows.append({"key": key, "path": str(path), "source": str(rel)})
+    return rows
+
+
+def _batch_rows(batch: dict) -> list[dict[str, Any]]:
+    columns = {name: values.tolist() if hasattr(values, "tolist") else list(values)
+               for name, values in batch.items()}
+    size = len(next(iter(columns.values()))) if columns else 0
+    return [{name: values[i] for name, values in columns.items()} for i in range(size)]
+
+
+def run_stage(name: str, parts: StageParts, todo: list[dict[str, Any]], worker: type,
+              worker_kwargs: dict, workers: int, cpus: float, progress: bool,
+              batch_size: int = 1) -> dict[str, dict]:
+    """Map `worker` over the rows of `todo` whose key has no cached result; return key -> result."""
+    import ray
+    from tqdm import tqdm
+
+    done = parts.rows()
+    pending = list({r["key"]: r for r in todo if r["key"] not in done}.values())
+    with tqdm(total=len({r["key"] for r in todo}), initial=len({r["key"] for r in todo}) - len(pending),
+              desc=name, unit="item", disable=not progress) as bar:
+        if pending:
+            # Small blocks: each block is one checkpointed part, the unit of work lost on a kill.
+            blocks = min(-(-len(pending) // batch_size), 1000)
+            ds = ray.data.from_items(pending, override_num_blocks=blocks)
+            ds = ds.map_batches(worker, fn_constructor_kwargs=worker_kwargs, batch_size=batch_size, num_cpus=cpus,
+                                batch_format="numpy",
+                                compute=ray.data.ActorPoolStrategy(size=min(workers, len(pending))))
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                rows = _batch_rows(batch)
+                parts.add(rows)  # checkpoint before counting it as done
+                bar.update(len(rows))
+            done = parts.rows()
+    return {r["key"]: done[r["key"]] for r in todo if r["key"] in done}
+
+
+def _chunk_documents(docs: list[dict[str, Any]], cfg: IngestConfig) -> list[dict[str, Any]]:
+    """Documents (captions already in) -> chunks, via a Ray Data flat_map; order is by source."""
+    import ray
+
+    chunk_cfg = cfg.chunk
+
+    def split(doc: dict) -> list[dict]:
+        return [{"key": content_key(text), "doc_key": doc["key"], "source": doc["source"], "index": i, "text": text}
+                for i, text in enumerate(chunk_text(doc["text"], chunk_cfg))]
+
+    if not docs:
+        return []
+    rows = ray.data.from_items(docs, override_num_blocks=min(len(docs), 200)).flat_map(split).take_all()
+    rows.sort(key=lambda r: (r["source"], r["index"]))
+    unique: dict[str, dict] = {}
+    for row in rows:
+        unique.setdefault(row["key"], row)  # the same passage twice would make a duplicate record
+    return list(unique.values())
+
+
+def _embed(chunks: list[dict[str, Any]], cfg: IngestConfig, work: Path):
+    """MiniLM vectors of the chunks, cached like every other stage."""
+    import numpy as np
+
+    from clara_ray.ingest.negatives import Embedder
+
+    neg = cfg.negatives
+    done = run_stage("embed", StageParts(work, "embed"), [{"key": c["key"], "text": c["text"]} for c in chunks],
+                     Embedder, {"batch_size": neg.embed_batch_size}, 1, neg.cpus_per_worker, cfg.progress,
+                     batch_size=neg.embed_batch_size)
+    keys = [c["key"] for c in chunks]
+    return keys, np.stack([np.asarray(done[k]["embedding"], dtype=np.float32) for k in keys])
+
+
+def _negatives(chunks: list[dict[str, Any]], cfg: IngestConfig, work: Path) -> dict[str, list[str]]:
+    from clara_ray.ingest.negatives import mined_negatives, random_negatives
+
+    count = max(cfg.negatives.instruct_docs, cfg.negatives.end_to_end_docs) - 1
+    if len(chunks) < 2 or count <= 0:
+        return {c["key"]: [] for c in chunks}
+    if cfg.negatives.method == "random":
+        return random_negatives([c["key"] for c in chunks], count, cfg.negatives.seed)
+    keys, vectors = _embed(chunks, cfg, work)
+    return mined_negatives(keys, vectors, count)
+
+
+@contextlib.contextmanager
+def _api_endpoint(cfg: IngestConfig) -> Iterator[ApiConfig]:
+    """The configured API, or the bundled SmolLM2 server on 127.0.0.1 when none is configured."""
+    api = cfg.api.resolved()
+    if api.base_url and api.text_model or cfg.until == "extract":
+        yield api
+        return
+    if not api.embedded_fallback:
+        raise IngestError("no API endpoint: set api.base_url/api.text_model in the config, or "
+                          "OPENAI_BASE_URL and CLARA_TEXT_MODEL in the environment or .env")
+    from clara_ray.llm_server import running_server
+
+    log.warning("no API configured: serving %s locally on 127.0.0.1 (low-quality data)", api.embedded_backbone)
+    with running_server(api.embedded_backbone) as base_url:
+        model = api.embedded_backbone
+        yield api.model_copy(update=dict(base_url=base_url, api_key="local", text_model=model, vision_model=model))
+
+
+def _error(stage: str, source: str, key: str, kind: str, reason: str) -> dict[str, str]:
+    return {"stage": stage, "source": source, "key": key, "kind": kind, "reason": reason}
+
+
+def _init_ray(cfg: IngestConfig) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # one tqdm bar per stage on the driver instead
+    ctx.print_on_execution_start = False
+
+
+def run_ingest(cfg: IngestConfig) -> dict[str, Any]:
+    """Run the stages up to `cfg.until`; returns (and writes out/summary.json) the summary."""
+    if not cfg.input or not Path(cfg.input).is_dir():
+        raise IngestError(f"input directory not found: {cfg.input!r}")
+    if not cfg.out:
+        raise IngestError("no output directory given (--out or out: in the config)")
+    input_dir, out_dir = Path(cfg.input), Path(cfg.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / "work"
+    _init_ray(cfg)
+    with _api_endpoint(cfg) as api:
+        return _run(cfg, api, input_dir, out_dir, work)
+
+
+def _run(cfg: IngestConfig, api: ApiConfig, input_dir: Path, out_dir: Path, work: Path) -> dict[str, Any]:
+    errors: list[dict[str, str]] = []
+    summary: dict[str, Any] = {"until": cfg.until}
+    files = discover(input_dir)
+    extracted = run_stage("extract", StageParts(work, "extract"), files, Extractor,
+                          {"cfg": cfg.extract.model_dump(), "out_dir": str(out_dir)},
+                          cfg.extract.workers, cfg.extract.cpus_per_worker, cfg.progress)
+    docs = []
+    for f in files:
+        row = extracted[f["key"]]
+        for reason in json.loads(row["image_errors"]):
+            errors.append(_error("extract", f["source"], f["key"], "corrupt_image", reason))
+        if row["status"] != "ok":
+            errors.append(_error("extract", f["source"], f["key"], row["error_kind"], row["error"]))
+        else:
+            docs.append({"key": f["key"], "source": f["source"], "text": row["text"],
+                         "images": json.loads(row["images"]), "pages": row["pages"], "format": row["format"]})
+    summary.update(files=len(files), documents=len(docs), documents_failed=len(files) - len(docs),
+                   pages=sum(d["pages"] for d in docs), images=sum(len(d["images"]) for d in docs),
+                   formats=dict(sorted(Counter(d["format"] for d in docs).items())))
+
+    if cfg.runs("caption"):
+        chunks = _caption_and_chunk(cfg, api, docs, out_dir, work, errors, summary)
+        if cfg.runs("synthesize"):
+            _synthesize_and_write(cfg, api, chunks, out_dir, work, errors, summary)
+
+    write_jsonl(out_dir / ERRORS, errors)
+    summary["errors"] = len(errors)
+    summary["errors_by_kind"] = dict(sorted(Counter(e["kind"] for e in errors).items()))
+    write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
+    return summary
+
+
+def _caption_and_chunk(cfg: IngestConfig, api: ApiConfig, docs: list[dict], out_dir: Path, work: Path,
+                       errors: list[dict], summary: dict) -> list[dict]:
+    """Caption every image, put captions at their markers, chunk; writes chunks + raw knowledge."""
+    images = []
+    for doc in docs:
+        for image in doc["images"]:
+            jpeg = (out_dir / image["path"]).read_bytes()
+            images.append({"key": content_key(jpeg, api.vision_model, cfg.caption.prompt),
+                           "path": image["path"], "image_id": image["image_id"], "source": doc["source"],
+                           "doc_key": doc["key"]})
+    captioned = run_stage("caption", StageParts(work, "caption"), images, Captioner,
+                          {"api": api.model_dump(), "cfg": cfg.caption.model_dump(), "out_dir": str(out_dir)},
+                          cfg.caption.workers, cfg.caption.cpus_per_worker, cfg.progress)
+    captions, uncaptioned_docs = {}, set()
+    for image in images:
+        row = captioned[image["key"]]
+        if row["status"] == "ok":
+            captions[image["image_id"]] = row["caption"]
+        else:
+            uncaptioned_docs.add(image["doc_key"])
+            errors.append(_error("caption", f"{image['source']} ({image['image_id']})", image["key"],
+                                 row["error_kind"], row["error"]))
+    texts = [{"key": d["key"], "source": d["source"], "text": insert_captions(d["text"], captions)} for d in docs]
+    chunks = _chunk_documents([t for t in texts if t["text"]], cfg)
+    for text in texts:
+        if not text["text"] and text["key"] not in uncaptioned_docs:  # else already reported
+            errors.append(_error("chunk", text["source"], text["key"], "no_text", "no text left after captioning"))
+    write_table(work / "chunks.parquet", chunks)
+    write_jsonl(out_dir / RAW, raw_knowledge_rows(chunks))
+    summary.update(images_captioned=len(captions), chunks=len(chunks))
+    return chunks
+
+
+def _synthesize_and_write(cfg: IngestConfig, api: ApiConfig, chunks: list[dict], out_dir: Path, work: Path,
+                          errors: list[dict], summary: dict) -> None:
+    fingerprint = content_key(api.text_model, cfg.synthesis.model_dump())
+    todo = [{"key": content_key(c["key"], fingerprint), "text": c["text"]} for c in chunks]
+    done = run_stage("synthesize", StageParts(work, "synthesize"), todo, Synthesizer,
+                     {"api": api.model_dump(), "cfg": cfg.synthesis.model_dump()},
+                     cfg.synthesis.workers, cfg.synthesis.cpus_per_worker, cfg.progress)
+    by_chunk = {}
+    for chunk, item in zip(chunks, todo):
+        row = done[item["key"]]
+        by_chunk[chunk["key"]] = row
+        if row["status"] != "ok":
+            errors.append(_error("synthesize", f"{chunk['source']}#chunk{chunk['index']}", chunk["key"],
+                                 row["error_kind"], row["error"]))
+    good = [c for c in chunks if by_chunk[c["key"]]["status"] == "ok"]
+    negatives = _negatives(chunks, cfg, work)  # every chunk may serve as a negative, synthesized or not
+    records = build_records(chunks, by_chunk, negatives, cfg.negatives.instruct_docs,
+                            cfg.negatives.end_to_end_docs, cfg.negatives.seed)
+    summary["records"] = write_records(out_dir, records)
+    summary.update(chunks_synthesized=len(good),
+                   qa_pairs=sum(len(json.loads(by_chunk[c["key"]]["qa"])) for c in good),
+                   regeneration_rounds=sum(by_chunk[c["key"]]["rounds"] for c in good))

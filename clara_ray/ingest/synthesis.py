@@ -1,0 +1,164 @@
+"""Synthesis: per chunk a dense summary and 3-5 verified QA pairs, via an OpenAI-compatible model.
+
+Each prompt starts with a `TASK:` line so that logs (and the tests' scripted server) can tell
+the three calls apart: generate, verify, regenerate.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from clara_ray.ingest.config import ApiConfig, SynthesisConfig
+from clara_ray.ingest.openai_client import ApiCallError, ChatClient
+from clara_ray.ingest.storage import to_columns
+
+SYSTEM = ("You create training data for a retrieval-augmented question answering model. "
+          "Use only facts stated in the passage. Reply with one JSON object and nothing else.")
+
+
+class QAPair(BaseModel):
+    question: str = Field(min_length=3)
+    answer: str = Field(min_length=1)
+    type: Literal["factual", "reasoning"]
+    language: str = "en"
+
+
+class Generated(BaseModel):
+    summary: str = Field(min_length=10)
+    qa_pairs: list[QAPair]
+
+
+class Verdict(BaseModel):
+    index: int
+    supported: bool
+
+
+class Verdicts(BaseModel):
+    verdicts: list[Verdict]
+
+
+class NewPairs(BaseModel):
+    qa_pairs: list[QAPair]
+
+
+def _language_rules(cfg: SynthesisConfig) -> str:
+    main, others = cfg.languages[0], cfg.languages[1:]
+    rules = [f'Write questions and answers in language "{main}" unless told otherwise.']
+    for lang in others:
+        rules.append(f'Add one pair with both question and answer in language "{lang}" (set "language": "{lang}").')
+    if cfg.cross_lingual and others:
+        rules.append(f'Add one pair whose question is in "{others[0]}" and whose answer is in "{main}" '
+                     f'(set "language": "{others[0]}-{main}").')
+    return " ".join(rules)
+
+
+def generate_messages(chunk: str, cfg: SynthesisConfig) -> list[dict]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": (
+        "TASK: generate\n"
+        f"Write a dense summary of the passage that keeps every fact, then {cfg.min_qa} to {cfg.max_qa} "
+        "question-answer pairs answerable from the passage alone: at least one 'factual' (a fact stated "
+        "in one place) and at least one 'reasoning' (needs combining or inferring from several "
+        f"statements). Keep answers short. {_language_rules(cfg)}\n"
+        'JSON shape: {"summary": str, "qa_pairs": [{"question": str, "answer": str, '
+        '"type": "factual"|"reasoning", "language": str}]}\n'
+        f"PASSAGE:\n{chunk}")}]
+
+
+def verify_messages(chunk: str, pairs: list[QAPair]) -> list[dict]:
+    listing = "\n".join(f"{i}. Q: {p.question}\n   A: {p.answer}" for i, p in enumerate(pairs))
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": (
+        "TASK: verify\n"
+        "For each numbered pair, decide whether the passage fully supports the answer to the question.\n"
+        'JSON shape: {"verdicts": [{"index": int, "supported": bool}]}\n'
+        f"PASSAGE:\n{chunk}\nPAIRS:\n{listing}")}]
+
+
+def regenerate_messages(chunk: str, count: int, types: list[str], avoid: list[str],
+                        cfg: SynthesisConfig) -> list[dict]:
+    avoid_list = "\n".join(f"- {q}" for q in avoid)
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": (
+        "TASK: regenerate\n"
+        f"Write {count} new question-answer pairs answerable from the passage alone, of types "
+        f"{', '.join(types)} (in that order). Do not repeat these questions:\n{avoid_list}\n"
+        f"{_language_rules(cfg)}\n"
+        'JSON shape: {"qa_pairs": [{"question": str, "answer": str, "type": "factual"|"reasoning", '
+        '"language": str}]}\n'
+        f"PASSAGE:\n{chunk}")}]
+
+
+def _check_generated(cfg: SynthesisConfig):
+    def check(value: Generated) -> None:
+        if len(value.qa_pairs) < cfg.min_qa:
+            raise ValueError(f"qa_pairs: {len(value.qa_pairs)} pairs, expected {cfg.min_qa}-{cfg.max_qa}")
+        types = {p.type for p in value.qa_pairs}
+        if not {"factual", "reasoning"} <= types:
+            raise ValueError(f"qa_pairs: needs a factual and a reasoning pair, got types {sorted(types)}")
+    return check
+
+
+def _check_count(count: int):
+    def check(value: NewPairs) -> None:
+        if len(value.qa_pairs) < count:
+            raise ValueError(f"qa_pairs: {len(value.qa_pairs)} pairs, expected {count}")
+    return check
+
+
+def _missing_types(accepted: list[QAPair], count: int) -> list[str]:
+    """Types to ask for: the required kinds not yet accepted first, then factual."""
+    have = {p.type for p in accepted}
+    wanted = [t for t in ("factual", "reasoning") if t not in have]
+    return (wanted + ["factual"] * count)[:count]
+
+
+def synthesize_chunk(client: ChatClient, chunk: str, cfg: SynthesisConfig) -> dict[str, Any]:
+    """Summary + verified pairs; raises ApiCallError when nothing usable comes back."""
+    generated = client.complete_json(generate_messages(chunk, cfg), Generated, check=_check_generated(cfg))
+    candidates, accepted, rejected = generated.qa_pairs[:cfg.max_qa], [], []
+    rounds = 0
+    while True:
+        verdicts = client.complete_json(verify_messages(chunk, candidates), Verdicts)
+        ok = {v.index for v in verdicts.verdicts if v.supported}
+        for i, pair in enumerate(candidates):
+            (accepted if i in ok else rejected).append(pair)
+        need = min(len(candidates) - len(ok), cfg.max_qa - len(accepted))
+        if need <= 0 or rounds >= cfg.verify_rounds:
+            break
+        rounds += 1
+        try:
+            candidates = client.complete_json(
+                regenerate_messages(chunk, need, _missing_types(accepted, need),
+                                    [p.question for p in accepted + rejected], cfg),
+                NewPairs, check=_check_count(need)).qa_pairs[:need]
+        except ApiCallError:
+            break  # keep what was verified so far
+    if not accepted:
+        raise ApiCallError("verification_failed",
+                           f"no QA pair passed verification after {rounds} regeneration round(s)")
+    return {"summary": generated.summary.strip(), "qa": [p.model_dump() for p in accepted],
+            "rounds": rounds, "rejected": len(rejected)}
+
+
+class Synthesizer:
+    """Ray Data actor holding one API client."""
+
+    def __init__(self, api: dict, cfg: dict):
+        self.api = ApiConfig.model_validate(api)
+        self.cfg = SynthesisConfig.model_validate(cfg)
+        self.client = ChatClient(self.api, self.api.text_model, self.cfg.workers)
+
+    def _one(self, key: str, text: str) -> dict[str, Any]:
+        row = {"key": key, "status": "ok", "summary": "", "qa": "[]", "rounds": 0, "rejected": 0,
+               "error_kind": "", "error": ""}
+        try:
+            result = synthesize_chunk(self.client, text, self.cfg)
+            row.update(summary=result["summary"], qa=json.dumps(result["qa"], ensure_ascii=False),
+                       rounds=result["rounds"], rejected=result["rejected"])
+        except ApiCallError as exc:
+            row.update(status="error", error_kind=exc.kind, error=str(exc))
+        return row
+
+    def __call__(self, batch: dict) -> dict:
+        rows = [self._one(k, t) for k, t in zip(batch["key"], batch["text"])]
+        return to_columns(rows)
