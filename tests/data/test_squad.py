@@ -1,0 +1,86 @@
+"""SQuAD-format data -> the three stages' JSONL (article split, mined negatives, pos_index)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clara_ray.data.records import read_records
+from clara_ray.data.squad import SquadFormatError, build_squad_data
+
+
+def _squad(tmp_path, articles=3, paragraphs=3):
+    data = []
+    for a in range(articles):
+        pars = []
+        for p in range(paragraphs):
+            context = f"Article {a} paragraph {p}: the answer is word{a}{p} in this text."
+            pars.append({"context": context, "qas": [
+                {"id": f"{a}-{p}-{q}", "question": f"What is asked {q} about {a}/{p}?",
+                 "answers": [{"text": f"word{a}{p}", "answer_start": context.index("word")},
+                             {"text": f"word{a}{p}", "answer_start": context.index("word")}]}
+                for q in range(2)]})
+        pars[0]["paraphrase"] = f"In short: article {a} opens with word{a}0."
+        data.append({"title": f"A{a}", "paragraphs": pars})
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"version": "1.1", "data": data}))
+    return path
+
+
+def test_builds_valid_stage_files_split_by_article(tmp_path):
+    stats = build_squad_data(_squad(tmp_path, articles=4), tmp_path / "out", train_articles=2, instruct_docs=3,
+                             end_to_end_docs=5)
+    out = tmp_path / "out"
+    pre, ins, e2e = (read_records(out / n, s) for n, s in (
+        ("pretrain_data.jsonl", "compress_pretrain"), ("instruction_data.jsonl", "instruct"),
+        ("end_to_end_data.jsonl", "end_to_end")))
+    assert len(pre) == 2 * 3 + 2  # one QA record per paragraph + the paraphrase records
+    assert len(ins) == len(e2e) == 2 * 3 * 2
+    assert stats.files["heldout_end_to_end_data.jsonl"] == 2 * 3 * 2
+    assert {r.data_type for r in pre} == {"qa", "paraphrase"}
+    for r in e2e:
+        assert len(r.docs) == 5 and len(set(r.docs)) == 5
+        gold = r.docs[r.pos_index[0]]
+        assert r.answers == [gold.split("answer is ")[1].split(" ")[0]]  # duplicates folded
+    for r in ins:
+        assert len(r.docs) == 3 and sum(r.answer in d for d in r.docs) == 1
+    # no paragraph of the held-out article leaks into training
+    held = {d for r in read_records(out / "heldout_end_to_end_data.jsonl", "end_to_end") for d in r.docs}
+    trained = {d for r in e2e for d in r.docs}
+    assert held and not held & trained
+    assert all(d.startswith(("Article 2", "Article 3")) for d in held)
+
+
+def test_negatives_prefer_the_same_article(tmp_path):
+    build_squad_data(_squad(tmp_path, articles=3, paragraphs=4), tmp_path / "out", instruct_docs=3, end_to_end_docs=5)
+    for r in read_records(tmp_path / "out" / "end_to_end_data.jsonl", "end_to_end"):
+        article = r.docs[r.pos_index[0]].split(" ")[1]
+        same = sum(d.split(" ")[1] == article for d in r.docs) - 1
+        assert same == 2  # half of the 4 negatives are hard ones from the gold's own article
+
+
+def test_malformed_squad_names_the_entry(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"data": [{"title": "x", "paragraphs": [{"context": "ok", "qas": []}, {"qas": []}]}]}))
+    with pytest.raises(SquadFormatError, match=r"bad\.json: data\[0\]\.paragraphs\[1\]: missing a non-empty 'context'"):
+        build_squad_data(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_too_few_paragraphs_for_the_negatives_is_an_error(tmp_path):
+    with pytest.raises(SquadFormatError, match="negatives needed"):
+        build_squad_data(_squad(tmp_path, articles=1, paragraphs=3), tmp_path / "out", end_to_end_docs=20)
+
+
+def test_cli_writes_the_files(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from pipelines.build_squad_data import main
+
+    app = typer.Typer()
+    app.command()(main)
+    result = CliRunner().invoke(app, ["--squad", str(_squad(tmp_path)), "--out", str(tmp_path / "o"),
+                                      "--end-to-end-docs", "4"])
+    assert result.exit_code == 0, result.output
+    assert "end_to_end_data.jsonl: 18 records" in result.output

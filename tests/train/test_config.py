@@ -1,0 +1,67 @@
+"""TrainConfig: the repo's stage YAMLs load, and inconsistent settings are refused up front."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clara_ray.config import ConfigError, load_config
+from clara_ray.train.config import TrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
+STAGES = ("compress_pretrain", "instruct", "end_to_end")
+
+
+@pytest.mark.parametrize("profile", ["", "cpu"])
+@pytest.mark.parametrize("stage", STAGES)
+def test_repo_configs_load_as_their_stage(profile, stage):
+    cfg = load_config(TrainConfig, CONFIGS / profile / f"{stage}.yaml")
+    assert cfg.stage == stage
+    assert (cfg.init_from is None) == (stage == "compress_pretrain")
+    assert cfg.batch.global_size == cfg.grad_accum_steps * cfg.batch.micro_size * cfg.resources.num_workers
+
+
+def test_gpu_reference_hyperparameters_follow_the_spec():
+    lr = {s: load_config(TrainConfig, CONFIGS / f"{s}.yaml") for s in STAGES}
+    assert [lr[s].optim.lr for s in STAGES] == [1e-4, 1e-4, 5e-6]
+    assert [lr[s].optim.schedule for s in STAGES] == ["cosine", "cosine", "constant"]
+    assert [lr[s].batch.global_size for s in STAGES] == [128, 128, 32]
+    for cfg in lr.values():
+        assert (cfg.deepspeed.precision, cfg.deepspeed.zero_stage, cfg.deepspeed.gradient_checkpointing) == ("bf16", 2, True)
+        assert cfg.resources.use_gpu and not cfg.optim.torch_adam
+        assert cfg.optim.betas == (0.9, 0.95) and cfg.optim.grad_clip == 1.0 and cfg.optim.warmup_ratio == 0.03
+
+
+def test_global_batch_must_split_over_workers_and_micro_batches():
+    with pytest.raises(ConfigError, match="not a multiple"):
+        load_config(TrainConfig, CONFIGS / "cpu" / "compress_pretrain.yaml", ["batch.global_size=6"])
+
+
+def test_later_stages_need_the_previous_export():
+    with pytest.raises(ConfigError, match="init_from"):
+        load_config(TrainConfig, CONFIGS / "cpu" / "instruct.yaml", ["init_from=null"])
+
+
+def test_unknown_field_is_named():
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        load_config(TrainConfig, CONFIGS / "cpu" / "instruct.yaml", ["optim.lrr=1"])
+
+
+def test_total_steps_from_epochs_or_max_steps():
+    cfg = load_config(TrainConfig, CONFIGS / "cpu" / "compress_pretrain.yaml", ["max_steps=null", "epochs=2"])
+    assert cfg.total_steps(24) == 6  # 48 samples / global batch 8
+    assert cfg.model_copy(update={"max_steps": 5}).total_steps(24) == 5
+    with pytest.raises(ValueError, match="less than one global batch"):
+        cfg.total_steps(3)
+
+
+def test_paths_resolve_on_the_driver_and_missing_init_is_reported(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(TrainConfig, CONFIGS / "cpu" / "instruct.yaml", ["init_from=prev/model"])
+    with pytest.raises(ValueError, match="prev/model: no such model directory"):
+        cfg.with_absolute_paths()
+    (tmp_path / "prev" / "model").mkdir(parents=True)
+    resolved = cfg.with_absolute_paths()
+    assert resolved.init_from == str(tmp_path / "prev" / "model")
+    assert resolved.run.storage_path == str(tmp_path / "runs")
+    assert resolved.run.export_dir == tmp_path / "runs" / "cpu-instruct" / "model"
