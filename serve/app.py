@@ -26,7 +26,8 @@ api = FastAPI(title="clara-ray RAG", description="Answers from a precompressed C
 @api.exception_handler(RequestError)
 async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+    # `detail` as FastAPI clients expect; `error` as OpenAI clients expect (they show its message).
+    return JSONResponse({"detail": exc.detail, "error": exc.openai_error()}, status_code=exc.status, headers=headers)
 
 
 def _documents(retrieved: Retrieved) -> list[Document]:

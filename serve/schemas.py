@@ -25,6 +25,14 @@ class RequestError(Exception):
         self.status = status
         self.detail = detail
 
+    def openai_error(self) -> dict:
+        if isinstance(self.detail, list):  # per-field validation errors
+            fields = [".".join(str(p) for p in err["loc"][1:]) for err in self.detail]
+            message = "; ".join(f"{f}: {err['msg']}" for f, err in zip(fields, self.detail))
+            return {"message": message, "type": "invalid_request_error", "param": fields[0], "code": None}
+        kind = "authentication_error" if self.status == 401 else "invalid_request_error"
+        return {"message": str(self.detail), "type": kind, "param": None, "code": None}
+
 
 def _limits(info: ValidationInfo) -> Limits:
     return (info.context or {}).get("limits") or Limits()

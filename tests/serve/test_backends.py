@@ -1,0 +1,94 @@
+"""The hf and vllm generator backends give the same greedy tokens on the same compressed inputs."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+VLLM_PYTHON = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
+
+
+def _vllm_missing() -> str | None:
+    if not VLLM_PYTHON.exists():
+        return f"vLLM venv not installed at {VLLM_PYTHON} (see README, Serving: `make vllm-env`)"
+    probe = subprocess.run([str(VLLM_PYTHON), "-c", "import importlib.util, sys; "
+                            "sys.exit(importlib.util.find_spec('vllm') is None)"], capture_output=True)
+    return "vllm is not installed in .venv-vllm" if probe.returncode else None
+
+
+@pytest.fixture(scope="module")
+def trained_like_checkpoint(tmp_path_factory, tiny_config):
+    """A tiny checkpoint whose generator adapter is non-zero, so merging it changes the weights."""
+    from clara_ray import CLaRa
+
+    model = CLaRa.from_config(tiny_config, device="cpu")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in model.adapter_parameters("generator"):
+            param.normal_(0.0, 0.2)
+    path = tmp_path_factory.mktemp("vllm") / "checkpoint"
+    model.save_pretrained(path)
+    model.eval()
+    return model, str(path)
+
+
+def _retrieved(model, docs):
+    from serve.retrieved import Retrieved
+
+    vectors = model.compress_documents(docs).numpy().astype(np.float16)
+    return Retrieved(ids=[str(i) for i in range(len(docs))], scores=[1.0] * len(docs), texts=docs,
+                     sources=[""] * len(docs), vectors=vectors)
+
+
+@pytest.mark.slow
+def test_vllm_matches_hf_greedy_tokens(trained_like_checkpoint, tmp_path):
+    reason = _vllm_missing()
+    if reason:
+        pytest.skip(reason)
+    from serve.backends.hf import HFBackend
+    from serve.backends.vllm import VllmBackend
+    from serve.settings import ServeSettings
+
+    model, checkpoint = trained_like_checkpoint
+    questions = ["Which river flows north?", "What is the capital of France?"]
+    retrieved = [_retrieved(model, ["The Nile flows north into the sea.", "Paris is in France."]),
+                 _retrieved(model, ["Paris is the capital of France."])]
+    settings = ServeSettings(checkpoint=checkpoint, store=str(tmp_path / "unused"), backend="vllm",
+                             vllm={"kv_cache_memory_bytes": 128 << 20, "max_model_len": 512,
+                                   "export_dir": str(tmp_path / "export")})
+    hf = HFBackend(model, "compressed")
+    vllm = VllmBackend(model, settings)
+    try:
+        # One question per call: no left padding on the hf side, exactly the vLLM prompts.
+        for question, docs in zip(questions, retrieved):
+            expected = hf.generate_ids([question], [docs], 12)[0]
+            assert len(set(expected)) > 1, "degenerate reference; pick another seed"
+            assert vllm.generate_ids([question], [docs], 12)[0] == expected
+        both = vllm.generate(questions, retrieved, 12)  # batched inside vLLM
+        assert both == [hf.generate([q], [r], 12)[0] for q, r in zip(questions, retrieved)]
+    finally:
+        vllm.close()
+    assert (tmp_path / "export" / "config.json").exists()
+
+
+def test_vllm_backend_refuses_the_text_reader(trained_like_checkpoint, tmp_path):
+    from serve.backends.vllm import VllmBackend
+    from serve.settings import ServeSettings
+
+    model, checkpoint = trained_like_checkpoint
+    settings = ServeSettings(checkpoint=checkpoint, store=str(tmp_path), backend="vllm", reader="text")
+    with pytest.raises(ValueError, match="compressed reader only"):
+        VllmBackend(model, settings)
+
+
+def test_hf_stream_pieces_join_to_the_answer(trained_like_checkpoint):
+    from serve.backends.hf import HFBackend
+
+    model, _ = trained_like_checkpoint
+    docs = _retrieved(model, ["Oxygen has atomic number 8."])
+    hf = HFBackend(model, "compressed")
+    pieces = list(hf.stream("What is oxygen's atomic number?", docs, 10))
+    assert "".join(pieces).strip() == hf.generate(["What is oxygen's atomic number?"], [docs], 10)[0]
