@@ -40,21 +40,26 @@ def retrieval_table(summaries: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _plot_f1_vs_rate(summaries, path: Path, plt) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    runs = sorted((s for s in summaries if s.get("compression_rate")), key=lambda s: s["compression_rate"])
-    keys = sorted({k for s in runs for k in s["generation"]})
-    for key in keys:
-        points = [(s["compression_rate"], s["generation"][key]["f1"]) for s in runs if key in s["generation"]]
-        ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o", label=key)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("compression rate")
-    ax.set_ylabel("F1 (%)")
-    ax.set_title("F1 vs compression rate")
-    ax.legend(fontsize=7)
+def _finish(fig, ax, path: Path, plt, title: str, xlabel: str | None, ylabel: str, legend: bool = True) -> None:
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if legend:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _plot_f1_vs_rate(summaries, path: Path, plt) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    runs = sorted((s for s in summaries if s.get("compression_rate")), key=lambda s: s["compression_rate"])
+    for key in sorted({k for s in runs for k in s["generation"]}):
+        points = [(s["compression_rate"], s["generation"][key]["f1"]) for s in runs if key in s["generation"]]
+        ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o", label=key)
+    ax.set_xscale("log", base=2)
+    _finish(fig, ax, path, plt, "F1 vs compression rate", "compression rate", "F1 (%)")
 
 
 def _plot_recall(summaries, path: Path, plt) -> None:
@@ -65,26 +70,17 @@ def _plot_recall(summaries, path: Path, plt) -> None:
         xs = [j + i * width for j in range(len(RETRIEVAL_KS))]
         ax.bar(xs, [100 * m.get(f"recall@{k}", 0) for k in RETRIEVAL_KS], width, label=label)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(RETRIEVAL_KS))], [f"Recall@{k}" for k in RETRIEVAL_KS])
-    ax.set_ylabel("%")
-    ax.set_title("Recall@k per retriever")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, ax, path, plt, "Recall@k per retriever", None, "%")
 
 
 def _plot_latency(summaries, path: Path, plt) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for s in summaries:
         for key, m in s["generation"].items():
-            ax.scatter(1000 * m.get("latency_s", 0), 100 * m["f1"])
-            ax.annotate(f"{s['label']} {key}", (1000 * m.get("latency_s", 0), 100 * m["f1"]), fontsize=6)
-    ax.set_xlabel("latency (ms per question, batched)")
-    ax.set_ylabel("F1 (%)")
-    ax.set_title("Latency vs accuracy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+            point = (1000 * m.get("latency_s", 0), 100 * m["f1"])
+            ax.scatter(*point)
+            ax.annotate(f"{s['label']} {key}", point, fontsize=6)
+    _finish(fig, ax, path, plt, "Latency vs accuracy", "latency (ms per question, batched)", "F1 (%)", legend=False)
 
 
 def write_report(summaries: Sequence[dict[str, Any]], out_dir: str | Path, title: str = "Evaluation",
