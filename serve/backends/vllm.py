@@ -71,7 +71,7 @@ class VllmBackend:
         python = Path(settings.vllm.python)
         python = python if python.is_absolute() else REPO_ROOT / python
         if not python.exists():
-            raise VllmBackendError(f"vLLM python {python} not found; install it with `make vllm-env`"
+            raise VllmBackendError(f"vLLM python {python} not found; create the vLLM venv"
                                    " (see README, Serving)")
         export = Path(settings.vllm.export_dir) if settings.vllm.export_dir else default_export_dir(settings.checkpoint)
         export_generator(settings.checkpoint, export)

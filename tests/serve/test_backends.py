@@ -13,7 +13,7 @@ VLLM_PYTHON = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "pyth
 
 def _vllm_missing() -> str | None:
     if not VLLM_PYTHON.exists():
-        return f"vLLM venv not installed at {VLLM_PYTHON} (see README, Serving: `make vllm-env`)"
+        return f"vLLM venv not installed at {VLLM_PYTHON} (see README, Serving)"
     probe = subprocess.run([str(VLLM_PYTHON), "-c", "import importlib.util, sys; "
                             "sys.exit(importlib.util.find_spec('vllm') is None)"], capture_output=True)
     return "vllm is not installed in .venv-vllm" if probe.returncode else None

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.<name>`, each printing ratios against a baseline from the same run."""

@@ -1,0 +1,91 @@
+"""Latency of the CLaRa endpoint vs a text-RAG endpoint on the same backbone and documents.
+
+    python -m bench.serve_latency [--squad squad-v1.1-dev-part-a.json]
+
+Both endpoints are the same Serve application: `reader: compressed` feeds the generator k=5
+retrieved documents as 8 memory vectors each; `reader: text` feeds the same 5 documents as text.
+Time to first token = latency of a 1-token answer (retrieval + prefill + first decode step, over
+HTTP); total = latency of an answer of up to 16 new tokens. Targets: >= 10x TTFT, >= 3x total.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def _latency(url: str, question: str, new_tokens: int) -> tuple[float, str]:
+    import httpx
+
+    start = time.perf_counter()
+    response = httpx.post(url + "/v1/rag", json={"question": question, "top_k": 5, "max_new_tokens": new_tokens},
+                          timeout=300)
+    response.raise_for_status()
+    return time.perf_counter() - start, response.json()["answer"]
+
+
+def _streamed_ttft(url: str, question: str) -> float:
+    """Time to the first content chunk of a streamed chat completion."""
+    import httpx
+
+    start = time.perf_counter()
+    body = {"model": "clara", "stream": True, "max_tokens": 16, "messages": [{"role": "user", "content": question}]}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as response:
+        for line in response.iter_lines():
+            if '"content": "' in line and '"content": ""' not in line:
+                return time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def measure(url: str, questions: list[str], tokenizer, stream: bool) -> dict:
+    for q in questions[:2]:  # warm-up: first calls pay lazy initialisation
+        _latency(url, q, 2)
+    ttft = [_latency(url, q, 1)[0] for q in questions]
+    totals, lengths = [], []
+    for q in questions:
+        seconds, answer = _latency(url, q, 16)
+        totals.append(seconds)
+        lengths.append(len(tokenizer(answer, add_special_tokens=False)["input_ids"]))
+    out = {"ttft_s": statistics.median(ttft), "total_s": statistics.median(totals),
+           "mean_answer_tokens": statistics.mean(lengths)}
+    if stream:
+        out["streamed_ttft_s"] = statistics.median(_streamed_ttft(url, q) for q in questions)
+    return out
+
+
+def main(
+    squad: Annotated[Optional[str], typer.Option(help="SQuAD v1.1 JSON for documents/questions "
+                                                      "(default $CLARA_SQUAD_JSON, else synthetic text).")] = None,
+    questions: Annotated[int, typer.Option(help="Measured questions per endpoint.")] = 10,
+    num_docs: Annotated[int, typer.Option(help="Documents in the store.")] = 64,
+) -> None:
+    from transformers import AutoTokenizer
+
+    from bench.serving_setup import BACKBONE, build_assets, deploy, start_serve, stop_serve
+    from clara_ray.backbones import resolve_backbone
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint, store, all_questions = build_assets(Path(tmp), squad, num_docs)
+        asked = all_questions[:questions]
+        tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(BACKBONE))
+        url = start_serve()
+        try:
+            deploy(url, "clara", checkpoint=checkpoint, store=store, reader="compressed")
+            clara = measure(url, asked, tokenizer, stream=True)
+            deploy(url, "text_rag", checkpoint=checkpoint, store=store, reader="text")
+            text = measure(url, asked, tokenizer, stream=False)
+        finally:
+            stop_serve()
+    print(f"SmolLM2-135M, k=5 docs x 256 tokens, compression rate 32, {questions} questions, medians")
+    for name, row in (("clara (compressed)", clara), ("text-RAG", text)):
+        print(f"  {name:20s} " + "  ".join(f"{k}={v:.3f}" for k, v in row.items()))
+    print(f"TTFT speed-up   {text['ttft_s'] / clara['ttft_s']:.1f}x  (target >= 10x)")
+    print(f"total speed-up  {text['total_s'] / clara['total_s']:.1f}x  (target >= 3x, <= 16 new tokens)")
+
+
+if __name__ == "__main__":
+    typer.run(main)
