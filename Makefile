@@ -8,7 +8,7 @@ export RAY_AUTH_MODE := disabled
 export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast env clean bench
+.PHONY: demo test test-fast test-data env clean bench
 
 env: $(VENV)/.installed
 
@@ -26,7 +26,12 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 demo: env
 	$(PY) -m pipelines.demo
 
-test: env
+# A real PDF for the extraction tests: Debian's libtasn1-doc ships one (see PLATFORM-NOTES).
+test-data:
+	@dpkg -s libtasn1-doc >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq libtasn1-doc) \
+	  || echo "warning: could not install libtasn1-doc; the PDF extraction test will be skipped"
+
+test: env test-data
 	$(PY) -m pytest -q -rs
 
 test-fast: env
