@@ -47,6 +47,10 @@ class EvalConfig(_Strict):
     checkpoint: str = Field(description="CLaRa directory written by save_pretrained / pipelines.train")
     model_overrides: dict[str, Any] = Field(default_factory=dict, description="CLaRaConfig fields, e.g. dtype")
     device: str = "cpu"
+    # With a store, each question's candidates are the store's top `store_candidates` documents
+    # for it (corpus-scale retrieval); without one, the candidates the data file gives.
+    store: Optional[str] = Field(None, description="CompressedStore built by this checkpoint (pipelines.precompress)")
+    store_candidates: int = Field(20, gt=0)
     minilm_path: Optional[str] = Field(None, description="sentence-transformers dir; default: bundled MiniLM")
     data: DataSpec
     harness: HarnessConfig = Field(default_factory=HarnessConfig)

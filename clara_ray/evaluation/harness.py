@@ -74,7 +74,8 @@ class Evaluator:
         needed = set(config.retrievers) | {s.retriever for s in config.systems if s.kind != "closed_book"}
         if any(s.kind == "clara" for s in config.systems):
             needed.add("clara")  # its cache holds the compressed documents the generator reads
-        options = {"minilm": {"model_path": minilm_path}} if minilm_path else {}
+        # MiniLM runs beside the CLaRa model (on its GPU on a cluster)
+        options = {"minilm": {"model_path": minilm_path, "device": str(model.device)}}
         self.retrievers: dict[str, Retriever] = {
             name: build_retriever(name, model=model, **options.get(name, {})) for name in sorted(needed)}
 

@@ -147,3 +147,21 @@ def build_retriever(name: str, model=None, **options) -> Retriever:
             raise ValueError("the 'clara' retriever needs a CLaRa model")
         return ClaraRetriever(model, **options)
     raise ValueError(f"unknown retriever {name!r}; expected bm25, minilm or clara")
+
+
+def store_candidates(model, store, questions: Sequence, n: int) -> list:
+    """Replace each question's candidates with the store's top-n for it (first-stage retrieval at
+    corpus scale: the query reasoner's vector against the FAISS index, SPEC section 4).
+
+    Gold documents are the retrieved ones whose text equals one of the question's own gold
+    documents; a question whose gold was not retrieved keeps no gold (Recall counts it as a miss
+    only when the loader knew its gold; the oracle setting cannot add what was not retrieved).
+    """
+    vectors = model.retrieval_vectors(model.encode_queries([q.question for q in questions])).cpu().numpy()
+    hits = store.search(vectors, n)
+    updated = []
+    for q, texts in zip(questions, hits.texts):
+        gold = {q.docs[i] for i in q.pos_index}
+        found = [t for t in texts if t is not None]
+        updated.append(q.model_copy(update={"docs": found, "pos_index": [j for j, t in enumerate(found) if t in gold]}))
+    return updated

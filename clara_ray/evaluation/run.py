@@ -72,9 +72,19 @@ class EvalActor:
             torch.set_num_threads(cfg.ray.torch_threads)
         model = CLaRa.from_pretrained(cfg.checkpoint, device=cfg.device, **cfg.model_overrides)
         self.evaluator = Evaluator(model, cfg.harness, minilm_path=cfg.minilm_path)
+        self.store, self.store_candidates = None, cfg.store_candidates
+        if cfg.store:
+            from clara_ray.store import CompressedStore
+
+            # a store compressed by another checkpoint would be searched in the wrong space
+            self.store = CompressedStore.open(cfg.store, expect_checkpoint=cfg.checkpoint)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        from clara_ray.evaluation.retrievers import store_candidates
+
         questions = [EvalQuestion.model_validate_json(text) for text in batch["question"]]
+        if self.store is not None:
+            questions = store_candidates(self.evaluator.model, self.store, questions, self.store_candidates)
         return {"row": [json.dumps(row) for row in self.evaluator.evaluate(questions)]}
 
 
@@ -104,7 +114,7 @@ def checkpoint_info(path: str) -> dict[str, Any]:
 
 def _claim_output_dir(cfg: EvalConfig, out: Path) -> None:
     """Rows are reused on rerun only for the same checkpoint, data and harness settings."""
-    identity = json.dumps(cfg.model_dump(include={"checkpoint", "model_overrides", "data", "harness"}), sort_keys=True)
+    identity = json.dumps(cfg.model_dump(include={"checkpoint", "model_overrides", "store", "store_candidates", "data", "harness"}), sort_keys=True)
     marker = out / "run_config.json"
     if marker.exists() and marker.read_text() != identity:
         raise ValueError(f"{out} holds results of a different evaluation (see {marker}); "
@@ -141,7 +151,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     rows = [done[q.id] for q in questions]
     summary = {
         "label": cfg.label or f"CR={info['compression_rate']}",
-        "checkpoint": cfg.checkpoint, **info,
+        "checkpoint": cfg.checkpoint, "store": cfg.store, **info,
         "data": cfg.data.model_dump(), "harness": cfg.harness.model_dump(),
         "wall_seconds_this_run": round(time.perf_counter() - start, 2),
         **summarise(rows),

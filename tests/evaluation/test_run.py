@@ -78,3 +78,32 @@ def test_article_range_and_bad_checkpoint(tmp_path, eval_config):
     assert EvalConfig.model_validate_json(cfg.model_dump_json()) == cfg  # travels to the Ray actors intact
     with pytest.raises(FileNotFoundError, match="nowhere"):
         run_evaluation(cfg.model_copy(update={"checkpoint": str(tmp_path / "nowhere")}))
+
+
+def test_actor_with_store_takes_candidates_from_the_store(tmp_path, eval_config, tiny_model):
+    """Store mode: candidates are the store's top-n for each question, gold matched by text."""
+    import numpy as np
+
+    from clara_ray.evaluation.run import EvalActor
+    from clara_ray.store import DocRecord, StoreWriter, checkpoint_identity
+
+    store = tmp_path / "store"
+    corpus = DOCS + ["Bananas are berries.", "Glass is an amorphous solid."]
+    with StoreWriter(store, checkpoint_identity(eval_config.checkpoint, tiny_model)) as writer:
+        writer.add(tiny_model.compress_documents(corpus).numpy(), [DocRecord(id=f"d{i}", text=t) for i, t in enumerate(corpus)])
+        writer.publish()
+    cfg = eval_config.model_copy(update={"store": str(store), "store_candidates": 3})
+    actor = EvalActor(cfg.model_dump_json())
+    questions = [json.dumps({"id": r["id"], "dataset": "nq", "question": r["question"], "answers": ["x"],
+                             "docs": r["docs"], "pos_index": r["pos_index"]}) for r in ROWS[:2]]
+    rows = [json.loads(r) for r in actor({"question": np.array(questions)})["row"]]
+
+    queries = tiny_model.retrieval_vectors(tiny_model.encode_queries([r["question"] for r in ROWS[:2]])).numpy()
+    documents = tiny_model.retrieval_vectors(tiny_model.compress_documents(corpus)).numpy()
+    for row, source, q in zip(rows, ROWS, queries):
+        top3 = [corpus[i] for i in np.argsort(-(documents @ q))[:3]]
+        assert row["num_candidates"] == 3
+        gold_text = source["docs"][source["pos_index"][0]]
+        assert row["pos_index"] == ([top3.index(gold_text)] if gold_text in top3 else [])
+        # CLaRa's ranking over the store's candidates keeps the store's order (same vectors, same score)
+        assert row["retrieval"]["clara"]["ranked"] == [0, 1, 2]
