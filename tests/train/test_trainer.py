@@ -40,3 +40,53 @@ def test_three_stages_chain_through_exported_checkpoints(ray_cluster, tiny_stage
     assert _adapter_bytes(d1, "compressor") != _adapter_bytes(d2, "compressor")
     assert _adapter_bytes(d2, "compressor") == _adapter_bytes(d3, "compressor")
     assert _adapter_bytes(d2, "generator") != _adapter_bytes(d3, "generator")
+
+
+def test_rerun_with_the_same_name_resumes_from_the_last_checkpoint(ray_cluster, tiny_stage, tmp_path):
+    from clara_ray.train.trainer import train_stage
+
+    first = train_stage(tiny_stage("compress_pretrain", tmp_path, "again", overrides=["max_steps=1"]))
+    assert first.resumed_from_step == 0
+    again = train_stage(tiny_stage("compress_pretrain", tmp_path, "again", overrides=["max_steps=2"]))
+    assert again.resumed_from_step == 1 and again.final_metrics["step"] == 2
+
+
+def _train_workers_of_this_process():
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True)
+            if "RayTrainWorker" in " ".join(p.cmdline())]
+
+
+def test_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tiny_stage, tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    from clara_ray.train.trainer import train_stage
+
+    cfg = tiny_stage("compress_pretrain", tmp_path, "killed",
+                     overrides=["max_steps=8", "checkpoint.every_steps=2", "run.max_failures=1"])
+    killed: list[int] = []
+
+    def kill_one_worker_after_first_checkpoint():
+        deadline = time.time() + 600
+        while time.time() < deadline and not killed:
+            # The controller writes its snapshot once it has registered a reported checkpoint.
+            if (tmp_path / "killed" / "checkpoint_manager_snapshot.json").exists():
+                workers = _train_workers_of_this_process()
+                if workers:
+                    os.kill(workers[-1].pid, signal.SIGKILL)
+                    killed.append(workers[-1].pid)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_one_worker_after_first_checkpoint, daemon=True)
+    watcher.start()
+    summary = train_stage(cfg)
+    watcher.join(timeout=1)
+
+    assert killed, "no Ray Train worker was found to kill"
+    assert summary.final_metrics["step"] == summary.total_steps == 8
+    # the second worker group restored a checkpoint instead of starting over
+    assert 2 <= summary.resumed_from_step < 8
