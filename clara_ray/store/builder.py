@@ -1,0 +1,168 @@
+"""Write a store: append shards (resumable), then publish a new version atomically.
+
+    with StoreWriter(out, identity, index_cfg) as writer:
+        writer.add(vectors, docs)      # skips ids already stored; each call = one atomic shard
+        writer.publish()               # index over all shards -> versions/vN, then CURRENT -> vN
+
+Shards written but not yet published (a crashed run) are picked up by the next writer with the same
+checkpoint, so a rerun compresses only what is missing and never stores an id twice.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from clara_ray.store import layout
+from clara_ray.store.errors import StoreError
+from clara_ray.store.index import IndexConfig, VectorIndex, resolve_kind
+from clara_ray.store.manifest import (
+    CheckpointIdentity, IndexEntry, Manifest, ShardEntry, check_checkpoint, read_manifest, sha256_file,
+    write_manifest,
+)
+from clara_ray.store.shards import (
+    METADATA, SHARDS_DIR, DocRecord, list_shard_dirs, read_shard_info, sweep_partial_shards, verify_shard,
+    write_shard,
+)
+from clara_ray.store.store import ShardSet
+
+log = logging.getLogger(__name__)
+
+
+class StoreWriter:
+    """The single writer of a store directory (an exclusive file lock keeps it single)."""
+
+    def __init__(self, root: str | Path, identity: CheckpointIdentity, index_cfg: IndexConfig | None = None):
+        self.root = Path(root)
+        self.identity = identity
+        self.index_cfg = index_cfg or IndexConfig()
+        self.shards_root = self.root / SHARDS_DIR
+        self.shards_root.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.root / layout.LOCK, "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise StoreError(f"{self.root}: another writer holds {layout.LOCK}") from None
+        current = layout.current_version_dir(self.root)
+        self.current: Manifest | None = read_manifest(current) if current else None
+        if self.current is not None:
+            check_checkpoint(self.current, identity, self.root)
+        sweep_partial_shards(self.shards_root)
+        self.published: list[ShardEntry] = list(self.current.shards) if self.current else []
+        self.staged: list[ShardEntry] = self._adopt_staged_shards()
+        self.known_ids: set[str] = self._read_ids(self.published + self.staged)
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._lock.closed:
+            self._lock.close()  # closing the descriptor releases the flock
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.identity.num_memory_tokens, self.identity.hidden_size)
+
+    def _adopt_staged_shards(self) -> list[ShardEntry]:
+        """Complete shards from an unpublished run of this checkpoint; anything else is discarded."""
+        listed = {e.name for e in self.published}
+        staged = []
+        for shard_dir in list_shard_dirs(self.shards_root):
+            if shard_dir.name in listed:
+                continue
+            try:
+                fingerprint, entry = read_shard_info(shard_dir)
+                if fingerprint != self.identity.fingerprint:
+                    raise StoreError(f"{shard_dir}: written by another checkpoint ({fingerprint[:12]})")
+                verify_shard(shard_dir, entry)
+            except StoreError as exc:
+                log.warning("discarding unpublished shard: %s", exc)
+                shutil.rmtree(shard_dir, ignore_errors=True)
+                continue
+            staged.append(entry)
+        return staged
+
+    def _read_ids(self, entries: list[ShardEntry]) -> set[str]:
+        ids: set[str] = set()
+        for entry in entries:
+            path = self.shards_root / entry.name / METADATA
+            ids.update(pq.read_table(path, columns=["id"]).column("id").to_pylist())
+        return ids
+
+    def add(self, vectors: np.ndarray, docs: list[DocRecord]) -> int:
+        """Append one shard of the docs whose ids are new; returns how many were stored."""
+        vectors = np.asarray(vectors)
+        if vectors.shape[1:] != self.shape or len(vectors) != len(docs):
+            raise StoreError(
+                f"expected {len(docs)} vectors of shape {self.shape} for checkpoint {self.identity.path},"
+                f" got {vectors.shape}"
+            )
+        keep = []
+        for i, doc in enumerate(docs):
+            if doc.id not in self.known_ids:
+                self.known_ids.add(doc.id)
+                keep.append(i)
+        if not keep:
+            return 0
+        entry = write_shard(self.shards_root, vectors[keep], [docs[i] for i in keep], self.identity.fingerprint)
+        self.staged.append(entry)
+        return len(keep)
+
+    def publish(self, rebuild: bool = False) -> int:
+        """Make every stored shard searchable as a new version; returns its number.
+
+        The index grows incrementally (only new vectors are added) while its kind stays the same;
+        `rebuild=True` or a change of kind (the corpus outgrew it) re-trains it from the shards.
+        """
+        if not self.staged and self.current is not None and not rebuild:
+            return self.current.version
+        entries = self.published + self.staged
+        shards = ShardSet(self.root, entries, self.shape, verify=False)
+        if len(shards) == 0:
+            raise StoreError(f"{self.root}: nothing to publish (no documents)")
+        index = self._index_for(shards, rebuild)
+        number = layout.next_version_number(self.root)
+        name = layout.version_name(number)
+        versions = self.root / layout.VERSIONS
+        versions.mkdir(exist_ok=True)
+        tmp = versions / f".tmp-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        index.save(tmp / layout.INDEX_FILE)
+        manifest = Manifest(
+            version=number,
+            created=datetime.now(timezone.utc).isoformat(),
+            checkpoint=self.identity,
+            num_docs=len(shards),
+            shards=entries,
+            index=IndexEntry(kind=index.kind, file=layout.INDEX_FILE, params=index.params,
+                             sha256=sha256_file(tmp / layout.INDEX_FILE)),
+        )
+        write_manifest(tmp, manifest)
+        tmp.rename(versions / name)
+        layout.swap_current(self.root, name)
+        self.current, self.published, self.staged = manifest, entries, []
+        log.info("published %s: %d docs, %s index", name, manifest.num_docs, index.kind)
+        return number
+
+    def _index_for(self, shards: ShardSet, rebuild: bool) -> VectorIndex:
+        dim = shards.shape[0] * shards.shape[1]
+        kind = resolve_kind(self.index_cfg, len(shards), dim)
+        old = self.current
+        if old is not None and not rebuild and old.index.kind == kind:
+            old_dir = self.root / layout.VERSIONS / layout.version_name(old.version)
+            index = VectorIndex.load(old_dir / old.index.file, old.index.params, self.index_cfg.use_gpu)
+            for chunk in shards.iter_normalised(start=old.num_docs):
+                index.add(chunk)
+            return index
+        sample = shards.sample_normalised(self.index_cfg.train_size) if kind == "ivfpq" else None
+        return VectorIndex.build(self.index_cfg, dim, len(shards), sample, shards.iter_normalised())

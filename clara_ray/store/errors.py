@@ -1,0 +1,6 @@
+"""The one error type a store reader or writer raises for a bad store."""
+from __future__ import annotations
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used as asked: missing, corrupted, or built from another checkpoint."""

@@ -1,0 +1,222 @@
+"""FAISS index over L2-normalised flattened (n*hidden) vectors: cosine = inner product (SPEC section 4).
+
+Kinds: `flat` (exact IndexFlatIP), `hnsw` (IndexHNSWFlat, inner product) and `ivfpq` (optionally
+PCA-reduced IVF-PQ whose candidates are re-ranked with the exact vectors). Full-vector kinds hold
+n*dim*4 bytes in RAM; IVF-PQ holds only its codes (pq_m bytes per doc), so it is the default for
+large corpora, where exact scores come from the fp16 shards instead.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Iterable, Literal
+
+import numpy as np
+from pydantic import BaseModel
+
+from clara_ray.store.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+IndexKind = Literal["flat", "hnsw", "ivfpq"]
+ExactVectors = Callable[[np.ndarray], np.ndarray]  # rows -> normalised fp32 (len(rows), dim)
+
+
+class IndexConfig(BaseModel):
+    kind: Literal["auto", "flat", "hnsw", "ivfpq"] = "auto"
+    # auto: flat up to flat_max_docs; hnsw while its full vectors fit hnsw_max_bytes; else ivfpq
+    flat_max_docs: int = 20_000
+    hnsw_max_bytes: int = 4 << 30
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 128
+    ivf_nlist: int | None = None  # default ~4*sqrt(N), at least 39 training points per list
+    ivf_nprobe: int = 48
+    pq_m: int | None = None  # sub-quantizers; default the largest divisor of the dim <= 64
+    pq_nbits: int = 8
+    reduce_dim: int | None = None  # PCA before IVF-PQ; default 256 when dim > 1024, 0 = off
+    train_size: int = 65_536
+    rerank: int = 200  # IVF-PQ candidates re-scored exactly from the fp16 shards (0 = off)
+    use_gpu: bool = True  # moves flat / IVF-PQ to faiss-gpu when the image has GPUs
+    # FAISS OpenMP threads (process-wide); 0 keeps FAISS's default. On a shared, oversubscribed
+    # CPU, 1 avoids OpenMP spin-waiting, which made PQ training 6x slower here.
+    threads: int = 0
+
+
+def resolve_kind(cfg: IndexConfig, num_docs: int, dim: int) -> IndexKind:
+    if cfg.kind != "auto":
+        return cfg.kind
+    if num_docs <= cfg.flat_max_docs:
+        return "flat"
+    if num_docs * dim * 4 <= cfg.hnsw_max_bytes:
+        return "hnsw"
+    return "ivfpq"
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Flatten (B, n, hidden) or (B, dim) to fp32 rows of unit L2 norm."""
+    import faiss
+
+    # always a fresh array: normalize_L2 works in place and must not touch the caller's data
+    flat = np.array(np.asarray(vectors).reshape(len(vectors), -1), dtype=np.float32, order="C", copy=True)
+    faiss.normalize_L2(flat)
+    return flat
+
+
+def _largest_divisor(dim: int, limit: int) -> int:
+    return max(d for d in range(1, min(dim, limit) + 1) if dim % d == 0)
+
+
+def _ivfpq_params(cfg: IndexConfig, num_docs: int, dim: int) -> dict:
+    nlist = cfg.ivf_nlist or int(4 * np.sqrt(num_docs))
+    nlist = max(1, min(nlist, num_docs // 39))  # faiss wants >= 39 training points per list
+    reduce_dim = cfg.reduce_dim if cfg.reduce_dim is not None else (256 if dim > 1024 else 0)
+    coded_dim = reduce_dim or dim
+    pq_m = cfg.pq_m or _largest_divisor(coded_dim, 64)
+    if coded_dim % pq_m:
+        raise StoreError(f"index.pq_m={pq_m} must divide the coded dimension {coded_dim}")
+    return dict(nlist=nlist, nprobe=cfg.ivf_nprobe, pq_m=pq_m, pq_nbits=cfg.pq_nbits,
+                reduce_dim=reduce_dim, rerank=cfg.rerank)
+
+
+def index_params(cfg: IndexConfig, num_docs: int, dim: int) -> dict:
+    kind = resolve_kind(cfg, num_docs, dim)
+    if kind == "hnsw":
+        return dict(kind=kind, m=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction, ef_search=cfg.hnsw_ef_search)
+    if kind == "ivfpq":
+        return dict(kind=kind, **_ivfpq_params(cfg, num_docs, dim))
+    return dict(kind=kind)
+
+
+def _new_faiss_index(params: dict, dim: int):
+    import faiss
+
+    kind = params["kind"]
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, params["m"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params["ef_construction"]
+        return index
+    pre = f"PCA{params['reduce_dim']}," if params["reduce_dim"] else ""
+    spec = f"{pre}IVF{params['nlist']},PQ{params['pq_m']}x{params['pq_nbits']}"
+    index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    # polysemous codes only speed up Hamming pre-filtering we do not use, and training them
+    # took minutes even for 3k vectors
+    faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
+    return index
+
+
+def _apply_search_params(index, params: dict) -> None:
+    import faiss
+
+    if params["kind"] == "hnsw":
+        index.hnsw.efSearch = params["ef_search"]
+    elif params["kind"] == "ivfpq":
+        faiss.extract_index_ivf(index).nprobe = params["nprobe"]
+
+
+def _to_gpu_if_available(index, use_gpu: bool, kind: str):
+    import faiss
+
+    # HNSW has no GPU implementation; faiss-cpu has no get_num_gpus > 0
+    if not use_gpu or kind == "hnsw" or not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
+        return index
+    return faiss.index_cpu_to_all_gpus(index)
+
+
+def _to_cpu(index):
+    import faiss
+
+    return faiss.index_gpu_to_cpu(index) if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__ else index
+
+
+class VectorIndex:
+    """A FAISS index plus the parameters it was built with; rows are global document positions."""
+
+    def __init__(self, faiss_index, params: dict, use_gpu: bool = False):
+        self.params = params
+        self.kind: IndexKind = params["kind"]
+        _apply_search_params(faiss_index, params)
+        self._index = _to_gpu_if_available(faiss_index, use_gpu, self.kind)
+
+    @property
+    def ntotal(self) -> int:
+        return self._index.ntotal
+
+    @classmethod
+    def build(cls, cfg: IndexConfig, dim: int, num_docs: int, sample: np.ndarray | None,
+              chunks: Iterable[np.ndarray]) -> "VectorIndex":
+        """Train on `sample` (normalised rows; IVF-PQ only) and add normalised `chunks` in order."""
+        if cfg.threads:
+            import faiss
+
+            faiss.omp_set_num_threads(cfg.threads)
+        params = index_params(cfg, num_docs, dim)
+        raw = _new_faiss_index(params, dim)
+        index = cls(raw, params, cfg.use_gpu)
+        if not index._index.is_trained:
+            if sample is None or len(sample) < params.get("nlist", 1):
+                raise StoreError(f"{params['kind']} index needs a training sample of >= nlist vectors")
+            index._index.train(sample)
+        for chunk in chunks:
+            index.add(chunk)
+        return index
+
+    @classmethod
+    def from_vectors(cls, cfg: IndexConfig, vectors: np.ndarray) -> "VectorIndex":
+        """Build from raw vectors (B, n, hidden) or (B, dim); normalised here."""
+        flat = normalize(vectors)
+        rng = np.random.default_rng(0)
+        sample = flat[rng.choice(len(flat), size=min(len(flat), cfg.train_size), replace=False)]
+        return cls.build(cfg, flat.shape[1], len(flat), sample, [flat])
+
+    def add(self, normalised: np.ndarray) -> None:
+        self._index.add(np.ascontiguousarray(normalised, dtype=np.float32))
+
+    def search(self, queries: np.ndarray, k: int, exact: ExactVectors | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows), each (Q, k), best first; rows -1 where fewer than k docs exist.
+
+        For IVF-PQ with `exact`, the top `rerank` approximate candidates are re-scored with exact
+        vectors, so returned scores are true cosines and the order is exact within the candidates.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        rerank = self.params.get("rerank", 0) if exact is not None else 0
+        fetch = max(k, rerank) if self.kind == "ivfpq" and rerank else k
+        scores, rows = self._index.search(queries, fetch)
+        if fetch == k:
+            return scores, rows
+        return _rerank(queries, rows, exact, k)
+
+    def save(self, path: Path) -> None:
+        import faiss
+
+        faiss.write_index(_to_cpu(self._index), str(path))
+
+    @classmethod
+    def load(cls, path: Path, params: dict, use_gpu: bool = False) -> "VectorIndex":
+        import faiss
+
+        try:
+            raw = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise StoreError(f"{path}: cannot read FAISS index: {exc}") from None
+        return cls(raw, params, use_gpu)
+
+
+def _rerank(queries: np.ndarray, candidates: np.ndarray, exact: ExactVectors, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine over each query's candidates; keep the best k."""
+    num_q, fetch = candidates.shape
+    valid = candidates >= 0
+    flat_rows = candidates[valid]
+    # fetch each distinct row once, in sorted order (sequential reads of the memory-mapped shards)
+    unique_rows, inverse = np.unique(flat_rows, return_inverse=True)
+    vectors = exact(unique_rows)
+    scores = np.full((num_q, fetch), -np.inf, dtype=np.float32)
+    query_of = np.nonzero(valid)[0]
+    scores[valid] = np.einsum("ij,ij->i", vectors[inverse], queries[query_of])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top_scores = np.take_along_axis(scores, order, axis=1)
+    top_rows = np.take_along_axis(candidates, order, axis=1)
+    top_rows[~np.isfinite(top_scores)] = -1
+    return top_scores, top_rows
