@@ -1,6 +1,7 @@
 """The ingest pipeline on Ray Data: stage orchestration, resume, errors and the summary.
 
-Each stage runs as a Ray Data `map_batches` over the work not yet in its Parquet parts
+Each stage that does real work (extract, caption, synthesize, embed) runs as a Ray Data
+`map_batches` over the work not yet in its Parquet parts
 (actor pools where a stage holds a converter, an API client or an embedder); results stream
 back to the driver, which appends them as parts. Final files are rebuilt from all parts on
 every run, so a rerun after any interruption writes the same files, without duplicates.
@@ -78,22 +79,17 @@ def run_stage(name: str, parts: StageParts, todo: list[dict[str, Any]], worker: 
 
 
 def _chunk_documents(docs: list[dict[str, Any]], cfg: IngestConfig) -> list[dict[str, Any]]:
-    """Documents (captions already in) -> chunks, via a Ray Data flat_map; order is by source."""
-    import ray
+    """Documents (captions already in) -> chunks, ordered by source.
 
-    chunk_cfg = cfg.chunk
-
-    def split(doc: dict) -> list[dict]:
-        return [{"key": content_key(text), "doc_key": doc["key"], "source": doc["source"], "index": i, "text": text}
-                for i, text in enumerate(chunk_text(doc["text"], chunk_cfg))]
-
-    if not docs:
-        return []
-    rows = ray.data.from_items(docs, override_num_blocks=min(len(docs), 200)).flat_map(split).take_all()
-    rows.sort(key=lambda r: (r["source"], r["index"]))
+    Runs on the driver: splitting text costs microseconds per document, far less than starting
+    Ray workers for it, and the result feeds the next stage's keys directly.
+    """
     unique: dict[str, dict] = {}
-    for row in rows:
-        unique.setdefault(row["key"], row)  # the same passage twice would make a duplicate record
+    for doc in sorted(docs, key=lambda d: d["source"]):
+        for i, text in enumerate(chunk_text(doc["text"], cfg.chunk)):
+            # The same passage twice (in one or two documents) would make duplicate records.
+            unique.setdefault(content_key(text), {"key": content_key(text), "doc_key": doc["key"],
+                                                  "source": doc["source"], "index": i, "text": text})
     return list(unique.values())
 
 
@@ -235,10 +231,14 @@ def _caption_and_chunk(cfg: IngestConfig, api: ApiConfig, docs: list[dict], out_
     return chunks
 
 
+def synthesis_key(chunk: str, api: ApiConfig, cfg: IngestConfig) -> str:
+    """A chunk's synthesis is redone when its text, the model or the synthesis settings change."""
+    return content_key(content_key(chunk), api.text_model, cfg.synthesis.model_dump())
+
+
 def _synthesize_and_write(cfg: IngestConfig, api: ApiConfig, chunks: list[dict], out_dir: Path, work: Path,
                           errors: list[dict], summary: dict) -> None:
-    fingerprint = content_key(api.text_model, cfg.synthesis.model_dump())
-    todo = [{"key": content_key(c["key"], fingerprint), "text": c["text"]} for c in chunks]
+    todo = [{"key": synthesis_key(c["text"], api, cfg), "text": c["text"]} for c in chunks]
     done = run_stage("synthesize", StageParts(work, "synthesize"), todo, Synthesizer,
                      {"api": api.model_dump(), "cfg": cfg.synthesis.model_dump()},
                      cfg.synthesis.workers, cfg.synthesis.cpus_per_worker, cfg.progress)

@@ -1,0 +1,46 @@
+import pytest
+
+from clara_ray.ingest.config import ApiConfig, SynthesisConfig
+from clara_ray.ingest.openai_client import ApiCallError, ChatClient
+from clara_ray.ingest.synthesis import generate_messages, synthesize_chunk
+from ingest_helpers import api_overrides
+
+PASSAGE = ("Honey bees live in colonies of up to sixty thousand workers. The queen lays all the eggs. "
+           "Workers collect nectar within a few kilometres of the hive. Drones exist only to mate.")
+
+
+def _client(server) -> ChatClient:
+    api = ApiConfig(**api_overrides(server))
+    return ChatClient(api, api.text_model)
+
+
+def test_unsupported_pair_is_rejected_and_regenerated(scripted_api):
+    server = scripted_api()  # generates 3 good pairs + 1 whose answer is not in the passage
+    result = synthesize_chunk(_client(server), PASSAGE, SynthesisConfig(verify_rounds=2))
+    answers = [p["answer"] for p in result["qa"]]
+    assert "UNSUPPORTED-ANSWER" not in answers and len(answers) == 4
+    assert all(a in PASSAGE for a in answers)
+    assert {p["type"] for p in result["qa"]} == {"factual", "reasoning"}
+    assert result["rounds"] == 1 and result["rejected"] == 1
+    assert result["summary"].startswith("Summary: Honey bees")
+    assert server.requests == {"generate": 1, "verify": 2, "regenerate": 1}
+
+
+def test_without_regeneration_rounds_failures_are_dropped(scripted_api):
+    server = scripted_api()
+    result = synthesize_chunk(_client(server), PASSAGE, SynthesisConfig(verify_rounds=0))
+    assert len(result["qa"]) == 3 and result["rounds"] == 0
+    assert "regenerate" not in server.requests
+
+
+def test_chunk_whose_pairs_never_verify_is_an_error(scripted_api):
+    server = scripted_api(reject_all=True)
+    with pytest.raises(ApiCallError, match="after 2 regeneration round") as info:
+        synthesize_chunk(_client(server), PASSAGE, SynthesisConfig(verify_rounds=2))
+    assert info.value.kind == "verification_failed"
+    assert server.requests == {"generate": 1, "verify": 3, "regenerate": 2}
+
+
+def test_prompt_asks_for_extra_languages():
+    prompt = generate_messages(PASSAGE, SynthesisConfig(languages=["en", "fr"], cross_lingual=True))[-1]["content"]
+    assert 'language "fr"' in prompt and '"fr-en"' in prompt and "3 to 5" in prompt
