@@ -63,20 +63,41 @@ class CheckpointConfig(_Strict):
 
 class RunConfig(_Strict):
     name: str = Field(min_length=1, description="same name + storage_path = resume")
-    storage_path: str = "runs"
+    storage_path: str = Field("runs", description="Ray Train storage: a local/NFS path or s3://, gs://")
     output_dir: Optional[str] = Field(None, description="exported CLaRa dir; default <storage>/<name>/model")
+    log_dir: Optional[str] = Field(None, description="TensorBoard + summary.json; default <storage>/<name>, "
+                                                     "or <output_dir>-logs with bucket storage")
     max_failures: int = Field(2, ge=-1, description="worker-group restarts after a failure (-1 = forever)")
     log_every: int = Field(1, gt=0)
 
     @property
-    def run_dir(self) -> Path:
-        return Path(self.storage_path).expanduser().resolve() / self.name
+    def remote_storage(self) -> bool:
+        return "://" in self.storage_path
+
+    @model_validator(mode="after")
+    def _local_outputs(self):
+        # The export and the logs are written with plain file I/O (atomic renames), so with
+        # bucket storage they need a filesystem path of their own (e.g. an NFS mount).
+        if self.remote_storage and not self.output_dir:
+            raise ValueError(f"storage_path {self.storage_path} is remote: set run.output_dir to a shared "
+                             "filesystem path for the exported model")
+        return self
+
+    def _local(self, explicit: Optional[str], default_leaf: str | None) -> Path:
+        if explicit:
+            return Path(explicit).expanduser().resolve()
+        base = Path(self.storage_path).expanduser().resolve() / self.name
+        return base / default_leaf if default_leaf else base
+
+    @property
+    def log_path(self) -> Path:
+        if self.remote_storage and not self.log_dir:
+            return self._local(f"{self.output_dir}-logs", None)
+        return self._local(self.log_dir, None)
 
     @property
     def export_dir(self) -> Path:
-        if self.output_dir:
-            return Path(self.output_dir).expanduser().resolve()
-        return self.run_dir / "model"
+        return self._local(self.output_dir, "model")
 
 
 class TrainConfig(_Strict):
@@ -120,7 +141,8 @@ class TrainConfig(_Strict):
         if self.init_from and "://" not in self.init_from and not Path(self.init_from).expanduser().is_dir():
             raise ValueError(f"init_from {self.init_from}: no such model directory (run the previous stage first)")
         run = self.run.model_copy(update={"storage_path": absolute(self.run.storage_path),
-                                          "output_dir": absolute(self.run.output_dir)})
+                                          "output_dir": absolute(self.run.output_dir),
+                                          "log_dir": absolute(self.run.log_dir)})
         return self.model_copy(update={"init_from": absolute(self.init_from), "run": run})
 
     @property

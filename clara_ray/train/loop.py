@@ -125,7 +125,7 @@ def _tensorboard(cfg: TrainConfig, start_step: int):
     from torch.utils.tensorboard import SummaryWriter
 
     # purge_step drops events a crashed attempt logged beyond the checkpoint we resume from.
-    return SummaryWriter(str(cfg.run.run_dir / "tensorboard"), purge_step=start_step or None)
+    return SummaryWriter(str(cfg.run.log_path / "tensorboard"), purge_step=start_step or None)
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:

@@ -78,7 +78,7 @@ def _trainer(cfg: TrainConfig, dataset, total_steps: int):
         torch_config=TorchConfig(backend=cfg.deepspeed.backend),
         run_config=RunConfig(
             name=cfg.run.name,
-            storage_path=str(cfg.run.run_dir.parent),
+            storage_path=str(cfg.run.storage_path),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
         ),
@@ -98,13 +98,13 @@ def train_stage(cfg: TrainConfig) -> TrainSummary:
     total_steps = cfg.total_steps(records)
     result = _trainer(cfg, dataset, total_steps).fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"run {cfg.run.run_dir} finished without a checkpoint")
+        raise RuntimeError(f"run {cfg.run.log_path} finished without a checkpoint")
     _export(result.checkpoint, cfg.run.export_dir)
     metrics = dict(result.metrics or {})
     summary = TrainSummary(
-        stage=cfg.stage, run_dir=str(cfg.run.run_dir), model_dir=str(cfg.run.export_dir), records=records,
+        stage=cfg.stage, run_dir=str(cfg.run.log_path), model_dir=str(cfg.run.export_dir), records=records,
         total_steps=total_steps, resumed_from_step=int(metrics.get("resumed_from_step", 0)),
         final_metrics=metrics, wall_seconds=time.perf_counter() - began,
     )
-    _write_atomically(summary.model_dump_json(indent=1), cfg.run.run_dir / "summary.json")
+    _write_atomically(summary.model_dump_json(indent=1), cfg.run.log_path / "summary.json")
     return summary

@@ -65,3 +65,14 @@ def test_paths_resolve_on_the_driver_and_missing_init_is_reported(tmp_path, monk
     assert resolved.init_from == str(tmp_path / "prev" / "model")
     assert resolved.run.storage_path == str(tmp_path / "runs")
     assert resolved.run.export_dir == tmp_path / "runs" / "cpu-instruct" / "model"
+    assert resolved.run.log_path == tmp_path / "runs" / "cpu-instruct"
+
+
+def test_bucket_storage_needs_a_filesystem_export_and_logs_beside_it(tmp_path):
+    with pytest.raises(ConfigError, match="run.output_dir"):
+        load_config(TrainConfig, CONFIGS / "compress_pretrain.yaml", ["run.storage_path=s3://bucket/runs"])
+    cfg = load_config(TrainConfig, CONFIGS / "compress_pretrain.yaml",
+                      ["run.storage_path=s3://bucket/runs", f"run.output_dir={tmp_path}/models/s1"]).with_absolute_paths()
+    assert cfg.run.storage_path == "s3://bucket/runs"
+    assert cfg.run.export_dir == tmp_path / "models" / "s1"
+    assert cfg.run.log_path == tmp_path / "models" / "s1-logs"

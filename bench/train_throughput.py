@@ -1,0 +1,102 @@
+"""Training throughput: Ray Train + DeepSpeed vs a plain single-process PyTorch loop.
+
+    python -m bench.train_throughput [--backbone smollm2-135m] [--steps 4] [--global-batch 4]
+
+Same model, data (bundled stage-1 sample), global batch and number of optimizer steps in every
+arm; each arm's time covers its training steps only (model loading and Ray start-up excluded).
+Targets (issue 3): Ray Train + DeepSpeed on 1 worker at most 15% slower per sample than the
+plain loop; 2 workers at least 1.6x the samples/s of 1 where cores allow.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "examples" / "data" / "pretrain_data.jsonl"
+CONFIG = REPO / "configs" / "train" / "cpu" / "compress_pretrain.yaml"
+
+
+def _model_fields(backbone: str) -> dict:
+    return {"backbone": backbone, "compression_rate": 16, "doc_max_length": 64, "dtype": "float32"}
+
+
+def plain_loop_seconds(backbone: str, steps: int, global_batch: int, threads: int) -> float:
+    """A bare PyTorch loop: AdamW on the trainable parameters, no Ray, no DeepSpeed."""
+    import torch
+
+    from clara_ray import CLaRa, CLaRaConfig
+    from clara_ray.data.records import read_records
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = CLaRa.from_config(CLaRaConfig(**_model_fields(backbone)), device="cpu")
+    model.prepare_stage("compress_pretrain")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
+    records = itertools.cycle(read_records(DATA, "compress_pretrain"))
+    model.train()
+    began = time.perf_counter()
+    for _ in range(steps):
+        loss = model([next(records) for _ in range(global_batch)], "compress_pretrain").loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - began
+
+
+def ray_seconds(backbone: str, steps: int, global_batch: int, workers: int, storage: Path) -> float:
+    """Ray Train + DeepSpeed ZeRO-2 (the project's trainer); the loop's own step time."""
+    import json
+
+    from clara_ray.config import load_config
+    from clara_ray.train.config import TrainConfig
+    from clara_ray.train.trainer import train_stage
+
+    cfg = load_config(TrainConfig, CONFIG, [
+        f"model={json.dumps(_model_fields(backbone))}", f"data.paths=[{DATA}]",
+        f"max_steps={steps}", f"checkpoint.every_steps={steps}", f"run.log_every={steps}",
+        f"batch.global_size={global_batch}", f"batch.micro_size={global_batch // workers}",
+        f"resources.num_workers={workers}", "data.shuffle_buffer=0",
+        f"run.storage_path={storage}", f"run.name=bench-{workers}w",
+    ])
+    return float(train_stage(cfg).final_metrics["train_seconds"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="smollm2-135m")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--global-batch", type=int, default=4)
+    args = parser.parse_args()
+    for name, value in (("HF_HUB_OFFLINE", "1"), ("RAY_AUTH_MODE", "disabled"), ("DS_ACCELERATOR", "cpu"),
+                        ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(name, value)
+    import ray
+
+    samples = args.steps * args.global_batch
+    # One thread for the plain loop: a Ray Train worker with 1 CPU runs torch on one thread too.
+    plain = plain_loop_seconds(args.backbone, args.steps, args.global_batch, threads=1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="clara-bench-") as storage:
+            one = ray_seconds(args.backbone, args.steps, args.global_batch, 1, Path(storage))
+            two = ray_seconds(args.backbone, args.steps, args.global_batch, 2, Path(storage))
+    finally:
+        ray.shutdown()
+    print(f"\ntrain throughput: {args.backbone}, {args.steps} steps x global batch {args.global_batch}, "
+          f"{os.cpu_count()} CPUs")
+    for label, seconds in (("plain PyTorch loop (1 thread)", plain), ("Ray Train + DeepSpeed, 1 worker", one),
+                           ("Ray Train + DeepSpeed, 2 workers", two)):
+        print(f"  {label:34s} {seconds:7.2f}s  {samples / seconds:7.2f} samples/s  {args.steps / seconds:6.3f} steps/s")
+    print(f"  overhead of Ray+DeepSpeed (1 worker) vs plain, per sample: {one / plain - 1:+.1%} (target <= +15%)")
+    print(f"  2 workers vs 1, samples/s: {one / two:.2f}x (target >= 1.6x where cores allow)")
+
+
+if __name__ == "__main__":
+    main()
