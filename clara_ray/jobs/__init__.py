@@ -1,5 +1,5 @@
 """Submitting pipeline steps as Ray jobs, to a running cluster or a local one started here."""
 from clara_ray.jobs.local_cluster import LocalRayCluster
-from clara_ray.jobs.submit import JobFailed, submit_and_wait
+from clara_ray.jobs.submit import JobFailed, save_log, submit, submit_and_wait
 
-__all__ = ["JobFailed", "LocalRayCluster", "submit_and_wait"]
+__all__ = ["JobFailed", "LocalRayCluster", "save_log", "submit", "submit_and_wait"]

@@ -40,7 +40,9 @@ class LocalRayCluster:
         return f"127.0.0.1:{self.gcs_port}"
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": self.gcs_address}
+        # Jobs run `python -m ...` with the cluster's PATH: make that this environment's python.
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        return {**os.environ, "PATH": path, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": self.gcs_address}
 
     def _ray(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         ray_cli = Path(sys.executable).with_name("ray")

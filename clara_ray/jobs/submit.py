@@ -1,4 +1,4 @@
-"""Submit one entry point as a Ray job, stream its log to a file, and wait for the outcome."""
+"""Submit an entry point as a Ray job, stream its log to a file, and wait for the outcome."""
 from __future__ import annotations
 
 import time
@@ -13,10 +13,9 @@ class JobFailed(RuntimeError):
         self.name, self.status, self.log_path = name, status, log_path
 
 
-def submit_and_wait(address: str, name: str, entrypoint: str, log_path: str | Path,
-                    working_dir: str | Path | None = None, env_vars: dict[str, str] | None = None,
-                    timeout: float = 3600, poll: float = 2.0) -> str:
-    """Run `entrypoint` as a job on the cluster at `address`; raise JobFailed unless it succeeds."""
+def submit(address: str, name: str, entrypoint: str, working_dir: str | Path | None = None,
+           env_vars: dict[str, str] | None = None) -> tuple[JobSubmissionClient, str]:
+    """Start `entrypoint` as a job; without working_dir it runs where `ray start` ran."""
     client = JobSubmissionClient(address)
     runtime_env: dict = {"env_vars": env_vars or {}}
     if working_dir is not None:
@@ -24,14 +23,27 @@ def submit_and_wait(address: str, name: str, entrypoint: str, log_path: str | Pa
         runtime_env["excludes"] = [".venv", ".git", "runs", "outputs", "*.log"]
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
                                submission_id=f"{name}-{int(time.time() * 1000)}")
+    return client, job_id
+
+
+def save_log(client: JobSubmissionClient, job_id: str, log_path: str | Path) -> Path:
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text(client.get_job_logs(job_id))
+    return log_path
+
+
+def submit_and_wait(address: str, name: str, entrypoint: str, log_path: str | Path,
+                    working_dir: str | Path | None = None, env_vars: dict[str, str] | None = None,
+                    timeout: float = 3600, poll: float = 2.0) -> str:
+    """Run `entrypoint` as a job on the cluster at `address`; raise JobFailed unless it succeeds."""
+    client, job_id = submit(address, name, entrypoint, working_dir, env_vars)
     deadline = time.monotonic() + timeout
     status = client.get_job_status(job_id)
     while not status.is_terminal() and time.monotonic() < deadline:
         time.sleep(poll)
         status = client.get_job_status(job_id)
-    log_path.write_text(client.get_job_logs(job_id))
+    log_path = save_log(client, job_id, log_path)
     if not status.is_terminal():
         client.stop_job(job_id)
         raise JobFailed(name, f"TIMED OUT after {timeout:.0f}s", log_path)

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+STAGES = ("compress_pretrain", "instruct", "end_to_end")
+
+
+class DemoConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    documents: Path = Path("examples/documents")
+    workdir: Path = Path("runs/demo")
+    ingest_config: Path = Path("configs/ingest.yaml")
+    train_configs: dict[str, Path] = Field(default_factory=lambda: {
+        s: Path(f"configs/train/cpu/{s}.yaml") for s in STAGES})
+    extra_training_data: dict[str, list[Path]] = Field(default_factory=dict)
+    serve_config: Path = Path("serve/config.yaml")
+    serve_port: int = Field(8123, ge=1024, le=65535)
+    questions: list[str] = Field(min_length=1)
+    max_new_tokens: int = Field(32, ge=1, le=512)
+    step_timeout_s: float = Field(1800, gt=0)
