@@ -34,12 +34,11 @@ def build_model(cfg: TrainConfig, device: str):
 
 def enable_gradient_checkpointing(model) -> None:
     """Turn on activation checkpointing in the Hugging Face backbone inside `model`."""
-    for module in model.modules():
-        if getattr(module, "supports_gradient_checkpointing", False):
-            # Non-reentrant: the frozen backbone's inputs need no grad for LoRA grads to flow.
-            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            return
-    raise ValueError("deepspeed.gradient_checkpointing is set but the model has no HF backbone supporting it")
+    lm = model.language_model
+    if not getattr(lm, "supports_gradient_checkpointing", False):
+        raise ValueError(f"deepspeed.gradient_checkpointing is set but {type(lm).__name__} does not support it")
+    # Non-reentrant: the frozen backbone's inputs need no grad for the LoRA grads to flow.
+    lm.activation_checkpointing_enable({"use_reentrant": False})
 
 
 def _skip_shm_allreduce(cfg: TrainConfig) -> None:
