@@ -55,7 +55,10 @@ class Plan:
         return (self.work_dir / "runs" / f"cr{rate}-{stage}" / "model").resolve()
 
     def eval_dir(self, rate: int) -> Path:
-        return (self.work_dir / "eval" / f"cr{rate}").resolve()
+        return self.eval_dir_named(f"cr{rate}")
+
+    def eval_dir_named(self, name: str) -> Path:
+        return (self.work_dir / "eval" / name).resolve()
 
     def steps(self) -> list[Step]:
         data = (self.work_dir / "data").resolve()
@@ -83,7 +86,28 @@ class Plan:
                 f"data.article_range=[{self.train_articles},{self.total_articles}]",
                 f"data.per_article={self.eval_per_article}", f"data.max_candidates={self.max_candidates}",
             ], out / "summary.json"))
+            if rate == self.rates[0]:
+                steps += self._text_rag_lora_steps(data)
         return steps
+
+    def _text_rag_lora_steps(self, data: Path) -> list[Step]:
+        """The LoRA text-RAG baseline: same stage-2 data, documents read as text."""
+        python = sys.executable
+        checkpoint = (self.work_dir / "text_rag_lora").resolve()
+        out = self.eval_dir_named("text_rag_lora")
+        system = "[{name: text_rag_lora, kind: text_rag, retriever: minilm, adapter: generator}]"
+        return [
+            Step("train_text_rag_lora", [python, "-m", "experiments.text_rag_lora", "--data",
+                                         str(data / STAGE_DATA["instruct"]), "--out", str(checkpoint),
+                                         "--steps", str(self.steps_per_stage[1])], checkpoint / "text_rag_lora.json"),
+            Step("evaluate_text_rag_lora", [
+                python, "-m", "pipelines.evaluate", "--config", "experiments/configs/eval_squad_cpu.yaml",
+                f"checkpoint={checkpoint}", f"output_dir={out}", "label=text-RAG LoRA", f"data.path={self.squad}",
+                f"data.article_range=[{self.train_articles},{self.total_articles}]",
+                f"data.per_article={self.eval_per_article}", f"data.max_candidates={self.max_candidates}",
+                f"harness.systems={system}", "harness.retrievers=[minilm]",
+            ], out / "summary.json"),
+        ]
 
 
 def _run_step(step: Step, log_dir: Path) -> float:
@@ -102,8 +126,8 @@ def _run_step(step: Step, log_dir: Path) -> float:
 def _write_results(plan: Plan, results_dir: Path, command: str, timings: dict[str, float]) -> Path:
     from clara_ray.evaluation.report import write_report
 
-    summaries = [json.loads((plan.eval_dir(r) / "summary.json").read_text()) for r in plan.rates
-                 if (plan.eval_dir(r) / "summary.json").exists()]
+    dirs = [plan.eval_dir(r) for r in plan.rates] + [plan.eval_dir_named("text_rag_lora")]
+    summaries = [json.loads((d / "summary.json").read_text()) for d in dirs if (d / "summary.json").exists()]
     lines = [f"Command: `{command}`", "",
              f"Total wall time of all steps (summed over sessions): {sum(timings.values()) / 3600:.2f} h", "",
              "| step | wall time (min) |", "|---|---:|"]

@@ -130,6 +130,8 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = checkpoint_info(cfg.checkpoint)  # fails early, naming the path, if not a checkpoint
+    if not any(s.kind == "clara" for s in cfg.harness.systems):
+        info["compression_rate"] = None  # baselines only: no compressed documents are read
     _claim_output_dir(cfg, out)
     questions = questions_for(cfg)
     partial = out / PARTIAL
