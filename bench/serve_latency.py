@@ -57,6 +57,11 @@ def measure(url: str, questions: list[str], tokenizer, stream: bool) -> dict:
     return out
 
 
+def _report(name: str, row: dict) -> dict:
+    print(f"  {name:20s} " + "  ".join(f"{k}={v:.3f}" for k, v in row.items()), flush=True)
+    return row
+
+
 def main(
     squad: Annotated[Optional[str], typer.Option(help="SQuAD v1.1 JSON for documents/questions "
                                                       "(default $CLARA_SQUAD_JSON, else synthetic text).")] = None,
@@ -74,15 +79,13 @@ def main(
         tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(BACKBONE))
         url = start_serve()
         try:
+            print(f"SmolLM2-135M, k=5 docs x 256 tokens, compression rate 32, {questions} questions, medians")
             deploy(url, "clara", checkpoint=checkpoint, store=store, reader="compressed")
-            clara = measure(url, asked, tokenizer, stream=True)
+            clara = _report("clara (compressed)", measure(url, asked, tokenizer, stream=True))
             deploy(url, "text_rag", checkpoint=checkpoint, store=store, reader="text")
-            text = measure(url, asked, tokenizer, stream=False)
+            text = _report("text-RAG", measure(url, asked, tokenizer, stream=False))
         finally:
             stop_serve()
-    print(f"SmolLM2-135M, k=5 docs x 256 tokens, compression rate 32, {questions} questions, medians")
-    for name, row in (("clara (compressed)", clara), ("text-RAG", text)):
-        print(f"  {name:20s} " + "  ".join(f"{k}={v:.3f}" for k, v in row.items()))
     print(f"TTFT speed-up   {text['ttft_s'] / clara['ttft_s']:.1f}x  (target >= 10x)")
     print(f"total speed-up  {text['total_s'] / clara['total_s']:.1f}x  (target >= 3x, <= 16 new tokens)")
 

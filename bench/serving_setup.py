@@ -82,11 +82,12 @@ def deploy(url: str, name: str, **settings) -> None:
     """Run the application under `name` at /, replacing any previous one, and wait until ready."""
     from ray import serve
 
-    from serve.app import build_app
+    from serve.app import bind_app
+    from serve.settings import ServeSettings
 
     for app in list(serve.status().applications):
         serve.delete(app)
-    serve.run(build_app(dict(settings, torch_threads=2), DEPLOYMENTS), name=name, route_prefix="/")
+    serve.run(bind_app(ServeSettings.model_validate(dict(settings, torch_threads=2)), DEPLOYMENTS), name=name, route_prefix="/")
     deadline = time.time() + 300
     while time.time() < deadline:
         try:

@@ -50,14 +50,14 @@ def main(
     import ray
     from ray import serve
 
-    from serve.app import build_app
+    from serve.app import bind_app
 
     overrides = [f"checkpoint={checkpoint}", f"store={store}", *(override or [])]
     settings, options, app, raw = load_serve_config(config, overrides)
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
     serve.start(http_options={"host": host, "port": port}, proxy_location=raw.get("proxy_location", "HeadOnly"))
-    serve.run(build_app(settings, options), name=app.get("name", "clara"), route_prefix=app.get("route_prefix", "/"))
+    serve.run(bind_app(settings, options), name=app.get("name", "clara"), route_prefix=app.get("route_prefix", "/"))
     typer.echo(f"serving {settings.model_name} on http://{host}:{port} (Ctrl-C stops)")
     try:
         while True:

@@ -1,7 +1,7 @@
 """FastAPI ingress of the RAG application and the application builder.
 
 `serve deploy serve/config.yaml` imports `serve.app:build_app` with the YAML `args` (validated as
-`ServeSettings`); `clara serve` calls `build_app` too, with the same per-deployment options.
+`ServeSettings`); `clara serve` calls `bind_app` with the same per-deployment options.
 """
 
 import hmac
@@ -125,13 +125,17 @@ class RagIngress:
         return StreamingResponse(events(), media_type="text/event-stream")
 
 
-def build_app(args: dict | ServeSettings, deployment_options: dict[str, dict] | None = None):
+def bind_app(settings: ServeSettings, deployment_options: dict[str, dict] | None = None):
     """The bound application. `deployment_options` (deployment name -> `.options(...)` kwargs)
     lets local runs apply the same replica/autoscaling settings `serve deploy` reads from YAML."""
-    settings = args if isinstance(args, ServeSettings) else ServeSettings.model_validate(args)
     options = deployment_options or {}
 
     def bind(deployment, *init_args):
         return deployment.options(**options.get(deployment.name, {})).bind(*init_args)
 
     return bind(RagIngress, settings, bind(Retriever, settings), bind(Generator, settings))
+
+
+def build_app(args: dict):
+    """Builder for `serve deploy`/`serve run` (exactly one parameter: the YAML `args`)."""
+    return bind_app(ServeSettings.model_validate(args))

@@ -65,10 +65,10 @@ def rag_url(ray_cluster, serve_settings):
     """Base URL of the application running on Ray Serve, bound to loopback."""
     from ray import serve
 
-    from serve.app import build_app
+    from serve.app import bind_app
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(serve_settings), name="clara", route_prefix="/")
+    serve.run(bind_app(serve_settings), name="clara", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
