@@ -19,6 +19,7 @@ STEPS = {
     "ingest": "ingest",
     "serve": "serve",
     "eval": "evaluate",
+    "precompress": "precompress",
 }
 
 

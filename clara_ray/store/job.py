@@ -1,0 +1,205 @@
+"""The precompress Ray job: Ray Data reads a corpus, an actor pool of compressors runs
+`CLaRa.compress_documents` in batches, and the driver appends the vectors to a store as shards.
+
+Each shard is committed atomically as it arrives, so a killed job loses at most one shard of work;
+the rerun skips every id already in the store (published or staged) and publishes once at the end.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from clara_ray.store.builder import StoreWriter
+from clara_ray.store.errors import StoreError
+from clara_ray.store.index import IndexConfig
+from clara_ray.store.manifest import CheckpointIdentity, checkpoint_fingerprint
+from clara_ray.store.shards import DocRecord
+
+log = logging.getLogger(__name__)
+
+NO_CHUNK = -1  # Arrow columns cannot mix None and int cheaply inside Ray batches
+
+
+class PrecompressConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(16, ge=1)  # documents per compress_documents call
+    shard_size: int = Field(1024, ge=1)  # documents per committed shard (work lost on a crash)
+    actors: int = Field(1, ge=1)  # compressor replicas: one per GPU on a cluster
+    num_cpus_per_actor: float = Field(0.5, gt=0)  # fractional here so Ray Data's read tasks still run
+    num_gpus_per_actor: float = Field(0, ge=0)
+    device: str = "cpu"
+    torch_threads: int = Field(0, ge=0)  # per actor; 0 = torch default
+    ray_address: str | None = None  # None: connect to a running cluster if any, else start one
+    index: IndexConfig = Field(default_factory=IndexConfig)
+
+
+def checkpoint_identity_from_dir(checkpoint: str | Path) -> CheckpointIdentity:
+    """The checkpoint's identity without loading its weights (config JSON + backbone config)."""
+    from transformers import AutoConfig
+
+    from clara_ray.backbones import resolve_backbone
+    from clara_ray.model import CLaRaConfig
+    from clara_ray.model.modeling import CONFIG_FILE
+
+    path = Path(checkpoint)
+    config_file = path / CONFIG_FILE
+    if not config_file.is_file():
+        raise StoreError(f"{path} is not a CLaRa checkpoint (no {CONFIG_FILE})")
+    config = CLaRaConfig.model_validate_json(config_file.read_text())
+    hidden = AutoConfig.from_pretrained(resolve_backbone(config.backbone)).hidden_size
+    return CheckpointIdentity(
+        fingerprint=checkpoint_fingerprint(path), backbone=config.backbone,
+        compression_rate=config.compression_rate, num_memory_tokens=config.num_memory_tokens,
+        hidden_size=hidden, path=str(path.resolve()),
+    )
+
+
+def corpus_files(corpus: str | Path) -> tuple[list[str], list[str]]:
+    """(JSONL files, Parquet files) of a file or a directory (searched recursively)."""
+    root = Path(corpus)
+    if not root.exists():
+        raise StoreError(f"corpus {root} does not exist")
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    jsonl = [str(p) for p in files if p.suffix in (".jsonl", ".json")]
+    parquet = [str(p) for p in files if p.suffix == ".parquet"]
+    if not jsonl and not parquet:
+        raise StoreError(f"corpus {root}: no .jsonl or .parquet files")
+    return jsonl, parquet
+
+
+def doc_id(text: str, source: str, chunk: int) -> str:
+    """A stable id for records without one, so reruns recognise the same document."""
+    return "sha1-" + hashlib.sha1(f"{source}\0{chunk}\0{text}".encode()).hexdigest()[:20]
+
+
+def normalise_record(record: dict, where: str) -> dict:
+    """id/text/source/chunk of one corpus record; errors name the file and the record."""
+    text = record.get("text")
+    if not isinstance(text, str) or not text.strip():
+        shown = json.dumps(record, default=str)[:120]
+        raise StoreError(f"{where}: record {shown}: field 'text' missing or empty")
+    source = str(record.get("source") or where)
+    chunk = record.get("chunk")
+    if chunk is None or (isinstance(chunk, float) and np.isnan(chunk)):
+        chunk = NO_CHUNK
+    elif not isinstance(chunk, (int, np.integer)) or isinstance(chunk, bool):
+        raise StoreError(f"{where}: record id={record.get('id')!r}: field 'chunk' must be an integer, got {chunk!r}")
+    rid = record.get("id")
+    rid = str(rid) if rid not in (None, "") else doc_id(text, source, int(chunk))
+    return {"id": rid, "text": text, "source": source, "chunk": int(chunk)}
+
+
+def _parse_jsonl_lines(batch: dict) -> dict:
+    rows = []
+    for line, path in zip(batch["text"], batch["path"]):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{path}: invalid JSON line {line[:80]!r}: {exc}") from None
+        if not isinstance(record, dict):
+            raise StoreError(f"{path}: line {line[:80]!r} is not a JSON object")
+        rows.append(normalise_record(record, path))
+    return _columns(rows)
+
+
+def _normalise_parquet_rows(batch: dict) -> dict:
+    names = list(batch)
+    rows = [normalise_record({n: batch[n][i] for n in names}, str(batch["path"][i]))
+            for i in range(len(batch["path"]))]
+    return _columns(rows)
+
+
+def _columns(rows: list[dict]) -> dict:
+    return {key: np.array([r[key] for r in rows], dtype=object if key != "chunk" else np.int64)
+            for key in ("id", "text", "source", "chunk")}
+
+
+def read_corpus(corpus: str | Path):
+    """A Ray Dataset of {id, text, source, chunk} rows from JSONL and/or Parquet files."""
+    import ray
+
+    jsonl, parquet = corpus_files(corpus)
+    parts = []
+    if jsonl:
+        # read as text lines: records may carry arbitrary extra fields that Arrow's JSON schema
+        # inference would choke on, and we want errors that quote the offending line
+        parts.append(ray.data.read_text(jsonl, include_paths=True).map_batches(_parse_jsonl_lines, batch_format="numpy"))
+    if parquet:
+        parts.append(ray.data.read_parquet(parquet, include_paths=True)
+                     .map_batches(_normalise_parquet_rows, batch_format="numpy"))
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+
+
+class DropKnown:
+    """Filters out ids the store already holds (resume and incremental add)."""
+
+    def __init__(self, known: frozenset[str]):
+        self.known = known
+
+    def __call__(self, batch: dict) -> dict:
+        keep = np.array([i not in self.known for i in batch["id"]], dtype=bool)
+        return {k: v[keep] for k, v in batch.items()}
+
+
+class Compressor:
+    """One CLaRa replica per actor; loaded once, then fed batches of texts."""
+
+    def __init__(self, checkpoint: str, device: str, torch_threads: int):
+        import torch
+
+        from clara_ray import CLaRa
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.model = CLaRa.from_pretrained(checkpoint, device=device)
+
+    def __call__(self, batch: dict) -> dict:
+        vectors = self.model.compress_documents(list(batch["text"]))
+        return {**batch, "vectors": vectors.float().cpu().numpy().astype(np.float16)}
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+
+
+def run_precompress(checkpoint: str | Path, corpus: str | Path, out: str | Path, cfg: PrecompressConfig) -> dict:
+    """Compress every corpus document the store does not hold yet and publish a new version."""
+    import ray
+
+    identity = checkpoint_identity_from_dir(checkpoint)
+    corpus_files(corpus)  # fail on a bad path before starting Ray
+    _init_ray(cfg.ray_address)
+    stored = skipped = 0
+    with StoreWriter(out, identity, cfg.index) as writer:
+        already = len(writer.known_ids)
+        pending = read_corpus(corpus).map_batches(DropKnown(frozenset(writer.known_ids)), batch_format="numpy")
+        compressed = pending.map_batches(
+            Compressor,
+            fn_constructor_kwargs=dict(checkpoint=str(checkpoint), device=cfg.device, torch_threads=cfg.torch_threads),
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+            num_cpus=cfg.num_cpus_per_actor,
+            num_gpus=cfg.num_gpus_per_actor,
+        )
+        for batch in compressed.iter_batches(batch_size=cfg.shard_size, batch_format="numpy"):
+            docs = [DocRecord(id=str(i), text=str(t), source=str(s), chunk=None if c == NO_CHUNK else int(c))
+                    for i, t, s, c in zip(batch["id"], batch["text"], batch["source"], batch["chunk"])]
+            added = writer.add(batch["vectors"], docs)
+            stored, skipped = stored + added, skipped + len(docs) - added
+            log.info("stored %d docs (%d duplicate ids skipped)", stored, skipped)
+        version = writer.publish()
+        total = writer.current.num_docs
+    return {"version": version, "new_docs": stored, "duplicates_skipped": skipped,
+            "already_stored": already, "total_docs": total, "index": writer.current.index.kind}

@@ -1,0 +1,130 @@
+"""The precompress Ray job end to end with the tiny model (real Ray Data, real actor pool)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clara_ray.store import CompressedStore, StoreError
+from clara_ray.store.job import PrecompressConfig, normalise_record, run_precompress
+from clara_ray.store.shards import SHARDS_DIR
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_corpus(path: Path, start: int, count: int) -> list[str]:
+    texts = [f"Document {i}: the {['red', 'blue', 'green'][i % 3]} river flows past town {i * 7}." for i in range(start, start + count)]
+    with path.open("w") as fh:
+        for i, text in zip(range(start, start + count), texts):
+            fh.write(json.dumps({"id": f"d{i}", "text": text, "source": "rivers.txt", "chunk": i}) + "\n")
+    return texts
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_config):
+    """A tiny CLaRa whose query reasoner starts as the compressor (stage-3 initialisation)."""
+    from clara_ray import CLaRa
+
+    model = CLaRa.from_config(tiny_config, device="cpu")
+    model.prepare_stage("end_to_end")
+    path = tmp_path_factory.mktemp("ckpt")
+    model.save_pretrained(path)
+    return path, model
+
+
+def small_cfg(**extra) -> PrecompressConfig:
+    return PrecompressConfig(batch_size=4, shard_size=8, index={"threads": 1}, **extra)
+
+
+def test_normalise_record_fills_ids_and_names_bad_input():
+    row = normalise_record({"text": "hello"}, "corpus.jsonl")
+    assert row["id"].startswith("sha1-") and row["source"] == "corpus.jsonl" and row["chunk"] == -1
+    assert normalise_record({"text": "hello"}, "corpus.jsonl")["id"] == row["id"]  # stable for reruns
+    with pytest.raises(StoreError, match=r"corpus.jsonl: record .*'text' missing"):
+        normalise_record({"id": "x", "body": "no text"}, "corpus.jsonl")
+    with pytest.raises(StoreError, match="'chunk' must be an integer"):
+        normalise_record({"id": "x", "text": "t", "chunk": "two"}, "corpus.jsonl")
+
+
+@pytest.mark.slow
+def test_store_finds_each_doc_by_its_query_reasoner_encoding_then_adds_incrementally(ray_cluster, checkpoint, tmp_path):
+    path, model = checkpoint
+    corpus = tmp_path / "corpus.jsonl"
+    texts = write_corpus(corpus, 0, 24)
+    out = tmp_path / "store"
+    summary = run_precompress(path, corpus, out, small_cfg())
+    assert summary["new_docs"] == 24 and summary["version"] == 1
+
+    store = CompressedStore.open(out, expect_checkpoint=path)
+    queries = model.retrieval_vectors(model.encode_queries(texts)).numpy()
+    hits = store.search(queries, k=3)
+    assert list(hits.ids[:, 0]) == [f"d{i}" for i in range(24)]
+    assert hits.texts[5][0] == texts[5] and hits.chunks[5][0] == 5
+    exact = model.compress_documents(texts[:4]).numpy().astype(np.float16)
+    np.testing.assert_allclose(hits.vectors[:4, 0].astype(np.float32), exact.astype(np.float32), atol=2e-3)
+
+    # incremental: 8 old + 8 new docs -> only the new ones are compressed, the old shards stay
+    old_shards = set(os.listdir(out / SHARDS_DIR))
+    write_corpus(corpus, 16, 16)
+    summary = run_precompress(path, corpus, out, small_cfg())
+    assert (summary["new_docs"], summary["already_stored"], summary["total_docs"]) == (8, 24, 32)
+    assert old_shards < set(os.listdir(out / SHARDS_DIR))
+    assert sorted(CompressedStore.open(out).ids) == sorted(f"d{i}" for i in range(32))
+
+
+@pytest.mark.slow
+def test_killed_job_resumes_and_stores_every_doc_exactly_once(ray_cluster, checkpoint, tmp_path):
+    path, _ = checkpoint
+    corpus = tmp_path / "corpus.jsonl"
+    write_corpus(corpus, 0, 1200)
+    out = tmp_path / "store"
+    address = ray_cluster.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "pipelines.precompress", "--checkpoint", str(path), "--corpus", str(corpus),
+           "--out", str(out), "batch_size=4", "shard_size=8", f"ray_address={address}", "index.threads=1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            shards = [p for p in (out / SHARDS_DIR).glob("shard-*")] if (out / SHARDS_DIR).exists() else []
+            if len(shards) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the job ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (out / "CURRENT").exists()  # killed before publishing anything
+
+    summary = run_precompress(path, corpus, out, small_cfg())
+    assert summary["already_stored"] >= 16 and summary["already_stored"] + summary["new_docs"] == 1200
+    ids = CompressedStore.open(out).ids
+    assert len(ids) == 1200 and sorted(ids) == sorted(f"d{i}" for i in range(1200))
+
+
+@pytest.mark.slow
+def test_other_checkpoint_and_bad_records_are_refused(ray_cluster, checkpoint, tmp_path, tiny_config):
+    from clara_ray import CLaRa
+
+    path, _ = checkpoint
+    corpus = tmp_path / "corpus.jsonl"
+    write_corpus(corpus, 0, 8)
+    out = tmp_path / "store"
+    run_precompress(path, corpus, out, small_cfg())
+    other = tmp_path / "other_ckpt"
+    CLaRa.from_config(tiny_config, device="cpu").save_pretrained(other)
+    with pytest.raises(StoreError, match="built with checkpoint"):
+        run_precompress(other, corpus, out, small_cfg())
+    with pytest.raises(StoreError, match="built with checkpoint"):
+        CompressedStore.open(out, expect_checkpoint=other)
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "txt": "typo"}\n')
+    with pytest.raises(Exception, match=r"bad.jsonl: record .*'text' missing"):
+        run_precompress(path, bad, tmp_path / "store2", small_cfg())
