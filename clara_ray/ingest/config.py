@@ -75,6 +75,8 @@ class ExtractConfig(_Strict):
     # tables, reading order); without it PDFs go through the model-free native pipeline.
     pdf_artifacts_path: Optional[str] = None
     max_pages: Optional[int] = Field(None, ge=1)
+    # docling-parse threads per worker; parallelism comes from the Ray workers, so keep it low.
+    pdf_parser_threads: int = Field(1, ge=1)
     workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0)
     max_image_side: int = Field(2048, ge=16)

@@ -46,7 +46,8 @@ def build_converter(cfg: ExtractConfig):
         from docling.datamodel.pipeline_options import NativePdfPipelineOptions
 
         pdf = NativePdfFormatOption(
-            pipeline_options=NativePdfPipelineOptions(generate_page_images=False, generate_picture_images=True),
+            pipeline_options=NativePdfPipelineOptions(generate_page_images=False, generate_picture_images=True,
+                                                      parser_threads=cfg.pdf_parser_threads),
             backend_options=PdfBackendOptions(include_bitmap_images=True))
     return DocumentConverter(
         allowed_formats=[InputFormat.PDF, InputFormat.DOCX, InputFormat.PPTX, InputFormat.HTML, InputFormat.MD],
