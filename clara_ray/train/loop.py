@@ -127,22 +127,14 @@ def _tensorboard(cfg: TrainConfig, start_step: int):
     return SummaryWriter(str(cfg.run.log_path / "tensorboard"), purge_step=start_step or None)
 
 
-def train_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry: one rank of the stage's training."""
-    setup_began = time.perf_counter()
+def _initialize(cfg: TrainConfig, total_steps: int):
+    """The stage's model wrapped by DeepSpeed: (model, engine, lr scheduler, trainable params)."""
     import deepspeed
-    import ray.train
     import ray.train.torch
-    import torch
 
     from clara_ray.train.deepspeed_config import build_deepspeed_config, scheduler_factory
 
-    cfg = TrainConfig.model_validate(loop_config["train_config"])
-    total_steps: int = loop_config["total_steps"]
-    rank = ray.train.get_context().get_world_rank()
-    torch.manual_seed(cfg.seed)
     _skip_shm_allreduce(cfg)
-
     model = build_model(cfg, str(ray.train.torch.get_device()))
     if cfg.deepspeed.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -151,6 +143,20 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         model=model, model_parameters=trainable, config=build_deepspeed_config(cfg),
         lr_scheduler=scheduler_factory(cfg, total_steps),
     )
+    return model, engine, scheduler, trainable
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry: one rank of the stage's training."""
+    import ray.train
+    import torch
+
+    setup_began = time.perf_counter()
+    cfg = TrainConfig.model_validate(loop_config["train_config"])
+    total_steps: int = loop_config["total_steps"]
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(cfg.seed)
+    model, engine, scheduler, trainable = _initialize(cfg, total_steps)
     start_step = _restore(engine)
     if rank == 0:
         print(f"[{cfg.stage}] rank 0 ready in {time.perf_counter() - setup_began:.1f}s: "
@@ -164,14 +170,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     writer = _tensorboard(cfg, start_step) if rank == 0 else None
     engine.train()
-    began, metrics = time.perf_counter(), {"step": start_step, "resumed_from_step": start_step}
+    began = time.perf_counter()
     for step in range(start_step + 1, total_steps + 1):
         tick, stats = time.perf_counter(), _StepStats()
         lr = scheduler.get_last_lr()[0]
         for records in itertools.islice(stream, accum):
             out = engine(records, cfg.stage)
             engine.backward(out.loss)
-            engine.step()
+            engine.step()  # DeepSpeed only updates (and clips, steps the lr) every `accum` calls
             stats.add(out)
         seconds = time.perf_counter() - tick
         due_log = step % cfg.run.log_every == 0 or step == total_steps
