@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional, Union
 
 from pydantic import BaseModel
 
-MAX_NEW_TOKENS = 512  # the demo's ceiling whatever a request asks: CPU generation is slow
+MAX_NEW_TOKENS = 384  # the demo's ceiling whatever a request asks: CPU generation is slow
 
 
 class ChatMessage(BaseModel):
@@ -98,6 +98,15 @@ def build_app(backbone: str):
     return app
 
 
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the pipeline process dies, even by kill -9."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -111,7 +120,7 @@ def running_server(backbone: str = "smollm2-135m", startup_timeout_s: float = 30
 
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "clara_ray.llm_server", "--backbone", backbone,
-                             "--port", str(port)])
+                             "--port", str(port)], preexec_fn=_die_with_parent)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.time() + startup_timeout_s

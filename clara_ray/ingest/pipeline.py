@@ -60,9 +60,10 @@ def run_stage(name: str, parts: StageParts, todo: list[dict[str, Any]], worker: 
     from tqdm import tqdm
 
     done = parts.rows()
-    pending = list({r["key"]: r for r in todo if r["key"] not in done}.values())
-    with tqdm(total=len({r["key"] for r in todo}), initial=len({r["key"] for r in todo}) - len(pending),
-              desc=name, unit="item", disable=not progress) as bar:
+    unique = {r["key"]: r for r in todo}
+    pending = [r for key, r in unique.items() if key not in done]
+    with tqdm(total=len(unique), initial=len(unique) - len(pending), desc=name, unit="item",
+              disable=not progress) as bar:
         if pending:
             # Small blocks: each block is one checkpointed part, the unit of work lost on a kill.
             blocks = min(-(-len(pending) // batch_size), 1000)
@@ -120,11 +121,15 @@ def _negatives(chunks: list[dict[str, Any]], cfg: IngestConfig, work: Path) -> d
 
 
 @contextlib.contextmanager
-def _api_endpoint(cfg: IngestConfig) -> Iterator[ApiConfig]:
-    """The configured API, or the bundled SmolLM2 server on 127.0.0.1 when none is configured."""
+def api_endpoint(cfg: IngestConfig) -> Iterator[tuple[ApiConfig, IngestConfig]]:
+    """The configured API, or the bundled model served on 127.0.0.1 when none is configured.
+
+    The embedded server generates one reply at a time on CPU, so requests are serialised (one
+    worker per API stage) and given a long timeout instead of being retried while they queue.
+    """
     api = cfg.api.resolved()
     if api.base_url and api.text_model or cfg.until == "extract":
-        yield api
+        yield api, cfg
         return
     if not api.embedded_fallback:
         raise IngestError("no API endpoint: set api.base_url/api.text_model in the config, or "
@@ -134,7 +139,11 @@ def _api_endpoint(cfg: IngestConfig) -> Iterator[ApiConfig]:
     log.warning("no API configured: serving %s locally on 127.0.0.1 (low-quality data)", api.embedded_backbone)
     with running_server(api.embedded_backbone) as base_url:
         model = api.embedded_backbone
-        yield api.model_copy(update=dict(base_url=base_url, api_key="local", text_model=model, vision_model=model))
+        yield (api.model_copy(update=dict(base_url=base_url, api_key="local", text_model=model,
+                                          vision_model=model, timeout_s=max(api.timeout_s, 900.0))),
+               cfg.model_copy(update=dict(
+                   caption=cfg.caption.model_copy(update=dict(workers=1, max_tokens=min(cfg.caption.max_tokens, 96))),
+                   synthesis=cfg.synthesis.model_copy(update=dict(workers=1)))))
 
 
 def _error(stage: str, source: str, key: str, kind: str, reason: str) -> dict[str, str]:
@@ -161,7 +170,7 @@ def run_ingest(cfg: IngestConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / "work"
     _init_ray(cfg)
-    with _api_endpoint(cfg) as api:
+    with api_endpoint(cfg) as (api, cfg):
         return _run(cfg, api, input_dir, out_dir, work)
 
 

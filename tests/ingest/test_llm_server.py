@@ -5,7 +5,7 @@ import io
 import pytest
 from PIL import Image
 
-from clara_ray.llm_server import _text_of, running_server
+from clara_ray.llm_server import _text_of
 
 
 def test_image_parts_become_a_note_for_the_text_model():
@@ -17,14 +17,35 @@ def test_image_parts_become_a_note_for_the_text_model():
 
 
 @pytest.mark.slow
-def test_chat_completions_round_trip_with_tiny_backbone():
+def test_pipeline_without_api_serves_the_embedded_model(monkeypatch):
+    """No endpoint anywhere: the pipeline starts the local server and points both models at it."""
     import openai
 
-    with running_server("tiny-random") as base_url:
-        client = openai.OpenAI(base_url=base_url, api_key="local", max_retries=0, timeout=60)
+    from clara_ray.ingest.config import IngestConfig
+    from clara_ray.ingest.pipeline import api_endpoint
+
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_BASE", "CLARA_TEXT_MODEL", "OPENAI_MODEL", "MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = IngestConfig(api={"env_file": None, "embedded_backbone": "tiny-random"})
+    with api_endpoint(cfg) as (api, run_cfg):
+        assert api.text_model == api.vision_model == "tiny-random" and api.base_url.startswith("http://127.0.0.1:")
+        assert run_cfg.synthesis.workers == 1 == run_cfg.caption.workers
+        client = openai.OpenAI(base_url=api.base_url, api_key=api.api_key, max_retries=0, timeout=60)
         assert [m.id for m in client.models.list().data] == ["tiny-random"]
         reply = client.chat.completions.create(model="tiny-random", max_tokens=5,
                                                messages=[{"role": "user", "content": "Say hi"}])
     assert reply.choices[0].message.role == "assistant"
     assert isinstance(reply.choices[0].message.content, str)
     assert 1 <= reply.usage.completion_tokens <= 5 and reply.usage.prompt_tokens > 3
+
+
+def test_no_api_and_no_fallback_is_a_clear_error(monkeypatch):
+    from clara_ray.ingest.config import IngestConfig
+    from clara_ray.ingest.pipeline import IngestError, api_endpoint
+
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_BASE", "CLARA_TEXT_MODEL", "OPENAI_MODEL", "MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = IngestConfig(api={"env_file": None, "embedded_fallback": False})
+    with pytest.raises(IngestError, match="OPENAI_BASE_URL"):
+        with api_endpoint(cfg):
+            pass
