@@ -66,7 +66,7 @@ def corpus_files(corpus: str | Path) -> tuple[list[str], list[str]]:
     if not root.exists():
         raise StoreError(f"corpus {root} does not exist")
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    jsonl = [str(p) for p in files if p.suffix in (".jsonl", ".json")]
+    jsonl = [str(p) for p in files if p.suffix == ".jsonl"]
     parquet = [str(p) for p in files if p.suffix == ".parquet"]
     if not jsonl and not parquet:
         raise StoreError(f"corpus {root}: no .jsonl or .parquet files")
@@ -88,6 +88,8 @@ def normalise_record(record: dict, where: str) -> dict:
     chunk = record.get("chunk")
     if chunk is None or (isinstance(chunk, float) and np.isnan(chunk)):
         chunk = NO_CHUNK
+    elif isinstance(chunk, (float, np.floating)) and float(chunk).is_integer():
+        chunk = int(chunk)  # nullable integer columns arrive as floats in numpy batches
     elif not isinstance(chunk, (int, np.integer)) or isinstance(chunk, bool):
         raise StoreError(f"{where}: record id={record.get('id')!r}: field 'chunk' must be an integer, got {chunk!r}")
     rid = record.get("id")

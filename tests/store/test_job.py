@@ -51,6 +51,22 @@ def test_normalise_record_fills_ids_and_names_bad_input():
         normalise_record({"id": "x", "text": "t", "chunk": "two"}, "corpus.jsonl")
 
 
+def test_parquet_rows_are_normalised_and_corpus_files_found(tmp_path):
+    from clara_ray.store.job import _normalise_parquet_rows, corpus_files
+
+    batch = {"text": np.array(["a", "b"], dtype=object), "id": np.array([None, "x"], dtype=object),
+             "chunk": np.array([np.nan, 3.0]), "path": np.array(["c.parquet", "c.parquet"], dtype=object)}
+    rows = _normalise_parquet_rows(batch)
+    assert rows["id"][1] == "x" and rows["id"][0].startswith("sha1-") and list(rows["chunk"]) == [-1, 3]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.jsonl").write_text("")
+    (tmp_path / "b.parquet").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("")
+    assert corpus_files(tmp_path) == ([str(tmp_path / "sub" / "a.jsonl")], [str(tmp_path / "b.parquet")])
+    with pytest.raises(StoreError, match="no .jsonl or .parquet"):
+        corpus_files(tmp_path / "notes.txt")
+
+
 @pytest.mark.slow
 def test_store_finds_each_doc_by_its_query_reasoner_encoding_then_adds_incrementally(ray_cluster, checkpoint, tmp_path):
     path, model = checkpoint
