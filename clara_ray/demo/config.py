@@ -12,6 +12,7 @@ class DemoConfig(BaseModel):
     documents: Path = Path("examples/documents")
     workdir: Path = Path("runs/demo")
     ingest_config: Path = Path("configs/ingest.yaml")
+    ingest_overrides: list[str] = Field(default_factory=list)
     train_configs: dict[str, Path] = Field(default_factory=lambda: {
         s: Path(f"configs/train/cpu/{s}.yaml") for s in STAGES})
     extra_training_data: dict[str, list[Path]] = Field(default_factory=dict)

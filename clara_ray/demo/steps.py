@@ -38,7 +38,8 @@ STAGE_FILES = {"compress_pretrain": "pretrain_data.jsonl", "instruct": "instruct
 def pipeline_steps(cfg: DemoConfig) -> list[Step]:
     py = ["python", "-m"]
     steps = [Step("ingest", [*py, "pipelines.ingest", "--input", str(cfg.documents.resolve()),
-                             "--out", str(data_dir(cfg)), "--config", str(cfg.ingest_config.resolve())])]
+                             "--out", str(data_dir(cfg)), "--config", str(cfg.ingest_config.resolve()),
+                             *cfg.ingest_overrides])]
     previous = None
     for stage in STAGES:
         paths = [str(data_dir(cfg) / STAGE_FILES[stage]), *(str(p.resolve()) for p in cfg.extra_training_data.get(stage, []))]
