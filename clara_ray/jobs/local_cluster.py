@@ -13,6 +13,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+
+import psutil
 from pathlib import Path
 
 
@@ -44,20 +46,25 @@ class LocalRayCluster:
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         return {**os.environ, "PATH": path, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": self.gcs_address}
 
-    def _ray(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        ray_cli = Path(sys.executable).with_name("ray")
-        return subprocess.run([str(ray_cli), *args], env=self.env(), capture_output=True, text=True, check=check)
-
     def start(self) -> "LocalRayCluster":
-        args = ["start", "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
+        args = [str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
                 f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1",
-                f"--temp-dir={self.temp_dir}", "--include-dashboard=true", "--disable-usage-stats"]
+                f"--temp-dir={self.temp_dir}", "--include-dashboard=true", "--disable-usage-stats",
+                # Own ports for every agent: a second cluster on the machine (a test session's,
+                # another user's) already holds the defaults, and the job agent would not start.
+                f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+                f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
         if self.num_cpus is not None:
             args.append(f"--num-cpus={self.num_cpus}")
-        result = self._ray(*args, check=False)
+        result = subprocess.run(args, env=self.env(), capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"ray start failed:\n{result.stdout}\n{result.stderr}")
-        self._wait_for_dashboard()
+        try:
+            self._wait_for_dashboard()
+        except RuntimeError:
+            self.stop()
+            raise
         return self
 
     def _wait_for_dashboard(self) -> None:
@@ -71,8 +78,16 @@ class LocalRayCluster:
                 time.sleep(1)
         raise RuntimeError(f"Ray dashboard at {self.address} did not come up in {self.start_timeout:.0f}s")
 
-    def stop(self) -> None:
-        self._ray("stop", "--force", check=False)
+    def stop(self, grace: float = 15) -> None:
+        """End this cluster's processes only: every one of them names our temp dir on its command
+        line. (`ray stop` would kill every Ray cluster on the machine, other drivers' included.)"""
+        mine = [p for p in psutil.process_iter(["cmdline"])
+                if p.info["cmdline"] and str(self.temp_dir) in " ".join(p.info["cmdline"])]
+        for process in mine:
+            process.terminate()
+        _, alive = psutil.wait_procs(mine, timeout=grace)
+        for process in alive:
+            process.kill()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def __enter__(self) -> "LocalRayCluster":

@@ -5,12 +5,24 @@ import time
 from pathlib import Path
 
 from ray.job_submission import JobStatus, JobSubmissionClient
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 
 class JobFailed(RuntimeError):
     def __init__(self, name: str, status: str, log_path: Path):
         super().__init__(f"step '{name}' ended {status}; its log: {log_path}")
         self.name, self.status, self.log_path = name, status, log_path
+
+
+def _agent_not_ready(exc: BaseException) -> bool:
+    # A freshly started head serves the dashboard a little before its job agent registers.
+    return isinstance(exc, RuntimeError) and "No available agent" in str(exc)
+
+
+@retry(retry=retry_if_exception(_agent_not_ready), stop=stop_after_delay(120),
+       wait=wait_exponential(multiplier=0.5, max=5), reraise=True)
+def _submit_job(client: JobSubmissionClient, **kwargs) -> str:
+    return client.submit_job(**kwargs)
 
 
 def submit(address: str, name: str, entrypoint: str, working_dir: str | Path | None = None,
@@ -21,7 +33,7 @@ def submit(address: str, name: str, entrypoint: str, working_dir: str | Path | N
     if working_dir is not None:
         runtime_env["working_dir"] = str(working_dir)
         runtime_env["excludes"] = [".venv", ".git", "runs", "outputs", "*.log"]
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
+    job_id = _submit_job(client, entrypoint=entrypoint, runtime_env=runtime_env,
                                submission_id=f"{name}-{int(time.time() * 1000)}")
     return client, job_id
 
