@@ -16,8 +16,8 @@ def squad_paragraphs(count: int, words: int) -> list[str]:
     if not SQUAD.exists():
         pytest.fail(f"SQuAD data expected at {SQUAD} (the shared/ folder beside the repo)")
     articles = json.loads(SQUAD.read_text())["data"]
-    paragraphs = [p["context"] for a in articles for p in a["paragraphs"]]
-    return [" ".join(p.split()[:words]) for p in paragraphs[:count]]
+    # One paragraph per article: distinct topics, so the test shows documents are told apart.
+    return [" ".join(a["paragraphs"][0]["context"].split()[:words]) for a in articles[:count]]
 
 
 def longest_common_word_run(a: str, b: str) -> int:
@@ -48,7 +48,7 @@ def test_stage1_on_smollm2_learns_to_reconstruct_paragraphs():
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3, weight_decay=0.0)
     losses = []
-    for _ in range(30):
+    for _ in range(20):
         out = model(records, "compress_pretrain")
         optimizer.zero_grad()
         out.loss.backward()
@@ -59,6 +59,6 @@ def test_stage1_on_smollm2_learns_to_reconstruct_paragraphs():
     print("ce losses:", [round(x, 3) for x in losses])
     assert min(losses[-3:]) <= losses[0] / 2
 
-    generated = model.generate_from_paraphrase(docs[:1], max_new_tokens=40)[0]
+    generated = model.generate_from_paraphrase(docs[1:2], max_new_tokens=24)[0]
     print("paraphrase:", generated)
-    assert longest_common_word_run(generated, docs[0]) >= 5, (generated, docs[0])
+    assert longest_common_word_run(generated, docs[1]) >= 5, (generated, docs[1])
