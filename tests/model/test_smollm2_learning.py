@@ -68,7 +68,7 @@ def test_stage1_loss_falls_by_half_on_smollm2(trained):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known bug (issue #2): on SmolLM2 greedy generation from a trained "
+@pytest.mark.xfail(strict=False, reason="known bug (issue #2): on SmolLM2 greedy generation from a trained "
                    "paragraph's memory tokens reproduces a different training paragraph; teacher-forced CE is ~0.03")
 def test_paraphrase_of_a_trained_paragraph_reproduces_its_words(trained):
     model, docs, _ = trained
