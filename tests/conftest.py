@@ -13,15 +13,41 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 import pytest
 
 
+RAY_CPUS = 2
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A local Ray cluster shared by every test that needs one (ray.init costs ~10 s)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _ray_cpus_free(request):
+    """A Ray test starts with every CPU free: a Ray Data or Ray Train job would otherwise wait
+    forever for CPUs that an earlier test's actors still hold. (The serve app's own tests
+    hold its replicas' CPUs on purpose.)"""
+    if "ray_cluster" not in request.fixturenames or "rag_url" in request.fixturenames:
+        yield
+        return
+    import time
+
+    ray = request.getfixturevalue("ray_cluster")
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < RAY_CPUS:
+        if time.monotonic() > deadline:
+            from ray.util.state import list_actors
+
+            holders = [a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")])]
+            pytest.fail(f"an earlier test left Ray CPUs reserved ({ray.available_resources()}); "
+                        f"alive actors: {holders}")
+        time.sleep(0.5)
+    yield
 
 
 @pytest.fixture(scope="session")

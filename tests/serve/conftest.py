@@ -60,7 +60,9 @@ def serve_settings(checkpoint_and_store):
     )
 
 
-@pytest.fixture(scope="session")
+# Module scope: the replicas hold CPUs of the shared 2-CPU test cluster, which the Ray Data and
+# Ray Train tests that run later need back.
+@pytest.fixture(scope="module")
 def rag_url(ray_cluster, serve_settings):
     """Base URL of the application running on Ray Serve, bound to loopback."""
     from ray import serve
