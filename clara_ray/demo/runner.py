@@ -30,8 +30,10 @@ def run_steps(cfg: DemoConfig, address: str) -> None:
             say(f"{step.name}: done in an earlier run, skipped (delete {marker} to redo)")
             continue
         say(f"{step.name}: ray job submit -- {step.entrypoint}")
+        say(f"{step.name}: log: {logs / f'{step.name}.log'}")
         started = time.monotonic()
-        submit_and_wait(address, step.name, step.entrypoint, logs / f"{step.name}.log", timeout=cfg.step_timeout_s)
+        submit_and_wait(address, step.name, step.entrypoint, logs / f"{step.name}.log", timeout=cfg.step_timeout_s,
+                        heartbeat=say)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"entrypoint": step.entrypoint, "seconds": round(time.monotonic() - started, 1)}))
         say(f"{step.name}: succeeded in {time.monotonic() - started:.0f}s (log: {logs / f'{step.name}.log'})")

@@ -13,7 +13,7 @@ from typing import Any, Iterator, Sequence
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from clara_ray.data.records import ANSWER_FIELDS, RecordError, iter_jsonl
+from clara_ray.data.records import ANSWER_FIELDS, RecordError, check_positions, iter_jsonl
 
 # The paper's four benchmarks share one JSONL layout (FlashRAG-style); SQuAD has its own JSON.
 PAPER_DATASETS = ("nq", "hotpotqa", "musique", "2wiki")
@@ -27,12 +27,7 @@ class EvalQuestion(BaseModel):
     docs: list[str] = Field(default_factory=list)
     pos_index: list[int] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _check_positions(self):
-        bad = [i for i in self.pos_index if not 0 <= i < len(self.docs)]
-        if bad:
-            raise ValueError(f"pos_index {bad} out of range for {len(self.docs)} docs")
-        return self
+    _positions = model_validator(mode="after")(check_positions)
 
 
 def _doc_text(doc: Any) -> Any:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
@@ -25,16 +26,21 @@ def _submit_job(client: JobSubmissionClient, **kwargs) -> str:
     return client.submit_job(**kwargs)
 
 
+EXCLUDES = [".venv", ".git", "runs", "outputs", "*.log"]
+
+
 def submit(address: str, name: str, entrypoint: str, working_dir: str | Path | None = None,
-           env_vars: dict[str, str] | None = None) -> tuple[JobSubmissionClient, str]:
-    """Start `entrypoint` as a job; without working_dir it runs where `ray start` ran."""
+           env_vars: dict[str, str] | None = None, **job_options) -> tuple[JobSubmissionClient, str]:
+    """Start `entrypoint` as a job; without working_dir it runs where `ray start` ran.
+    job_options: the other `submit_job` arguments of a job spec (runtime_env, entrypoint_num_cpus, ...)."""
     client = JobSubmissionClient(address)
-    runtime_env: dict = {"env_vars": env_vars or {}}
+    runtime_env: dict = dict(job_options.pop("runtime_env", None) or {})
+    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **(env_vars or {})}
     if working_dir is not None:
         runtime_env["working_dir"] = str(working_dir)
-        runtime_env["excludes"] = [".venv", ".git", "runs", "outputs", "*.log"]
+        runtime_env.setdefault("excludes", EXCLUDES)
     job_id = _submit_job(client, entrypoint=entrypoint, runtime_env=runtime_env,
-                               submission_id=f"{name}-{int(time.time() * 1000)}")
+                         submission_id=f"{name}-{int(time.time() * 1000)}", **job_options)
     return client, job_id
 
 
@@ -47,14 +53,22 @@ def save_log(client: JobSubmissionClient, job_id: str, log_path: str | Path) -> 
 
 def submit_and_wait(address: str, name: str, entrypoint: str, log_path: str | Path,
                     working_dir: str | Path | None = None, env_vars: dict[str, str] | None = None,
-                    timeout: float = 3600, poll: float = 2.0) -> str:
-    """Run `entrypoint` as a job on the cluster at `address`; raise JobFailed unless it succeeds."""
-    client, job_id = submit(address, name, entrypoint, working_dir, env_vars)
-    deadline = time.monotonic() + timeout
+                    timeout: float = 3600, poll: float = 2.0, heartbeat: Callable[[str], None] | None = None,
+                    heartbeat_every: float = 30.0, **job_options) -> str:
+    """Run `entrypoint` as a job on the cluster at `address`; raise JobFailed unless it succeeds.
+    The log file is rewritten while the job runs (`tail -f` works); `heartbeat`, if given, gets the
+    job's latest log line every `heartbeat_every` seconds."""
+    client, job_id = submit(address, name, entrypoint, working_dir, env_vars, **job_options)
+    started = time.monotonic()
+    deadline, next_beat = started + timeout, started + heartbeat_every
     status = client.get_job_status(job_id)
     while not status.is_terminal() and time.monotonic() < deadline:
         time.sleep(poll)
         status = client.get_job_status(job_id)
+        if heartbeat is not None and time.monotonic() >= next_beat:
+            next_beat += heartbeat_every
+            lines = [line for line in save_log(client, job_id, log_path).read_text().splitlines() if line.strip()]
+            heartbeat(f"{name}: running {time.monotonic() - started:.0f}s | {lines[-1][:160] if lines else '(no output yet)'}")
     log_path = save_log(client, job_id, log_path)
     if not status.is_terminal():
         client.stop_job(job_id)

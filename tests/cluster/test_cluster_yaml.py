@@ -13,7 +13,7 @@ import pytest
 import ray
 import yaml
 
-from cluster.submit import JobSpecError, cli_line, load_job_spec
+from clara_ray.jobs.spec import JobSpecError, cli_line, load_job_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTERS = {"aws": ROOT / "cluster/aws.yaml", "gcp": ROOT / "cluster/gcp.yaml"}
@@ -120,6 +120,28 @@ def test_job_entrypoints_parse_with_their_step_configs(path):
         from clara_ray.ingest.config import IngestConfig
 
         load_config(IngestConfig, ROOT / options["--config"], overrides)
+    elif argv[2] == "pipelines.precompress":
+        from clara_ray.store.job import PrecompressConfig
+
+        cfg = load_config(PrecompressConfig, ROOT / options["--config"], overrides)
+        assert cfg.device == "cuda" and cfg.num_gpus_per_actor == 1 and cfg.actors == 8
+        assert options["--corpus"].endswith("raw_knowledge.jsonl")
+
+
+def test_variables_take_set_then_environment_then_spec_default(tmp_path, monkeypatch):
+    spec = tmp_path / "job.yaml"
+    spec.write_text("entrypoint: python -m pipelines.train --config ${CONFIGS}/a.yaml --out ${OUT}\n"
+                    "variables: {CONFIGS: configs/train, OUT: default-out}\n")
+    monkeypatch.delenv("CONFIGS", raising=False)
+    monkeypatch.setenv("OUT", "env-out")
+    assert load_job_spec(spec)["entrypoint"] == "python -m pipelines.train --config configs/train/a.yaml --out env-out"
+    filled = load_job_spec(spec, {"CONFIGS": "configs/train/cpu", "OUT": "set-out"}, ["max_steps=2", "data.paths=[a b]"])
+    assert shlex.split(filled["entrypoint"]) == [
+        "python", "-m", "pipelines.train", "--config", "configs/train/cpu/a.yaml", "--out", "set-out",
+        "max_steps=2", "data.paths=[a b]"]
+    assert "variables" not in filled  # not a submit_job argument
+    with pytest.raises(JobSpecError, match="override 'max_steps' is not key=value"):
+        load_job_spec(spec, overrides=["max_steps"])
 
 
 def test_job_spec_errors_name_the_file_and_problem(tmp_path, monkeypatch):

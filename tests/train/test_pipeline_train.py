@@ -25,25 +25,4 @@ def test_cli_refuses_a_config_of_another_stage(tmp_path):
     message = " ".join(result.output.replace("│", " ").split())  # undo rich's boxed line wrapping
     assert "is a compress_pretrain config, not instruct" in message
 
-
-@pytest.mark.slow
-def test_ray_job_submit_runs_a_stage(tmp_path):
-    from clara_ray.jobs import LocalRayCluster
-
-    storage = tmp_path / "runs"
-    with LocalRayCluster(num_cpus=2) as cluster:
-        command = [
-            str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", cluster.address,
-            "--working-dir", str(REPO), "--runtime-env-json", json.dumps({"excludes": [".git", ".venv", "runs"]}),
-            "--", sys.executable, "-m", "pipelines.train", "--stage", "compress_pretrain",
-            "--config", "configs/train/cpu/compress_pretrain.yaml",
-            f"model={json.dumps(TINY_MODEL)}", "max_steps=2", "batch.global_size=4", "batch.micro_size=1",
-            f"run.storage_path={storage}", "run.name=job",
-        ]
-        done = subprocess.run(command, env=cluster.env(), capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "succeeded" in done.stdout
-    summary = json.loads((storage / "job" / "summary.json").read_text())
-    assert summary["stage"] == "compress_pretrain" and summary["final_metrics"]["step"] == 2
-    assert (storage / "job" / "model" / "clara_config.json").exists()
-    assert "step 2/2" in done.stdout  # progress lines reach the job log
+# `ray job submit` of every stage, through its cluster/jobs spec: tests/cluster/test_job_specs_run.py
