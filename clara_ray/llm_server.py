@@ -2,8 +2,9 @@
 
 The ingest pipeline's embedded default when no API is configured: `make demo` works offline, on
 127.0.0.1 only. SmolLM2-135M is text-only and small: image parts of a request are replaced by a
-line stating the picture's size, so captions say little, and its JSON often fails validation;
-the pipeline reports that like any other model failure. Run standalone:
+line stating the picture's size, so captions say little. `response_format` (json_schema /
+json_object) is enforced token by token (clara_ray.json_constraint), so its replies parse and
+fit the schema, whatever their quality. Run standalone:
 `python -m clara_ray.llm_server --backbone smollm2-135m --port 8089`.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ class ChatRequest(BaseModel):
     max_tokens: Optional[int] = None
     max_completion_tokens: Optional[int] = None
     temperature: Optional[float] = None
+    response_format: Optional[dict[str, Any]] = None
 
 
 def _describe_image(url: str) -> str:
@@ -65,10 +67,12 @@ def build_app(backbone: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from clara_ray.backbones import resolve_backbone
+    from clara_ray.json_constraint import prefix_allowed_tokens_fn, schema_of, tokenizer_data
 
     path = resolve_backbone(backbone)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tokenizer_data(tokenizer)  # built now rather than inside the first structured request
     lock = threading.Lock()  # one generation at a time: the model is not re-entrant-safe on CPU
     app = FastAPI(title="clara-ray local LLM")
 
@@ -82,9 +86,14 @@ def build_app(backbone: str):
         inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                return_dict=True)
         limit = min(request.max_completion_tokens or request.max_tokens or MAX_NEW_TOKENS, MAX_NEW_TOKENS)
+        constraint = {}
+        schema = schema_of(request.response_format)
+        if schema is not False:  # json_schema / json_object: only tokens that keep the reply valid JSON
+            constraint["prefix_allowed_tokens_fn"] = prefix_allowed_tokens_fn(
+                tokenizer, schema, inputs["input_ids"].shape[1])
         with lock, torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=limit, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+                                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id, **constraint)
         new = output[0, inputs["input_ids"].shape[1]:]
         text = tokenizer.decode(new, skip_special_tokens=True)
         prompt_tokens, completion_tokens = int(inputs["input_ids"].shape[1]), int(new.shape[0])

@@ -18,16 +18,18 @@ SYSTEM = ("You create training data for a retrieval-augmented question answering
           "Use only facts stated in the passage. Reply with one JSON object and nothing else.")
 
 
+# Length bounds are part of the schema sent as response_format: they keep a rambling model's reply
+# finite (the embedded LLM decodes under this schema) and reject runaway text from any model.
 class QAPair(BaseModel):
-    question: str = Field(min_length=3)
-    answer: str = Field(min_length=1)
+    question: str = Field(min_length=3, max_length=300)
+    answer: str = Field(min_length=1, max_length=300)
     type: Literal["factual", "reasoning"]
     language: str = "en"
 
 
 class Generated(BaseModel):
-    summary: str = Field(min_length=10)
-    qa_pairs: list[QAPair]
+    summary: str = Field(min_length=10, max_length=1200)
+    qa_pairs: list[QAPair] = Field(max_length=12)
 
 
 class Verdict(BaseModel):

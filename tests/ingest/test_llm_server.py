@@ -1,6 +1,7 @@
 """The embedded OpenAI-compatible server, driven by the real openai client over HTTP."""
 import base64
 import io
+import json
 
 import pytest
 from PIL import Image
@@ -34,9 +35,17 @@ def test_pipeline_without_api_serves_the_embedded_model(monkeypatch):
         assert [m.id for m in client.models.list().data] == ["tiny-random"]
         reply = client.chat.completions.create(model="tiny-random", max_tokens=5,
                                                messages=[{"role": "user", "content": "Say hi"}])
+        # A random-weight model writes valid JSON only if the server enforces response_format.
+        schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 8}},
+                  "required": ["answer"], "additionalProperties": False}
+        structured = client.chat.completions.create(
+            model="tiny-random", max_tokens=48, messages=[{"role": "user", "content": "Answer in JSON."}],
+            response_format={"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}})
     assert reply.choices[0].message.role == "assistant"
     assert isinstance(reply.choices[0].message.content, str)
     assert 1 <= reply.usage.completion_tokens <= 5 and reply.usage.prompt_tokens > 3
+    parsed = json.loads(structured.choices[0].message.content)
+    assert list(parsed) == ["answer"] and isinstance(parsed["answer"], str) and len(parsed["answer"]) <= 8
 
 
 def test_no_api_and_no_fallback_is_a_clear_error(monkeypatch):
