@@ -1,8 +1,8 @@
 """A small OpenAI-compatible chat server for a local Hugging Face model (default: bundled SmolLM2).
 
 The ingest pipeline's embedded default when no API is configured: `make demo` works offline, on
-127.0.0.1 only. SmolLM2-135M is text-only and small: image parts of a request are replaced by a
-line stating the picture's size, so captions say little. `response_format` (json_schema /
+127.0.0.1 only. SmolLM2-135M is text-only and small: a request with a picture is answered with
+the picture's size and format and no description (rather than an invented scene). `response_format` (json_schema /
 json_object) is enforced token by token (clara_ray.json_constraint), so its replies parse and
 fit the schema, whatever their quality. Run standalone:
 `python -m clara_ray.llm_server --backbone smollm2-135m --port 8089`.
@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional, Union
 
 from pydantic import BaseModel
 
-MAX_NEW_TOKENS = 384  # the demo's ceiling whatever a request asks: CPU generation is slow
+MAX_NEW_TOKENS = 512  # the demo's ceiling whatever a request asks: CPU generation is slow
 
 
 class ChatMessage(BaseModel):
@@ -49,16 +49,16 @@ def _describe_image(url: str) -> str:
 
 
 def _text_of(content: Union[str, list[dict[str, Any]], None]) -> str:
-    """Flatten OpenAI content parts; this text-only model gets a note in place of each image."""
+    """The text parts of an OpenAI message content."""
     if content is None or isinstance(content, str):
         return content or ""
-    parts = []
-    for part in content:
-        if part.get("type") == "text":
-            parts.append(part.get("text", ""))
-        elif part.get("type") == "image_url":
-            parts.append(_describe_image(part.get("image_url", {}).get("url", "")))
-    return "\n".join(parts)
+    return "\n".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
+def _pictures(messages: list[ChatMessage]) -> list[str]:
+    """A size-and-format note for each image part of the messages."""
+    return [_describe_image(part.get("image_url", {}).get("url", "")) for m in messages
+            if isinstance(m.content, list) for part in m.content if part.get("type") == "image_url"]
 
 
 def build_app(backbone: str):
@@ -82,6 +82,12 @@ def build_app(backbone: str):
 
     @app.post("/v1/chat/completions")
     def chat(request: ChatRequest) -> dict:
+        pictures = _pictures(request.messages)
+        if pictures:
+            # A text-only model asked about a picture only invents a scene, and that text would land
+            # in the training data and the store; say plainly what is known instead.
+            return _completion(backbone, " ".join(pictures) + " (not described: the embedded model is text-only)",
+                               prompt_tokens=0, completion_tokens=0, limit=1)
         messages = [{"role": m.role, "content": _text_of(m.content)} for m in request.messages]
         inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                return_dict=True)
@@ -95,16 +101,19 @@ def build_app(backbone: str):
             output = model.generate(**inputs, max_new_tokens=limit, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id, **constraint)
         new = output[0, inputs["input_ids"].shape[1]:]
-        text = tokenizer.decode(new, skip_special_tokens=True)
-        prompt_tokens, completion_tokens = int(inputs["input_ids"].shape[1]), int(new.shape[0])
-        return {"id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
-                "model": backbone,
-                "choices": [{"index": 0, "finish_reason": "length" if completion_tokens >= limit else "stop",
-                             "message": {"role": "assistant", "content": text}}],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}}
+        return _completion(backbone, tokenizer.decode(new, skip_special_tokens=True),
+                           int(inputs["input_ids"].shape[1]), int(new.shape[0]), limit)
 
     return app
+
+
+def _completion(model: str, text: str, prompt_tokens: int, completion_tokens: int, limit: int) -> dict:
+    return {"id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "finish_reason": "length" if completion_tokens >= limit else "stop",
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
 
 
 def _die_with_parent() -> None:

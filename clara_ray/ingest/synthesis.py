@@ -21,14 +21,14 @@ SYSTEM = ("You create training data for a retrieval-augmented question answering
 # Length bounds are part of the schema sent as response_format: they keep a rambling model's reply
 # finite (the embedded LLM decodes under this schema) and reject runaway text from any model.
 class QAPair(BaseModel):
-    question: str = Field(min_length=3, max_length=300)
-    answer: str = Field(min_length=1, max_length=300)
+    question: str = Field(min_length=3, max_length=200)
+    answer: str = Field(min_length=1, max_length=200)
     type: Literal["factual", "reasoning"]
     language: str = "en"
 
 
 class Generated(BaseModel):
-    summary: str = Field(min_length=10, max_length=1200)
+    summary: str = Field(min_length=10, max_length=800)
     qa_pairs: list[QAPair] = Field(max_length=12)
 
 

@@ -6,15 +6,18 @@ import json
 import pytest
 from PIL import Image
 
-from clara_ray.llm_server import _text_of
+from clara_ray.llm_server import ChatMessage, _pictures, _text_of
 
 
-def test_image_parts_become_a_note_for_the_text_model():
+def test_a_picture_gets_a_note_of_its_size_not_an_invented_description():
     buffer = io.BytesIO()
     Image.new("RGB", (64, 32)).save(buffer, format="JPEG")
     url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
-    text = _text_of([{"type": "text", "text": "Describe it."}, {"type": "image_url", "image_url": {"url": url}}])
-    assert text == "Describe it.\n[an attached 64x32 JPEG picture]"
+    message = ChatMessage(role="user", content=[{"type": "text", "text": "Describe it."},
+                                                {"type": "image_url", "image_url": {"url": url}}])
+    assert _text_of(message.content) == "Describe it."
+    assert _pictures([message]) == ["[an attached 64x32 JPEG picture]"]
+    assert _pictures([ChatMessage(role="user", content="no picture here")]) == []
 
 
 @pytest.mark.slow
