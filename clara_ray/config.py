@@ -33,11 +33,12 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
     return tree
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_dicts(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` laid over `base`, nested mappings merged key by key (neither input is modified)."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_dicts(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -58,7 +59,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
         data = loaded or {}
-    data = _merge(data, parse_overrides(overrides))
+    data = merge_dicts(data, parse_overrides(overrides))
     try:
         return cls.model_validate(data)
     except ValidationError as exc:

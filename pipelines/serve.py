@@ -19,7 +19,7 @@ def load_serve_config(config: Path, overrides: list[str]):
     """(settings, deployment options, app entry) from a Serve config file + overrides."""
     import yaml
 
-    from clara_ray.config import ConfigError, _merge, parse_overrides
+    from clara_ray.config import ConfigError, merge_dicts, parse_overrides
     from serve.settings import ServeSettings
 
     try:
@@ -29,7 +29,7 @@ def load_serve_config(config: Path, overrides: list[str]):
         raise ConfigError(f"serve config not found: {config}") from None
     except (KeyError, IndexError, TypeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{config}: not a Serve config with an `applications` list ({exc})") from None
-    args = _merge(app.get("args") or {}, parse_overrides(overrides))
+    args = merge_dicts(app.get("args") or {}, parse_overrides(overrides))
     try:
         settings = ServeSettings.model_validate(args)
     except ValueError as exc:

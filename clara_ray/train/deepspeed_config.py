@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from clara_ray.config import _merge
+from clara_ray.config import merge_dicts
 from clara_ray.train.config import TrainConfig
 
 
@@ -39,7 +39,7 @@ def build_deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
         "steps_per_print": 10**9,  # progress is ours (rank-0 log + TensorBoard), not DeepSpeed's
         "wall_clock_breakdown": False,
     }
-    return _merge(config, ds.extra)
+    return merge_dicts(config, ds.extra)
 
 
 def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
