@@ -27,6 +27,9 @@ class CLaRaConfig(BaseModel):
     compression_rate: int = Field(32, ge=1, le=256)
     doc_max_length: int = Field(256, ge=1)
     generation_top_k: int = Field(5, ge=1)
+    # Generator sequence cap in training (prompt with memory slots + target); the target is cut
+    # to fit. SPEC reference: 2048 for stages 1-2, 1024 for stage 3.
+    max_length: int = Field(2048, ge=16)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     topk_temperature: float = Field(0.02, gt=0)
     mse_weight: float = Field(0.1, ge=0)

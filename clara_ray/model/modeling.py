@@ -257,6 +257,11 @@ class CLaRa(nn.Module):
                 continue
             # The end-of-turn token closes the target and is part of the loss.
             answer = self.tokenizer(targets[i], add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+            room = self.config.max_length - len(prompt)
+            if room < 1:
+                raise ValueError(f"generator prompt of {len(prompt)} tokens leaves no room for its target under "
+                                 f"max_length={self.config.max_length}; raise max_length or use fewer documents")
+            answer = answer[:room]
             rows.append(prompt + answer)
             labels.append([-100] * len(prompt) + answer)
         return self._pad(rows, labels if targets is not None else None, left=True)

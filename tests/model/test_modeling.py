@@ -109,6 +109,18 @@ def test_generator_reads_the_scattered_document_vectors(tiny_model):
         model._scatter_memory(model._generator_batch(model._answer_turns(["q?"], [2]), None), docs.unsqueeze(0))
 
 
+def test_training_targets_are_cut_to_max_length(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    turns = [("Answer.", "Short question?")]
+    prompt_length = len(model._generator_batch(turns, None).input_ids[0])
+    model.config.max_length = prompt_length + 3
+    batch = model._generator_batch(turns, ["a target much longer than three tokens " * 4])
+    assert batch.input_ids.shape[1] == prompt_length + 3 and int((batch.labels != -100).sum()) == 3
+    model.config.max_length = prompt_length
+    with pytest.raises(ValueError, match="leaves no room for its target under max_length"):
+        model._generator_batch(turns, ["x"])
+
+
 def test_save_load_round_trip_reproduces_outputs(tiny_model, tmp_path):
     model = copy.deepcopy(tiny_model)
     randomise_adapters(model, seed=1)

@@ -26,6 +26,7 @@ def test_gpu_reference_hyperparameters_follow_the_spec():
     assert [lr[s].optim.lr for s in STAGES] == [1e-4, 1e-4, 5e-6]
     assert [lr[s].optim.schedule for s in STAGES] == ["cosine", "cosine", "constant"]
     assert [lr[s].batch.global_size for s in STAGES] == [128, 128, 32]
+    assert lr["compress_pretrain"].model["max_length"] == 2048 and lr["end_to_end"].model["max_length"] == 1024
     for cfg in lr.values():
         assert (cfg.deepspeed.precision, cfg.deepspeed.zero_stage, cfg.deepspeed.gradient_checkpointing) == ("bf16", 2, True)
         assert cfg.resources.use_gpu and not cfg.optim.torch_adam
