@@ -2,6 +2,8 @@
 Ray job on a local cluster. A rerun skips steps that finished; a failure names the step and its log."""
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -21,6 +23,8 @@ def main(
     from clara_ray.jobs import JobFailed
 
     cfg = load_config(DemoConfig, config, overrides)
+    # `kill` as well as Ctrl-C unwinds through run_demo, so the local cluster and server stop.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
         run_demo(cfg)
     except JobFailed as exc:

@@ -6,9 +6,10 @@ the three calls apart: generate, verify, regenerate.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from clara_ray.ingest.config import ApiConfig, SynthesisConfig
 from clara_ray.ingest.openai_client import ApiCallError, ChatClient
@@ -30,6 +31,16 @@ class QAPair(BaseModel):
 class Generated(BaseModel):
     summary: str = Field(min_length=10, max_length=800)
     qa_pairs: list[QAPair] = Field(max_length=12)
+
+
+@lru_cache(maxsize=None)
+def with_at_most(model: type[BaseModel], max_pairs: int) -> type[BaseModel]:
+    """`model` whose JSON schema asks for at most `max_pairs` qa_pairs. The bound travels in the
+    response_format, so a schema-enforcing server closes the list there instead of running on to
+    its token limit (and a truncated, unparseable reply). Validation stays lenient: extra pairs
+    from a model that ignores the bound are cut by the caller, not re-requested."""
+    return create_model(model.__name__, __base__=model,
+                        qa_pairs=(list[QAPair], Field(json_schema_extra={"maxItems": max_pairs})))
 
 
 class Verdict(BaseModel):
@@ -116,7 +127,8 @@ def _missing_types(accepted: list[QAPair], count: int) -> list[str]:
 
 def synthesize_chunk(client: ChatClient, chunk: str, cfg: SynthesisConfig) -> dict[str, Any]:
     """Summary + verified pairs; raises ApiCallError when nothing usable comes back."""
-    generated = client.complete_json(generate_messages(chunk, cfg), Generated, check=_check_generated(cfg))
+    generated = client.complete_json(generate_messages(chunk, cfg), with_at_most(Generated, cfg.max_qa),
+                                     check=_check_generated(cfg))
     candidates, accepted, rejected = generated.qa_pairs[:cfg.max_qa], [], []
     rounds = 0
     while True:
@@ -132,7 +144,7 @@ def synthesize_chunk(client: ChatClient, chunk: str, cfg: SynthesisConfig) -> di
             candidates = client.complete_json(
                 regenerate_messages(chunk, need, _missing_types(accepted, need),
                                     [p.question for p in accepted + rejected], cfg),
-                NewPairs, check=_check_count(need)).qa_pairs[:need]
+                with_at_most(NewPairs, need), check=_check_count(need)).qa_pairs[:need]
         except ApiCallError:
             break  # keep what was verified so far
     if not accepted:

@@ -24,6 +24,10 @@ def test_unsupported_pair_is_rejected_and_regenerated(scripted_api):
     assert result["rounds"] == 1 and result["rejected"] == 1
     assert result["summary"].startswith("Summary: Honey bees")
     assert server.requests == {"generate": 1, "verify": 2, "regenerate": 1}
+    # The schemas bound the lists: at most max_qa pairs generated, only the missing ones regenerated.
+    bounds = [f["json_schema"]["schema"]["properties"]["qa_pairs"].get("maxItems") for f in server.response_formats
+              if "qa_pairs" in f["json_schema"]["schema"]["properties"]]
+    assert bounds == [SynthesisConfig().max_qa, 1]
 
 
 def test_without_regeneration_rounds_failures_are_dropped(scripted_api):
