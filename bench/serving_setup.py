@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
 import httpx
+
+from clara_ray.jobs.local_cluster import free_port
 
 # Issue #5: real SmolLM2 backbone, k=5 documents of 256 tokens at compression rate 32.
 BACKBONE, DOC_TOKENS, RATE, TOP_K = "smollm2-135m", 256, 32, 5
@@ -56,11 +57,6 @@ def build_assets(workdir: Path, squad: str | None, num_docs: int) -> tuple[str, 
         writer.publish()
     return str(checkpoint), str(store), questions
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_serve() -> str:

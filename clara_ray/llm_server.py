@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,8 @@ import time
 from typing import Any, Iterator, Optional, Union
 
 from pydantic import BaseModel
+
+from clara_ray.jobs.local_cluster import free_port
 
 MAX_NEW_TOKENS = 512  # the demo's ceiling whatever a request asks: CPU generation is slow
 
@@ -125,18 +126,13 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @contextlib.contextmanager
 def running_server(backbone: str = "smollm2-135m", startup_timeout_s: float = 300.0) -> Iterator[str]:
     """Serve `backbone` in a child process on 127.0.0.1; yields the base URL (…/v1)."""
     import httpx
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "clara_ray.llm_server", "--backbone", backbone,
                              "--port", str(port)], preexec_fn=_die_with_parent)
     base_url = f"http://127.0.0.1:{port}/v1"

@@ -6,6 +6,7 @@ then fails against clusters started otherwise); production clusters keep their o
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -19,9 +20,18 @@ from pathlib import Path
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range (32768 up), where outgoing
+    connections take their local ports: a port picked there can be taken again before Ray binds
+    it. Above 20000 also keeps clear of Ray's worker ports (10002-19999)."""
+    for _ in range(500):
+        port = random.randint(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 class LocalRayCluster:
@@ -46,7 +56,27 @@ class LocalRayCluster:
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         return {**os.environ, "PATH": path, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": self.gcs_address}
 
-    def start(self) -> "LocalRayCluster":
+    def start(self, attempts: int = 3) -> "LocalRayCluster":
+        """`ray start --head`; a start that loses a port race is cleaned up and retried on new ports."""
+        for attempt in range(1, attempts + 1):
+            result = subprocess.run(self._start_args(), env=self.env(), capture_output=True, text=True)
+            if result.returncode == 0:
+                try:
+                    self._wait_for_dashboard()
+                    return self
+                except RuntimeError:
+                    if attempt == attempts:
+                        self.stop()
+                        raise
+            elif attempt == attempts:
+                self.stop()
+                raise RuntimeError(f"ray start failed {attempts} times; last output:\n{result.stdout}\n{result.stderr}")
+            self.stop()
+            self.temp_dir.mkdir(parents=True, exist_ok=True)
+            self.gcs_port, self.dashboard_port = free_port(), free_port()
+        return self
+
+    def _start_args(self) -> list[str]:
         args = [str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
                 f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1",
                 f"--temp-dir={self.temp_dir}", "--include-dashboard=true", "--disable-usage-stats",
@@ -57,15 +87,7 @@ class LocalRayCluster:
                 f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
         if self.num_cpus is not None:
             args.append(f"--num-cpus={self.num_cpus}")
-        result = subprocess.run(args, env=self.env(), capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"ray start failed:\n{result.stdout}\n{result.stderr}")
-        try:
-            self._wait_for_dashboard()
-        except RuntimeError:
-            self.stop()
-            raise
-        return self
+        return args
 
     def _wait_for_dashboard(self) -> None:
         deadline = time.monotonic() + self.start_timeout

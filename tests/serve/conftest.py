@@ -1,9 +1,9 @@
 """A real RAG application on 127.0.0.1: tiny CLaRa checkpoint + real CompressedStore + Ray Serve."""
 from __future__ import annotations
 
-import socket
-
 import pytest
+
+from clara_ray.jobs.local_cluster import free_port
 
 TOKEN = "test-token"
 DOCS = {
@@ -12,12 +12,6 @@ DOCS = {
     "nile": "The Nile is a river in Africa that flows into the Mediterranean Sea.",
     "oxygen": "Oxygen is a chemical element with symbol O and atomic number 8.",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

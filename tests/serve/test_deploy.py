@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from pipelines.serve import DEFAULT_CONFIG
-from tests.serve.conftest import free_port  # noqa: F401  (conftest helpers are plain functions)
+from clara_ray.jobs.local_cluster import free_port
 
 BIN = Path(sys.executable).parent
 
