@@ -101,13 +101,15 @@ def regenerate_messages(chunk: str, count: int, types: list[str], avoid: list[st
         f"PASSAGE:\n{chunk}")}]
 
 
+REQUIRED_TYPES = {"factual", "reasoning"}
+
+
 def _check_generated(cfg: SynthesisConfig):
+    # A missing pair type is not a reason to throw the reply away (re-asking a greedy model
+    # returns the same reply): the regeneration round asks for the missing type instead.
     def check(value: Generated) -> None:
         if len(value.qa_pairs) < cfg.min_qa:
             raise ValueError(f"qa_pairs: {len(value.qa_pairs)} pairs, expected {cfg.min_qa}-{cfg.max_qa}")
-        types = {p.type for p in value.qa_pairs}
-        if not {"factual", "reasoning"} <= types:
-            raise ValueError(f"qa_pairs: needs a factual and a reasoning pair, got types {sorted(types)}")
     return check
 
 
@@ -121,7 +123,7 @@ def _check_count(count: int):
 def _missing_types(accepted: list[QAPair], count: int) -> list[str]:
     """Types to ask for: the required kinds not yet accepted first, then factual."""
     have = {p.type for p in accepted}
-    wanted = [t for t in ("factual", "reasoning") if t not in have]
+    wanted = [t for t in sorted(REQUIRED_TYPES) if t not in have]
     return (wanted + ["factual"] * count)[:count]
 
 
@@ -136,7 +138,8 @@ def synthesize_chunk(client: ChatClient, chunk: str, cfg: SynthesisConfig) -> di
         ok = {v.index for v in verdicts.verdicts if v.supported}
         for i, pair in enumerate(candidates):
             (accepted if i in ok else rejected).append(pair)
-        need = min(len(candidates) - len(ok), cfg.max_qa - len(accepted))
+        missing_type = not REQUIRED_TYPES <= {p.type for p in accepted}
+        need = min(len(candidates) - len(ok) + missing_type, cfg.max_qa - len(accepted))
         if need <= 0 or rounds >= cfg.verify_rounds:
             break
         rounds += 1

@@ -49,9 +49,11 @@ def _pairs(passage: str, count: int, offset: int, label: str, types: list[str]) 
 
 class ScriptedOpenAI:
     def __init__(self, failure_rate: float = 0.0, seed: int = 0, delay_s: float = 0.0, hang_s: float = 2.0,
-                 bad_pair: bool = True, reject_all: bool = False, faults_first: tuple[str, ...] = ()):
+                 bad_pair: bool = True, reject_all: bool = False, faults_first: tuple[str, ...] = (),
+                 generate_types: tuple[str, ...] = ("factual", "reasoning", "factual")):
         self.failure_rate, self.delay_s, self.hang_s, self.bad_pair = failure_rate, delay_s, hang_s, bad_pair
         self.reject_all = reject_all           # the verifier rejects every pair
+        self.generate_types = list(generate_types)  # types of the generated pairs, in order
         self.faults_first = list(faults_first)  # these faults first, in order, then the random ones
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
@@ -75,7 +77,7 @@ class ScriptedOpenAI:
     def answer(self, task: str, prompt: str) -> dict:
         passage = prompt.split("PASSAGE:\n", 1)[-1].split("\nPAIRS:\n")[0]
         if task == "generate":
-            pairs = _pairs(passage, 3, 0, "Q", ["factual", "reasoning", "factual"])
+            pairs = _pairs(passage, len(self.generate_types), 0, "Q", self.generate_types)
             if self.bad_pair:  # one unsupported pair, so verification has something to reject
                 pairs.append({"question": "Which colour is the moon in this passage?",
                               "answer": "UNSUPPORTED-ANSWER", "type": "factual", "language": "en"})

@@ -30,6 +30,13 @@ def test_unsupported_pair_is_rejected_and_regenerated(scripted_api):
     assert bounds == [SynthesisConfig().max_qa, 1]
 
 
+def test_a_missing_pair_type_is_asked_for_in_the_regeneration_round(scripted_api):
+    server = scripted_api(bad_pair=False, generate_types=("factual", "factual"))
+    result = synthesize_chunk(_client(server), PASSAGE, SynthesisConfig(min_qa=2, max_qa=3, verify_rounds=1))
+    assert [p["type"] for p in result["qa"]] == ["factual", "factual", "reasoning"]
+    assert server.requests == {"generate": 1, "verify": 2, "regenerate": 1}
+
+
 def test_without_regeneration_rounds_failures_are_dropped(scripted_api):
     server = scripted_api()
     result = synthesize_chunk(_client(server), PASSAGE, SynthesisConfig(verify_rounds=0))
