@@ -53,7 +53,7 @@ test-fast: env
 	$(PY) -m pytest -q -m "not slow"
 
 bench: env
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs outputs

@@ -18,14 +18,15 @@ from typing import Annotated, Optional
 import typer
 
 
-def _latency(url: str, question: str, new_tokens: int) -> tuple[float, str]:
+def _latency(url: str, question: str, new_tokens: int) -> tuple[float, dict]:
+    """(client-side seconds, response body with the server's retrieve/generate timings)."""
     import httpx
 
     start = time.perf_counter()
     response = httpx.post(url + "/v1/rag", json={"question": question, "top_k": 5, "max_new_tokens": new_tokens},
                           timeout=300)
     response.raise_for_status()
-    return time.perf_counter() - start, response.json()["answer"]
+    return time.perf_counter() - start, response.json()
 
 
 def _streamed_ttft(url: str, question: str) -> float:
@@ -44,14 +45,18 @@ def _streamed_ttft(url: str, question: str) -> float:
 def measure(url: str, questions: list[str], tokenizer, stream: bool) -> dict:
     for q in questions[:2]:  # warm-up: first calls pay lazy initialisation
         _latency(url, q, 2)
-    ttft = [_latency(url, q, 1)[0] for q in questions]
+    first = [_latency(url, q, 1) for q in questions]
     totals, lengths = [], []
     for q in questions:
-        seconds, answer = _latency(url, q, 16)
+        seconds, body = _latency(url, q, 16)
         totals.append(seconds)
-        lengths.append(len(tokenizer(answer, add_special_tokens=False)["input_ids"]))
-    out = {"ttft_s": statistics.median(ttft), "total_s": statistics.median(totals),
-           "mean_answer_tokens": statistics.mean(lengths)}
+        lengths.append(len(tokenizer(body["answer"], add_special_tokens=False)["input_ids"]))
+    out = {"ttft_s": statistics.median(s for s, _ in first), "total_s": statistics.median(totals),
+           "mean_answer_tokens": statistics.mean(lengths),
+           # Server-side split of the 1-token requests: both readers pay the same retrieval
+           # (query-reasoner encode + search); prefill is where reading vectors vs text differs.
+           "retrieve_s": statistics.median(b["timings"]["retrieve_s"] for _, b in first),
+           "first_token_generate_s": statistics.median(b["timings"]["generate_s"] for _, b in first)}
     if stream:
         out["streamed_ttft_s"] = statistics.median(_streamed_ttft(url, q) for q in questions)
     return out
@@ -88,6 +93,8 @@ def main(
             stop_serve()
     print(f"TTFT speed-up   {text['ttft_s'] / clara['ttft_s']:.1f}x  (target >= 10x)")
     print(f"total speed-up  {text['total_s'] / clara['total_s']:.1f}x  (target >= 3x, <= 16 new tokens)")
+    print(f"generator first-token speed-up (server side, retrieval excluded) "
+          f"{text['first_token_generate_s'] / clara['first_token_generate_s']:.1f}x")
 
 
 if __name__ == "__main__":

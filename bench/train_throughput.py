@@ -1,6 +1,6 @@
 """Training throughput: Ray Train + DeepSpeed vs a plain single-process PyTorch loop.
 
-    python -m bench.train_throughput [--backbone smollm2-135m] [--steps 4] [--global-batch 4]
+    python -m bench.train_throughput [--backbone smollm2-135m] [--steps 12] [--global-batch 4]
 
 Same model, data (bundled stage-1 sample), global batch and number of optimizer steps in every
 arm; each arm's time covers its training steps only (model loading and Ray start-up excluded).
@@ -71,7 +71,7 @@ def ray_seconds(backbone: str, steps: int, global_batch: int, workers: int, stor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="smollm2-135m")
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--global-batch", type=int, default=4)
     args = parser.parse_args()
     for name, value in (("HF_HUB_OFFLINE", "1"), ("RAY_AUTH_MODE", "disabled"), ("DS_ACCELERATOR", "cpu"),
