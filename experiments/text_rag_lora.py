@@ -58,9 +58,15 @@ def train_text_rag_lora(data: Path, out: Path, backbone: str, steps: int, batch_
     start = time.perf_counter()
     for step in range(1, steps + 1):
         batch = [r.model_copy(update={"docs": r.docs[:max_docs]}) for r in rng.sample(records, batch_size)]
-        loss = text_rag_loss(model, batch)
         optimizer.zero_grad()
-        loss.backward()
+        # One record per forward: five SQuAD paragraphs as text are ~1,000 tokens, and a batch of
+        # four in one forward+backward (logits over 49k tokens, attention saved for backward)
+        # was killed for memory at 24 GB.
+        loss = torch.zeros(())
+        for record in batch:
+            part = text_rag_loss(model, [record]) / len(batch)
+            part.backward()
+            loss += part.detach()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         losses.append(float(loss.detach()))
