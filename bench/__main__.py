@@ -5,7 +5,6 @@ by side would each measure the other), and prints its own ratios; a summary of e
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -26,12 +25,16 @@ BENCHMARKS: dict[str, list[str]] = {
 TAKES_SQUAD = {"serve_latency", "serve_load"}
 
 
+def _names(csv: Optional[str]) -> list[str]:
+    return [n.strip() for n in csv.split(",")] if csv else []
+
+
 def _selected(only: Optional[str], skip: Optional[str]) -> list[str]:
-    names = list(BENCHMARKS) if not only else [n.strip() for n in only.split(",")]
-    unknown = [n for n in names + (skip.split(",") if skip else []) if n not in BENCHMARKS]
+    names, skipped = _names(only) or list(BENCHMARKS), _names(skip)
+    unknown = [n for n in names + skipped if n not in BENCHMARKS]
     if unknown:
         raise typer.BadParameter(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
-    return [n for n in names if not skip or n not in skip.split(",")]
+    return [n for n in names if n not in skipped]
 
 
 def main(
@@ -46,7 +49,7 @@ def main(
             argv += ["--squad", str(squad)]
         typer.echo(f"\n=== bench.{name}: {' '.join(argv[1:])}", err=True)
         start = time.perf_counter()
-        code = subprocess.call(argv, env=os.environ.copy())
+        code = subprocess.call(argv)
         results[name] = (code, time.perf_counter() - start)
     typer.echo("\nbenchmark                 exit   minutes")
     for name, (code, seconds) in results.items():
