@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from lmformatenforcer import JsonSchemaParser, TokenEnforcer, TokenEnforcerTokenizerData
+from lmformatenforcer import CharacterLevelParserConfig, JsonSchemaParser, TokenEnforcer, TokenEnforcerTokenizerData
 
 
 def _regular_tokens(tokenizer) -> list[tuple[int, str, bool]]:
@@ -49,7 +49,10 @@ def schema_of(response_format: dict[str, Any] | None) -> dict[str, Any] | None |
 
 def prefix_allowed_tokens_fn(tokenizer, schema: dict[str, Any] | None, prompt_length: int):
     """For `generate(prefix_allowed_tokens_fn=...)`: tokens that keep the reply valid JSON."""
-    enforcer = TokenEnforcer(tokenizer_data(tokenizer), JsonSchemaParser(schema))
+    # Indentation is free for a hosted model but costs a small CPU model a decode step per token:
+    # at most one whitespace character between JSON tokens keeps the reply compact.
+    parser = JsonSchemaParser(schema, config=CharacterLevelParserConfig(max_consecutive_whitespaces=1))
+    enforcer = TokenEnforcer(tokenizer_data(tokenizer), parser)
 
     def allowed(batch_id: int, sequence) -> list[int]:
         return enforcer.get_allowed_tokens(sequence[prompt_length:].tolist()).allowed_tokens

@@ -98,10 +98,13 @@ def build_app(backbone: str):
         if schema is not False:  # json_schema / json_object: only tokens that keep the reply valid JSON
             constraint["prefix_allowed_tokens_fn"] = prefix_allowed_tokens_fn(
                 tokenizer, schema, inputs["input_ids"].shape[1])
+        started = time.perf_counter()
         with lock, torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=limit, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id, **constraint)
         new = output[0, inputs["input_ids"].shape[1]:]
+        print(f"local LLM: {inputs['input_ids'].shape[1]} prompt + {new.shape[0]} new tokens in "
+              f"{time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
         return _completion(backbone, tokenizer.decode(new, skip_special_tokens=True),
                            int(inputs["input_ids"].shape[1]), int(new.shape[0]), limit)
 

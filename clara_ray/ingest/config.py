@@ -85,6 +85,8 @@ class ExtractConfig(_Strict):
 
 
 class CaptionConfig(_Strict):
+    # Off: images get no caption and leave no trace in the text (no vision model available).
+    enabled: bool = True
     prompt: str = ("Describe this image for a reader who cannot see it: what it shows, any text, "
                    "numbers or labels in it. Answer in at most three sentences.")
     max_tokens: int = Field(256, ge=16)
@@ -112,6 +114,11 @@ class SynthesisConfig(_Strict):
     # Questions in a second language about the (first-language) passage, answered in the first.
     cross_lingual: bool = False
     verify_rounds: int = Field(3, ge=0)
+    # Length bounds sent in the reply schema. A schema-enforcing server stops each string there,
+    # which bounds the reply's token count; replies are still accepted up to QAPair's hard limits.
+    summary_max_chars: int = Field(800, ge=10, le=800)
+    question_max_chars: int = Field(200, ge=3, le=200)
+    answer_max_chars: int = Field(200, ge=1, le=200)
     workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.25, gt=0)
 

@@ -129,9 +129,9 @@ class ChatClient:
                       check: Optional[Callable[[M], None]] = None) -> M:
         """A reply validated against `schema` (and `check`, which raises ValueError); bad JSON is
         repaired or re-requested, then raised as ApiCallError('invalid_json')."""
-        problem = ""
+        problem, attempt = "", messages
         for _ in range(self.api.json_attempts):
-            text = self.complete(messages, max_tokens, self._response_format(schema))
+            text = self.complete(attempt, max_tokens, self._response_format(schema))
             try:
                 value = schema.model_validate(parse_json_object(text))
                 if check is not None:
@@ -139,6 +139,10 @@ class ChatClient:
                 return value
             except ValueError as exc:  # includes pydantic's ValidationError
                 problem = _short(exc)
+                # The same prompt again gets the same reply from a greedy model: say what was wrong.
+                attempt = [*messages, {"role": "assistant", "content": text},
+                           {"role": "user", "content": f"That reply was rejected ({problem}). "
+                                                       "Reply again with the corrected JSON object only."}]
         raise ApiCallError("invalid_json", f"no valid {schema.__name__} after {self.api.json_attempts} "
                                            f"attempts; last problem: {problem}")
 

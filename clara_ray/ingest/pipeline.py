@@ -136,13 +136,15 @@ def api_endpoint(cfg: IngestConfig) -> Iterator[tuple[ApiConfig, IngestConfig]]:
                           "OPENAI_BASE_URL and CLARA_TEXT_MODEL in the environment or .env")
     from clara_ray.llm_server import running_server
 
-    log.warning("no API configured: serving %s locally on 127.0.0.1 (low-quality data)", api.embedded_backbone)
+    log.warning("no API configured: serving %s locally on 127.0.0.1 (low-quality data; text-only, so images "
+                "are not captioned)", api.embedded_backbone)
     with running_server(api.embedded_backbone) as base_url:
         model = api.embedded_backbone
+        # One worker each: the local server decodes one request at a time.
         yield (api.model_copy(update=dict(base_url=base_url, api_key="local", text_model=model,
                                           vision_model=model, timeout_s=max(api.timeout_s, 900.0))),
                cfg.model_copy(update=dict(
-                   caption=cfg.caption.model_copy(update=dict(workers=1, max_tokens=min(cfg.caption.max_tokens, 96))),
+                   caption=cfg.caption.model_copy(update=dict(enabled=False, workers=1)),
                    synthesis=cfg.synthesis.model_copy(update=dict(workers=1)))))
 
 
@@ -217,6 +219,10 @@ def _caption_and_chunk(cfg: IngestConfig, api: ApiConfig, docs: list[dict], out_
             images.append({"key": content_key(jpeg, api.vision_model, cfg.caption.prompt),
                            "path": image["path"], "image_id": image["image_id"], "source": doc["source"],
                            "doc_key": doc["key"]})
+    if not cfg.caption.enabled:
+        if images:
+            log.warning("captioning is off: %d image(s) left out of the text", len(images))
+        images = []
     captioned = run_stage("caption", StageParts(work, "caption"), images, Captioner,
                           {"api": api.model_dump(), "cfg": cfg.caption.model_dump(), "out_dir": str(out_dir)},
                           cfg.caption.workers, cfg.caption.cpus_per_worker, cfg.progress)
@@ -233,7 +239,8 @@ def _caption_and_chunk(cfg: IngestConfig, api: ApiConfig, docs: list[dict], out_
     chunks = _chunk_documents([t for t in texts if t["text"]], cfg)
     for text in texts:
         if not text["text"] and text["key"] not in uncaptioned_docs:  # else already reported
-            errors.append(_error("chunk", text["source"], text["key"], "no_text", "no text left after captioning"))
+            reason = "no text left after captioning" if cfg.caption.enabled else "only images, and captioning is off"
+            errors.append(_error("chunk", text["source"], text["key"], "no_text", reason))
     write_table(work / "chunks.parquet", chunks)
     write_jsonl(out_dir / RAW, raw_knowledge_rows(chunks))
     summary.update(images_captioned=len(captions), chunks=len(chunks))

@@ -34,13 +34,23 @@ class Generated(BaseModel):
 
 
 @lru_cache(maxsize=None)
-def with_at_most(model: type[BaseModel], max_pairs: int) -> type[BaseModel]:
-    """`model` whose JSON schema asks for at most `max_pairs` qa_pairs. The bound travels in the
-    response_format, so a schema-enforcing server closes the list there instead of running on to
-    its token limit (and a truncated, unparseable reply). Validation stays lenient: extra pairs
-    from a model that ignores the bound are cut by the caller, not re-requested."""
-    return create_model(model.__name__, __base__=model,
-                        qa_pairs=(list[QAPair], Field(json_schema_extra={"maxItems": max_pairs})))
+def reply_schema(model: type[BaseModel], min_pairs: int, max_pairs: int, question_chars: int = 200, answer_chars: int = 200,
+                 summary_chars: int = 800) -> type[BaseModel]:
+    """`model` whose JSON schema asks for `min_pairs`..`max_pairs` qa_pairs and the given string lengths.
+    The bounds travel in the response_format, so a schema-enforcing server stops there instead of
+    running on to its token limit (and a truncated, unparseable reply). Validation stays lenient:
+    extra pairs from a model that ignores the bound are cut by the caller, not re-requested."""
+    pair = create_model("QAPair", __base__=QAPair,
+                        question=(str, Field(min_length=3, max_length=200, json_schema_extra={"maxLength": question_chars})),
+                        answer=(str, Field(min_length=1, max_length=200, json_schema_extra={"maxLength": answer_chars})))
+    fields: dict[str, Any] = {"qa_pairs": (list[pair], Field(json_schema_extra={"minItems": min_pairs, "maxItems": max_pairs}))}
+    if "summary" in model.model_fields:
+        fields["summary"] = (str, Field(min_length=10, max_length=800, json_schema_extra={"maxLength": summary_chars}))
+    return create_model(model.__name__, __base__=model, **fields)
+
+
+def _reply_schema(model: type[BaseModel], min_pairs: int, max_pairs: int, cfg: SynthesisConfig) -> type[BaseModel]:
+    return reply_schema(model, min_pairs, max_pairs, cfg.question_max_chars, cfg.answer_max_chars, cfg.summary_max_chars)
 
 
 class Verdict(BaseModel):
@@ -50,6 +60,14 @@ class Verdict(BaseModel):
 
 class Verdicts(BaseModel):
     verdicts: list[Verdict]
+
+
+@lru_cache(maxsize=None)
+def verdicts_for(count: int) -> type[Verdicts]:
+    """Verdicts whose schema asks for exactly one verdict per pair (an unbounded list lets a small
+    model run on to the token limit)."""
+    return create_model("Verdicts", __base__=Verdicts,
+                        verdicts=(list[Verdict], Field(json_schema_extra={"minItems": count, "maxItems": count})))
 
 
 class NewPairs(BaseModel):
@@ -129,12 +147,12 @@ def _missing_types(accepted: list[QAPair], count: int) -> list[str]:
 
 def synthesize_chunk(client: ChatClient, chunk: str, cfg: SynthesisConfig) -> dict[str, Any]:
     """Summary + verified pairs; raises ApiCallError when nothing usable comes back."""
-    generated = client.complete_json(generate_messages(chunk, cfg), with_at_most(Generated, cfg.max_qa),
+    generated = client.complete_json(generate_messages(chunk, cfg), _reply_schema(Generated, cfg.min_qa, cfg.max_qa, cfg),
                                      check=_check_generated(cfg))
     candidates, accepted, rejected = generated.qa_pairs[:cfg.max_qa], [], []
     rounds = 0
     while True:
-        verdicts = client.complete_json(verify_messages(chunk, candidates), Verdicts)
+        verdicts = client.complete_json(verify_messages(chunk, candidates), verdicts_for(len(candidates)))
         ok = {v.index for v in verdicts.verdicts if v.supported}
         for i, pair in enumerate(candidates):
             (accepted if i in ok else rejected).append(pair)
@@ -147,7 +165,7 @@ def synthesize_chunk(client: ChatClient, chunk: str, cfg: SynthesisConfig) -> di
             candidates = client.complete_json(
                 regenerate_messages(chunk, need, _missing_types(accepted, need),
                                     [p.question for p in accepted + rejected], cfg),
-                with_at_most(NewPairs, need), check=_check_count(need)).qa_pairs[:need]
+                _reply_schema(NewPairs, need, need, cfg), check=_check_count(need)).qa_pairs[:need]
         except ApiCallError:
             break  # keep what was verified so far
     if not accepted:

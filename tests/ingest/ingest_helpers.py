@@ -61,6 +61,7 @@ class ScriptedOpenAI:
         self.faults: Counter = Counter()     # fault -> injected
         self.answered: Counter = Counter()   # task -> good answers sent
         self.response_formats: list = []
+        self.conversations: list[list[dict]] = []
         self.generate_passages: list[str] = []  # passages of the "generate" calls, in order
         self.server = None
         self.base_url = ""
@@ -124,7 +125,8 @@ class ScriptedOpenAI:
         @app.post("/v1/chat/completions")
         async def chat(request: Request):
             body = await request.json()
-            content = body["messages"][-1]["content"]
+            # the task's own prompt: a re-ask after a bad reply appends the reply and a complaint
+            content = next(m["content"] for m in body["messages"] if m["role"] == "user")
             if isinstance(content, list):
                 task, prompt = "caption", next(p["image_url"]["url"] for p in content if p["type"] == "image_url")
             else:
@@ -135,6 +137,7 @@ class ScriptedOpenAI:
                 if task == "generate":
                     self.generate_passages.append(prompt.split("PASSAGE:\n", 1)[-1])
                 self.response_formats.append(body.get("response_format"))
+                self.conversations.append(body["messages"])
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
             fault = self._pick_fault(task, prompt)

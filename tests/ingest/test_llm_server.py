@@ -34,6 +34,7 @@ def test_pipeline_without_api_serves_the_embedded_model(monkeypatch):
     with api_endpoint(cfg) as (api, run_cfg):
         assert api.text_model == api.vision_model == "tiny-random" and api.base_url.startswith("http://127.0.0.1:")
         assert run_cfg.synthesis.workers == 1 == run_cfg.caption.workers
+        assert not run_cfg.caption.enabled  # text-only: no invented captions
         client = openai.OpenAI(base_url=api.base_url, api_key=api.api_key, max_retries=0, timeout=60)
         assert [m.id for m in client.models.list().data] == ["tiny-random"]
         reply = client.chat.completions.create(model="tiny-random", max_tokens=5,

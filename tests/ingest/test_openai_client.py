@@ -46,6 +46,10 @@ def test_broken_json_is_requested_again_and_then_reported(scripted_api):
     server = scripted_api(faults_first=("broken_json",))
     assert _client(server).complete_json(_ask("fixed on retry"), Echo).echo == "fixed on retry"
     assert server.requests["echo"] == 2
+    # the re-ask shows the model its bad reply and what was wrong with it
+    first, again = server.conversations
+    assert again[:len(first)] == first and again[-2]["role"] == "assistant"
+    assert again[-1]["role"] == "user" and "rejected" in again[-1]["content"]
     server = scripted_api(faults_first=("broken_json",) * 3)
     with pytest.raises(ApiCallError, match="no valid Echo after 3 attempts") as info:
         _client(server, json_attempts=3).complete_json(_ask("always broken"), Echo)

@@ -107,6 +107,22 @@ def test_captions_land_at_their_markers(reference):
     assert photo == ["[Image: A 2048x683 picture, mostly green.]"]  # downscaled before captioning
 
 
+def test_without_captioning_images_leave_no_trace(reference, corpus, tmp_path):
+    """No vision model (the embedded default): images are left out, never described by a guess."""
+    out, server = tmp_path / "out", ScriptedOpenAI().start()
+    for cached in ("work/extract", "images"):  # extraction is the reference's (tested above)
+        shutil.copytree(reference[0] / cached, out / cached)
+    cfg = _config(corpus[0], out, server).model_copy(update={"until": "caption"})
+    cfg.caption.enabled = False
+    summary = run_ingest(cfg)
+    server.stop()
+    assert server.requests["caption"] == 0 and summary["images_captioned"] == 0
+    assert "[Image:" not in (out / RAW).read_text()
+    assert "drop sediment. a figure" in " ".join(c["text"] for c in _jsonl(out / RAW) if c["source"] == "rivers.md")
+    photo = [e for e in _jsonl(out / ERRORS) if e["source"] == "large-photo.jpg"]
+    assert [(e["kind"], e["reason"]) for e in photo] == [("no_text", "only images, and captioning is off")]
+
+
 def test_rerun_does_no_work_and_rewrites_identical_files(reference, corpus):
     out, _, _, server = reference
     before, calls = _snapshot(out), dict(server.requests)

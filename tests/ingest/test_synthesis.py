@@ -25,9 +25,23 @@ def test_unsupported_pair_is_rejected_and_regenerated(scripted_api):
     assert result["summary"].startswith("Summary: Honey bees")
     assert server.requests == {"generate": 1, "verify": 2, "regenerate": 1}
     # The schemas bound the lists: at most max_qa pairs generated, only the missing ones regenerated.
-    bounds = [f["json_schema"]["schema"]["properties"]["qa_pairs"].get("maxItems") for f in server.response_formats
-              if "qa_pairs" in f["json_schema"]["schema"]["properties"]]
-    assert bounds == [SynthesisConfig().max_qa, 1]
+    schemas = [f["json_schema"]["schema"] for f in server.response_formats]
+    bounds = [(s["properties"]["qa_pairs"]["minItems"], s["properties"]["qa_pairs"]["maxItems"]) for s in schemas
+              if "qa_pairs" in s["properties"]]
+    assert bounds == [(SynthesisConfig().min_qa, SynthesisConfig().max_qa), (1, 1)]
+    # one verdict per pair under review: 4 generated, then the 1 regenerated
+    assert [(s["properties"]["verdicts"]["minItems"], s["properties"]["verdicts"]["maxItems"]) for s in schemas
+            if "verdicts" in s["properties"]] == [(4, 4), (1, 1)]
+
+
+def test_string_bounds_from_the_config_travel_in_the_schema(scripted_api):
+    server = scripted_api()
+    cfg = SynthesisConfig(verify_rounds=0, summary_max_chars=300, question_max_chars=120, answer_max_chars=80)
+    synthesize_chunk(_client(server), PASSAGE, cfg)
+    schema = server.response_formats[0]["json_schema"]["schema"]
+    pair = schema["$defs"]["QAPair"]["properties"]
+    assert (schema["properties"]["summary"]["maxLength"], pair["question"]["maxLength"],
+            pair["answer"]["maxLength"]) == (300, 120, 80)
 
 
 def test_a_missing_pair_type_is_asked_for_in_the_regeneration_round(scripted_api):
