@@ -171,6 +171,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     writer = _tensorboard(cfg, start_step) if rank == 0 else None
     engine.train()
     began = time.perf_counter()
+    first_step_seconds = None  # includes the data stream's start-up, a one-off cost
     for step in range(start_step + 1, total_steps + 1):
         tick, stats = time.perf_counter(), _StepStats()
         lr = scheduler.get_last_lr()[0]
@@ -180,6 +181,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             engine.step()  # DeepSpeed only updates (and clips, steps the lr) every `accum` calls
             stats.add(out)
         seconds = time.perf_counter() - tick
+        first_step_seconds = seconds if first_step_seconds is None else first_step_seconds
         due_log = step % cfg.run.log_every == 0 or step == total_steps
         due_ckpt = step % cfg.checkpoint.every_steps == 0 or step == total_steps
         if not (due_log or due_ckpt):
@@ -192,6 +194,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         if due_ckpt:
             if step == total_steps:
                 metrics["train_seconds"] = time.perf_counter() - began
+                metrics["first_step_seconds"] = first_step_seconds
             _save_and_report(engine, model, cfg, step, metrics, final=step == total_steps)
     if start_step >= total_steps and rank == 0:
         print(f"[{cfg.stage}] already at step {total_steps}/{total_steps}; nothing to train", flush=True)
@@ -201,7 +204,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
 def _log_progress(writer, metrics: dict[str, Any], total_steps: int) -> None:
     step = metrics["step"]
-    keys = [k for k in metrics if k not in ("step", "resumed_from_step", "train_seconds")]
+    keys = [k for k in metrics if k not in ("step", "resumed_from_step", "train_seconds", "first_step_seconds")]
     print(f"step {step}/{total_steps} " + " ".join(f"{k} {metrics[k]:.4g}" for k in keys), flush=True)
     for key in keys:
         writer.add_scalar(f"train/{key}", metrics[key], step)

@@ -1,5 +1,6 @@
 """Slow tier: on the real SmolLM2 backbone, stage-1 training makes the memory tokens carry each
-SQuAD paragraph (loss halves; a paragraph is best explained by its own compressed vectors)."""
+SQuAD paragraph (loss halves; generating from a paragraph's compressed vectors writes that
+paragraph; a paragraph is best explained by its own compressed vectors)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+STEPS = 40  # ~30 suffice on most runs; the margin absorbs thread-order nondeterminism
 SQUAD = Path(__file__).resolve().parents[2].parent / "shared/data/squad/squad-v1.1-dev-part-a.json"
 
 
@@ -19,14 +21,30 @@ def squad_paragraphs(count: int, words: int) -> list[str]:
     return [" ".join(a["paragraphs"][0]["context"].split()[:words]) for a in articles[:count]]
 
 
+def longest_common_run(a: list[str], b: list[str]) -> int:
+    """Length of the longest run of consecutive words shared by `a` and `b`."""
+    best, previous = 0, [0] * (len(b) + 1)
+    for word in a:
+        current = [0] * (len(b) + 1)
+        for j, other in enumerate(b):
+            if word == other:
+                current[j + 1] = previous[j] + 1
+                best = max(best, current[j + 1])
+        previous = current
+    return best
+
+
+def test_longest_common_run():
+    assert longest_common_run("a b c d".split(), "x b c d y".split()) == 3
+    assert longest_common_run("a b".split(), "c d".split()) == 0
+
+
 @pytest.fixture(scope="module")
 def trained():
-    """Stage 1 on 4 SQuAD paragraphs (one per article) for 30 steps, generator adapter frozen.
-
-    With only four paragraphs a trainable generator memorises them and ignores the memory
-    tokens (teacher-forced CE ~0.03 whichever document's vectors it is given). Freezing it
-    leaves the compressor as the only way to lower the loss, so the test isolates what
-    matters here: document information flowing through the memory tokens of a real backbone."""
+    """Stage 1 (paraphrase targets) on 4 SQuAD paragraphs, one per article, for 40 steps: the
+    compressor and generator adapters and the memory-token rows train together, as in the paper.
+    The prompt is the same for every paragraph, so which paragraph to write can only come
+    from the memory tokens."""
     from clara_ray import CLaRa, CLaRaConfig
     from clara_ray.data.records import parse_record
 
@@ -37,12 +55,10 @@ def trained():
     model = CLaRa.from_config(CLaRaConfig(backbone="smollm2-135m", compression_rate=4, doc_max_length=64,
                                           lora={"dropout": 0.0}), device="cpu")
     model.prepare_stage("compress_pretrain")
-    for p in model.adapter_parameters("generator"):
-        p.requires_grad_(False)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0)
     losses = []
-    for _ in range(30):
+    for _ in range(STEPS):
         out = model(records, "compress_pretrain")
         optimizer.zero_grad()
         out.loss.backward()
@@ -73,3 +89,17 @@ def test_each_paragraph_is_best_explained_by_its_own_memory_tokens(trained):
                            for i in range(len(docs))])
     print("CE (row: memory of, column: target)\n", ce)
     assert ce.argmin(dim=0).tolist() == list(range(len(docs)))
+
+
+@pytest.mark.slow
+def test_generate_from_paraphrase_writes_the_compressed_paragraph(trained):
+    """Greedy generation from each paragraph's memory tokens reproduces a run of >= 5 of its words,
+    and a longer run of its own words than of any other trained paragraph's."""
+    model, docs, _ = trained
+    generations = model.generate_from_paraphrase(docs, max_new_tokens=32)
+    words = [d.lower().split() for d in docs]
+    for i, text in enumerate(generations):
+        runs = [longest_common_run(text.lower().split(), w) for w in words]
+        print(f"paragraph {i}: runs {runs}: {text!r}")
+        assert runs[i] >= 5, (i, text)
+        assert runs[i] > max(r for j, r in enumerate(runs) if j != i), (i, runs)
