@@ -5,6 +5,7 @@ the three calls apart: generate, verify, regenerate.
 """
 from __future__ import annotations
 
+import copy
 import json
 from functools import lru_cache
 from typing import Any, Literal
@@ -33,19 +34,26 @@ class Generated(BaseModel):
     qa_pairs: list[QAPair] = Field(max_length=12)
 
 
+def _bounded(model: type[BaseModel], name: str, **schema_bounds: int) -> tuple[Any, Any]:
+    """Field `name` of `model` with extra bounds in its JSON schema only; validation keeps the
+    field's own limits, so a model that ignores the schema is not re-asked over them."""
+    field = copy.copy(model.model_fields[name])
+    field.json_schema_extra = schema_bounds
+    return field.annotation, field
+
+
 @lru_cache(maxsize=None)
 def reply_schema(model: type[BaseModel], min_pairs: int, max_pairs: int, question_chars: int = 200, answer_chars: int = 200,
                  summary_chars: int = 800) -> type[BaseModel]:
     """`model` whose JSON schema asks for `min_pairs`..`max_pairs` qa_pairs and the given string lengths.
     The bounds travel in the response_format, so a schema-enforcing server stops there instead of
-    running on to its token limit (and a truncated, unparseable reply). Validation stays lenient:
-    extra pairs from a model that ignores the bound are cut by the caller, not re-requested."""
-    pair = create_model("QAPair", __base__=QAPair,
-                        question=(str, Field(min_length=3, max_length=200, json_schema_extra={"maxLength": question_chars})),
-                        answer=(str, Field(min_length=1, max_length=200, json_schema_extra={"maxLength": answer_chars})))
+    running on to its token limit (and a truncated, unparseable reply). Extra pairs from a model
+    that ignores the bound are cut by the caller, not re-requested."""
+    pair = create_model("QAPair", __base__=QAPair, question=_bounded(QAPair, "question", maxLength=question_chars),
+                        answer=_bounded(QAPair, "answer", maxLength=answer_chars))
     fields: dict[str, Any] = {"qa_pairs": (list[pair], Field(json_schema_extra={"minItems": min_pairs, "maxItems": max_pairs}))}
     if "summary" in model.model_fields:
-        fields["summary"] = (str, Field(min_length=10, max_length=800, json_schema_extra={"maxLength": summary_chars}))
+        fields["summary"] = _bounded(model, "summary", maxLength=summary_chars)
     return create_model(model.__name__, __base__=model, **fields)
 
 
