@@ -56,6 +56,12 @@ def plain_loop_seconds(backbone: str, steps: int, global_batch: int, threads: in
     return time.perf_counter() - began, first
 
 
+def steady_seconds_per_step(run: tuple[float, float], steps: int) -> float:
+    """Mean step time over steps 2..N of a (all steps, first step) timing."""
+    seconds, first = run
+    return (seconds - first) / (steps - 1)
+
+
 def two_plain_loops_at_once(backbone: str, steps: int, global_batch: int) -> list[tuple[float, float]]:
     """Two independent plain loops running at the same time, one per core: what the machine
     allows two workers before any communication (shared memory bandwidth and caches, Ray's own
@@ -111,18 +117,18 @@ def main() -> None:
         ray.shutdown()
     print(f"\ntrain throughput: {args.backbone}, {args.steps} steps x global batch {args.global_batch}, "
           f"{os.cpu_count()} CPUs")
-    steady = {}
-    for label, (seconds, first) in (("plain PyTorch loop (1 thread)", plain), ("Ray Train + DeepSpeed, 1 worker", one),
-                                    ("Ray Train + DeepSpeed, 2 workers", two)):
-        steady[label] = (seconds - first) / (args.steps - 1)
+    arms = (("plain PyTorch loop (1 thread)", plain), ("Ray Train + DeepSpeed, 1 worker", one),
+            ("Ray Train + DeepSpeed, 2 workers", two))
+    for label, (seconds, first) in arms:
+        steady = steady_seconds_per_step((seconds, first), args.steps)
         print(f"  {label:34s} all steps {seconds:7.2f}s ({samples / seconds:5.2f} samples/s) | first step {first:5.2f}s"
-              f" | steps 2..{args.steps}: {args.global_batch / steady[label]:5.2f} samples/s")
-    plain_s, one_s, two_s = steady.values()
+              f" | steps 2..{args.steps}: {args.global_batch / steady:5.2f} samples/s")
+    plain_s, one_s, two_s = (steady_seconds_per_step(run, args.steps) for _, run in arms)
     print(f"  overhead of Ray+DeepSpeed (1 worker) vs plain, per sample, steps 2..N: {one_s / plain_s - 1:+.1%} "
           f"(target <= +15%); all steps: {one[0] / plain[0] - 1:+.1%}")
     print(f"  2 workers vs 1, samples/s, steps 2..N: {one_s / two_s:.2f}x (target >= 1.6x where cores allow); "
           f"all steps: {one[0] / two[0]:.2f}x")
-    ceiling = sum(1 / ((seconds - first) / (args.steps - 1)) for seconds, first in pair) * plain_s
+    ceiling = sum(plain_s / steady_seconds_per_step(run, args.steps) for run in pair)
     print(f"  where cores allow: two plain loops at once, one per core, reach {ceiling:.2f}x one loop's samples/s, "
           f"so 2 workers get {one_s / two_s / ceiling:.0%} of what this machine allows")
 

@@ -43,8 +43,8 @@ def _bounded(model: type[BaseModel], name: str, **schema_bounds: int) -> tuple[A
 
 
 @lru_cache(maxsize=None)
-def reply_schema(model: type[BaseModel], min_pairs: int, max_pairs: int, question_chars: int = 200, answer_chars: int = 200,
-                 summary_chars: int = 800) -> type[BaseModel]:
+def reply_schema(model: type[BaseModel], min_pairs: int, max_pairs: int, question_chars: int, answer_chars: int,
+                 summary_chars: int) -> type[BaseModel]:
     """`model` whose JSON schema asks for `min_pairs`..`max_pairs` qa_pairs and the given string lengths.
     The bounds travel in the response_format, so a schema-enforcing server stops there instead of
     running on to its token limit (and a truncated, unparseable reply). Extra pairs from a model
