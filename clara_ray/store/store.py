@@ -36,28 +36,46 @@ class ShardSet:
     def __init__(self, root: Path, entries: list[ShardEntry], shape: tuple[int, int], verify: bool):
         self.shape = shape
         self.arrays: list[np.ndarray] = []
-        tables: list[pa.Table] = []
+        # one table per shard, each in one chunk: Table.take over a table concatenated from
+        # hundreds of shards costs O(N) per call (~19 ms at 1M docs), per shard it is O(k)
+        self.tables: list[pa.Table] = []
         for entry in entries:
             shard_dir = root / SHARDS_DIR / entry.name
             if verify:
                 verify_shard(shard_dir, entry)
             self.arrays.append(open_vectors(shard_dir, entry, shape))
-            tables.append(read_metadata(shard_dir, entry))
-        self.metadata = pa.concat_tables(tables) if tables else None
+            self.tables.append(read_metadata(shard_dir, entry).combine_chunks())
         sizes = [len(a) for a in self.arrays]
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
+    def _by_shard(self, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(shard, positions in `rows`, rows local to the shard) for each shard `rows` touch."""
+        shard_of = np.searchsorted(self.starts, rows, side="right") - 1
+        for shard in np.unique(shard_of):
+            positions = np.nonzero(shard_of == shard)[0]
+            yield int(shard), positions, rows[positions] - self.starts[shard]
+
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """fp16 (len(rows), n, hidden) for global rows (all valid)."""
         out = np.empty((len(rows), *self.shape), dtype=np.float16)
-        shard_of = np.searchsorted(self.starts, rows, side="right") - 1
-        for shard in np.unique(shard_of):
-            mask = shard_of == shard
-            out[mask] = self.arrays[shard][rows[mask] - self.starts[shard]]
+        for shard, positions, local in self._by_shard(rows):
+            out[positions] = self.arrays[shard][local]
         return out
+
+    def metadata(self, rows: np.ndarray, column: str) -> list:
+        """One metadata column's values for global rows (all valid), in the order of `rows`."""
+        out: list = [None] * len(rows)
+        for shard, positions, local in self._by_shard(rows):
+            values = self.tables[shard].column(column).take(pa.array(local)).to_pylist()
+            for position, value in zip(positions.tolist(), values):
+                out[position] = value
+        return out
+
+    def column(self, name: str) -> list:
+        return [value for table in self.tables for value in table.column(name).to_pylist()]
 
     def exact(self, rows: np.ndarray) -> np.ndarray:
         return normalize(self.gather(rows))
@@ -110,7 +128,7 @@ class CompressedStore:
 
     @property
     def ids(self) -> list[str]:
-        return self.shards.metadata.column("id").to_pylist() if self.shards.metadata else []
+        return self.shards.column("id")
 
     def search(self, query_vectors: np.ndarray, k: int) -> SearchHits:
         queries = np.asarray(query_vectors)
@@ -125,11 +143,10 @@ class CompressedStore:
     def _hits(self, scores: np.ndarray, rows: np.ndarray) -> SearchHits:
         num_q, k = rows.shape
         valid = rows >= 0
-        taken = self.shards.metadata.take(pa.array(rows[valid])).to_pydict()
         columns = {}
         for name in ("id", "text", "source", "chunk"):
             grid = np.full((num_q, k), None, dtype=object)
-            grid[valid] = taken[name]
+            grid[valid] = self.shards.metadata(rows[valid], name)
             columns[name] = grid
         vectors = np.zeros((num_q, k, *self.shards.shape), dtype=np.float16)
         vectors[valid] = self.shards.gather(rows[valid])

@@ -16,6 +16,16 @@ def test_search_finds_each_doc_with_its_own_vector_and_returns_exact_fp16(build_
     np.testing.assert_array_equal(hits.vectors[:, 0], vectors[:60].astype(np.float16))
 
 
+def test_every_hit_carries_its_own_text_and_vector_across_shards(build_store, vectors):
+    store = CompressedStore.open(build_store(count=60, shard=7))  # 9 shards: hits span several
+    hits = store.search(normalize(vectors[:20]), k=12)
+    for q in range(20):
+        rows = [int(doc_id.removeprefix("doc-")) for doc_id in hits.ids[q]]
+        assert len({row // 7 for row in rows}) > 1
+        assert hits.texts[q] == [f"text {row}" for row in rows]
+        np.testing.assert_array_equal(hits.vectors[q], vectors[rows].astype(np.float16))
+
+
 def test_k_larger_than_the_store_is_capped(build_store, vectors):
     store = CompressedStore.open(build_store(count=10, shard=4))
     hits = store.search(normalize(vectors[:2]), k=50)
