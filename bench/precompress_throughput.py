@@ -2,7 +2,9 @@
 
     python -m bench.precompress_throughput [--backbone smollm2-135m] [--docs 512] [--batch-size 16]
 
-Both compress the same documents with the same checkpoint, batch size and torch threads, starting
+Both compress the same documents with the same checkpoint and batch size on the same cores (the
+bare loop with one torch thread per core, the job with its default CPU layout of one single-thread
+actor per core, since independent processes scale better here than threads of one), starting
 from the checkpoint on disk: the bare loop is timed from its model load (its rate once loaded is
 printed too); the Ray job is timed end to end (`run_precompress`:
 corpus read, actor start and model load, compression, shard writes, index publish), with the Ray
@@ -33,7 +35,9 @@ def main(
     docs: Annotated[int, typer.Option(help="documents compressed by each side")] = 512,
     batch_size: Annotated[int, typer.Option()] = 16,
     compression_rate: Annotated[int, typer.Option()] = 32,
-    threads: Annotated[int, typer.Option(help="torch threads on both sides")] = 2,
+    threads: Annotated[int, typer.Option(help="torch threads of the bare loop (all cores)")] = 2,
+    actors: Annotated[int, typer.Option(help="compressor actors of the Ray job")] = 2,
+    actor_threads: Annotated[int, typer.Option(help="torch threads per actor")] = 1,
 ) -> None:
     """Print docs/s of the bare loop and the Ray job, and their ratio."""
     import ray
@@ -66,13 +70,14 @@ def main(
         del model
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        cfg = PrecompressConfig(batch_size=batch_size, shard_size=1024, actors=1, num_cpus_per_actor=0.5,
-                                torch_threads=threads)
+        cfg = PrecompressConfig(batch_size=batch_size, shard_size=1024, actors=actors, num_cpus_per_actor=0.5,
+                                torch_threads=actor_threads)
         start = time.perf_counter()
         summary = run_precompress(work / "ckpt", work / "corpus.jsonl", work / "store", cfg)
         job = docs / (time.perf_counter() - start)
         assert summary["new_docs"] == docs, summary
-        print(f"backbone {backbone}, {docs} docs, batch {batch_size}, {threads} torch threads")
+        print(f"backbone {backbone}, {docs} docs, batch {batch_size}; bare loop: {threads} torch threads; "
+              f"Ray job: {actors} actors x {actor_threads} threads")
         print(f"bare batched loop: {bare:.2f} docs/s from the checkpoint on disk "
               f"({bare_steady:.2f} docs/s once loaded) | Ray job (end to end): {job:.2f} docs/s")
         print(f"ratio Ray job / bare loop: {job / bare:.2f} (target >= 0.9); "

@@ -31,6 +31,9 @@ class PrecompressConfig(BaseModel):
     batch_size: int = Field(16, ge=1)  # documents per compress_documents call
     shard_size: int = Field(1024, ge=1)  # documents per committed shard (work lost on a crash)
     actors: int = Field(1, ge=1)  # compressor replicas: one per GPU on a cluster
+    # the corpus is read in at least this many blocks: a block goes to one actor whole, so few
+    # large blocks leave actors idle while the last one finishes
+    min_blocks: int = Field(64, ge=1)
     num_cpus_per_actor: float = Field(0.5, gt=0)  # fractional here so Ray Data's read tasks still run
     num_gpus_per_actor: float = Field(0, ge=0)
     device: str = "cpu"
@@ -124,7 +127,7 @@ def _columns(rows: list[dict]) -> dict:
             for key in ("id", "text", "source", "chunk")}
 
 
-def read_corpus(corpus: str | Path):
+def read_corpus(corpus: str | Path, min_blocks: int | None = None):
     """A Ray Dataset of {id, text, source, chunk} rows from JSONL and/or Parquet files."""
     import ray
 
@@ -133,9 +136,9 @@ def read_corpus(corpus: str | Path):
     if jsonl:
         # read as text lines: records may carry arbitrary extra fields that Arrow's JSON schema
         # inference would choke on, and we want errors that quote the offending line
-        parts.append(ray.data.read_text(jsonl, include_paths=True).map_batches(_parse_jsonl_lines, batch_format="numpy"))
+        parts.append(ray.data.read_text(jsonl, include_paths=True, override_num_blocks=min_blocks).map_batches(_parse_jsonl_lines, batch_format="numpy"))
     if parquet:
-        parts.append(ray.data.read_parquet(parquet, include_paths=True)
+        parts.append(ray.data.read_parquet(parquet, include_paths=True, override_num_blocks=min_blocks)
                      .map_batches(_normalise_parquet_rows, batch_format="numpy"))
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
 
@@ -185,7 +188,7 @@ def run_precompress(checkpoint: str | Path, corpus: str | Path, out: str | Path,
     stored = skipped = 0
     with StoreWriter(out, identity, cfg.index) as writer:
         already = len(writer.known_ids)
-        pending = read_corpus(corpus).map_batches(DropKnown(frozenset(writer.known_ids)), batch_format="numpy")
+        pending = read_corpus(corpus, cfg.min_blocks).map_batches(DropKnown(frozenset(writer.known_ids)), batch_format="numpy")
         compressed = pending.map_batches(
             Compressor,
             fn_constructor_kwargs=dict(checkpoint=str(checkpoint), device=cfg.device, torch_threads=cfg.torch_threads),
