@@ -72,6 +72,7 @@ def main(
                                                       "(default $CLARA_SQUAD_JSON, else synthetic text).")] = None,
     questions: Annotated[int, typer.Option(help="Measured questions per endpoint.")] = 10,
     num_docs: Annotated[int, typer.Option(help="Documents in the store.")] = 64,
+    torch_threads: Annotated[int, typer.Option(help="torch threads per replica (serve/config.yaml: 1)")] = 1,
 ) -> None:
     from transformers import AutoTokenizer
 
@@ -84,10 +85,11 @@ def main(
         tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(BACKBONE))
         url = start_serve()
         try:
-            print(f"SmolLM2-135M, k=5 docs x 256 tokens, compression rate 32, {questions} questions, medians")
-            deploy(url, "clara", checkpoint=checkpoint, store=store, reader="compressed")
+            print(f"SmolLM2-135M, k=5 docs x 256 tokens, compression rate 32, {questions} questions, medians, "
+                  f"{torch_threads} torch thread(s) per replica")
+            deploy(url, "clara", torch_threads, checkpoint=checkpoint, store=store, reader="compressed")
             clara = _report("clara (compressed)", measure(url, asked, tokenizer, stream=True))
-            deploy(url, "text_rag", checkpoint=checkpoint, store=store, reader="text")
+            deploy(url, "text_rag", torch_threads, checkpoint=checkpoint, store=store, reader="text")
             text = _report("text-RAG", measure(url, asked, tokenizer, stream=False))
         finally:
             stop_serve()

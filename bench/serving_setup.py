@@ -74,7 +74,7 @@ DEPLOYMENTS = {"Retriever": {"ray_actor_options": {"num_cpus": 0.5}},
                "Generator": {"ray_actor_options": {"num_cpus": 1}}}
 
 
-def deploy(url: str, name: str, **settings) -> None:
+def deploy(url: str, name: str, torch_threads: int = 2, **settings) -> None:
     """Run the application under `name` at /, replacing any previous one, and wait until ready."""
     from ray import serve
 
@@ -83,7 +83,7 @@ def deploy(url: str, name: str, **settings) -> None:
 
     for app in list(serve.status().applications):
         serve.delete(app)
-    serve.run(bind_app(ServeSettings.model_validate(dict(settings, torch_threads=2)), DEPLOYMENTS), name=name, route_prefix="/")
+    serve.run(bind_app(ServeSettings.model_validate(dict(settings, torch_threads=torch_threads)), DEPLOYMENTS), name=name, route_prefix="/")
     deadline = time.time() + 300
     while time.time() < deadline:
         try:
