@@ -136,7 +136,8 @@ def read_corpus(corpus: str | Path, min_blocks: int | None = None):
     if jsonl:
         # read as text lines: records may carry arbitrary extra fields that Arrow's JSON schema
         # inference would choke on, and we want errors that quote the offending line
-        parts.append(ray.data.read_text(jsonl, include_paths=True, override_num_blocks=min_blocks).map_batches(_parse_jsonl_lines, batch_format="numpy"))
+        parts.append(ray.data.read_text(jsonl, include_paths=True, override_num_blocks=min_blocks)
+                     .map_batches(_parse_jsonl_lines, batch_format="numpy"))
     if parquet:
         parts.append(ray.data.read_parquet(parquet, include_paths=True, override_num_blocks=min_blocks)
                      .map_batches(_normalise_parquet_rows, batch_format="numpy"))

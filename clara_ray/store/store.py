@@ -65,13 +65,14 @@ class ShardSet:
             out[positions] = self.arrays[shard][local]
         return out
 
-    def metadata(self, rows: np.ndarray, column: str) -> list:
-        """One metadata column's values for global rows (all valid), in the order of `rows`."""
-        out: list = [None] * len(rows)
+    def metadata(self, rows: np.ndarray, columns: tuple[str, ...]) -> dict[str, list]:
+        """The named metadata columns' values for global rows (all valid), in the order of `rows`."""
+        out: dict[str, list] = {name: [None] * len(rows) for name in columns}
         for shard, positions, local in self._by_shard(rows):
-            values = self.tables[shard].column(column).take(pa.array(local)).to_pylist()
-            for position, value in zip(positions.tolist(), values):
-                out[position] = value
+            taken = self.tables[shard].select(list(columns)).take(pa.array(local)).to_pydict()
+            for name in columns:
+                for position, value in zip(positions.tolist(), taken[name]):
+                    out[name][position] = value
         return out
 
     def column(self, name: str) -> list:
@@ -144,9 +145,9 @@ class CompressedStore:
         num_q, k = rows.shape
         valid = rows >= 0
         columns = {}
-        for name in ("id", "text", "source", "chunk"):
+        for name, values in self.shards.metadata(rows[valid], ("id", "text", "source", "chunk")).items():
             grid = np.full((num_q, k), None, dtype=object)
-            grid[valid] = self.shards.metadata(rows[valid], name)
+            grid[valid] = values
             columns[name] = grid
         vectors = np.zeros((num_q, k, *self.shards.shape), dtype=np.float16)
         vectors[valid] = self.shards.gather(rows[valid])
