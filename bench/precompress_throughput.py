@@ -62,6 +62,7 @@ def main(
         # first-batch warm-up too, as the job's actor does.
         start = time.perf_counter()
         model = CLaRa.from_pretrained(work / "ckpt", device="cpu").eval()
+        model.merge_adapter("compressor")  # as the job's actors do
         loaded = time.perf_counter()
         for lo in range(0, docs, batch_size):
             model.compress_documents(texts[lo:lo + batch_size])

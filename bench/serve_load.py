@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
-CLIENTS, NEW_TOKENS = 16, 16
+CLIENTS, NEW_TOKENS, WARMUP_ROUNDS = 16, 16, 2
 
 
 async def _run(url: str, questions: list[str], requests: int) -> tuple[float, list[float], dict[int, int]]:
@@ -71,7 +71,8 @@ def main(
             for label, batch in (("no batching", 1), ("batching", 16)):
                 deploy(url, f"clara_{batch}", checkpoint=checkpoint, store=store,
                        batch={"max_batch_size": batch, "batch_wait_timeout_s": 0.02})
-                asyncio.run(_run(url, questions, CLIENTS))  # warm-up
+                # Warm-up: a fresh replica's first batches pay one-off allocation for their shapes.
+                asyncio.run(_run(url, questions, WARMUP_ROUNDS * CLIENTS))
                 seconds, _, statuses = asyncio.run(_run(url, questions, throughput_requests))
                 rates[label] = throughput_requests / seconds
                 print(f"{label:12s} {rates[label]:.2f} req/s  ({throughput_requests} requests, statuses {statuses})")

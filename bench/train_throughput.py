@@ -1,9 +1,13 @@
 """Training throughput: Ray Train + DeepSpeed vs a plain single-process PyTorch loop.
 
-    python -m bench.train_throughput [--backbone smollm2-135m] [--steps 12] [--global-batch 4]
+    python -m bench.train_throughput [--backbone smollm2-135m] [--steps 12] [--micro-batch 2]
 
-Same model, data (bundled stage-1 sample), global batch and number of optimizer steps in every
-arm; each arm's time covers its training steps only (model loading and Ray start-up excluded).
+Same model, data (bundled stage-1 sample), global batch (2 x micro batch) and number of optimizer
+steps in every arm, and the same micro batch per forward pass: the plain loop and 1 worker
+accumulate gradients over 2 micro batches, 2 workers run one each. (Halving the micro batch
+instead would mix a second effect into the 2-worker figure: on CPU a forward over fewer samples
+costs more per sample.) Each arm's time covers its training steps only (model loading and Ray
+start-up excluded).
 The first step is reported apart: in the Ray arm it also starts the Ray Data stream, a one-off
 cost; the per-sample comparison is over steps 2..N.
 Targets (issue 3): Ray Train + DeepSpeed on 1 worker at most 15% slower per sample than the
@@ -22,14 +26,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "data" / "pretrain_data.jsonl"
 CONFIG = REPO / "configs" / "train" / "cpu" / "compress_pretrain.yaml"
+ACCUMULATION = 2  # micro batches per optimizer step on one worker (the 2-worker arm: 1 each)
 
 
 def _model_fields(backbone: str) -> dict:
     return {"backbone": backbone, "compression_rate": 16, "doc_max_length": 64, "dtype": "float32"}
 
 
-def plain_loop_seconds(backbone: str, steps: int, global_batch: int, threads: int) -> tuple[float, float]:
-    """A bare PyTorch loop: AdamW on the trainable parameters, no Ray, no DeepSpeed.
+def plain_loop_seconds(backbone: str, steps: int, micro_batch: int, threads: int) -> tuple[float, float]:
+    """A bare PyTorch loop: AdamW on the trainable parameters, no Ray, no DeepSpeed; each step
+    accumulates gradients over ACCUMULATION micro batches, as one DeepSpeed worker does.
     Returns (seconds for all steps, seconds for the first)."""
     import torch
 
@@ -46,8 +52,9 @@ def plain_loop_seconds(backbone: str, steps: int, global_batch: int, threads: in
     model.train()
     began = first = time.perf_counter()
     for step in range(steps):
-        loss = model([next(records) for _ in range(global_batch)], "compress_pretrain").loss
-        loss.backward()
+        for _ in range(ACCUMULATION):
+            loss = model([next(records) for _ in range(micro_batch)], "compress_pretrain").loss
+            (loss / ACCUMULATION).backward()  # DeepSpeed scales by its accumulation steps too
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -62,18 +69,20 @@ def steady_seconds_per_step(run: tuple[float, float], steps: int) -> float:
     return (seconds - first) / (steps - 1)
 
 
-def two_plain_loops_at_once(backbone: str, steps: int, global_batch: int) -> list[tuple[float, float]]:
+def two_plain_loops_at_once(backbone: str, steps: int, micro_batch: int) -> list[tuple[float, float]]:
     """Two independent plain loops running at the same time, one per core: what the machine
     allows two workers before any communication (shared memory bandwidth and caches, Ray's own
     processes aside)."""
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(2) as pool:
-        return pool.starmap(plain_loop_seconds, [(backbone, steps, global_batch, 1)] * 2)
+        return pool.starmap(plain_loop_seconds, [(backbone, steps, micro_batch, 1)] * 2)
 
 
-def ray_seconds(backbone: str, steps: int, global_batch: int, workers: int, storage: Path) -> tuple[float, float]:
-    """Ray Train + DeepSpeed ZeRO-2 (the project's trainer); the loop's own (all steps, first step) time."""
+def ray_seconds(backbone: str, steps: int, micro_batch: int, workers: int, storage: Path,
+                zero_stage: int | None = None) -> tuple[float, float]:
+    """Ray Train + DeepSpeed (the project's trainer, ZeRO stage from the CPU config unless given);
+    the loop's own (all steps, first step) time."""
     import json
 
     from clara_ray.config import load_config
@@ -83,9 +92,10 @@ def ray_seconds(backbone: str, steps: int, global_batch: int, workers: int, stor
     cfg = load_config(TrainConfig, CONFIG, [
         f"model={json.dumps(_model_fields(backbone))}", f"data.paths=[{DATA}]",
         f"max_steps={steps}", f"checkpoint.every_steps={steps}", f"run.log_every={steps}",
-        f"batch.global_size={global_batch}", f"batch.micro_size={global_batch // workers}",
+        f"batch.global_size={micro_batch * ACCUMULATION}", f"batch.micro_size={micro_batch}",
         f"resources.num_workers={workers}", "data.shuffle_buffer=0",
         f"run.storage_path={storage}", f"run.name=bench-{workers}w",
+        *([f"deepspeed.zero_stage={zero_stage}"] if zero_stage is not None else []),
     ])
     metrics = train_stage(cfg).final_metrics
     return float(metrics["train_seconds"]), float(metrics["first_step_seconds"])
@@ -95,7 +105,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="smollm2-135m")
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--global-batch", type=int, default=4)
+    parser.add_argument("--micro-batch", type=int, default=2, help=f"samples per forward pass; "
+                        f"global batch = {ACCUMULATION} x this in every arm")
+    parser.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=None,
+                        help="DeepSpeed ZeRO stage of the Ray arms (default: the CPU config's)")
     args = parser.parse_args()
     if args.steps < 2:
         parser.error("--steps must be at least 2 (the first step is reported apart)")
@@ -104,25 +117,27 @@ def main() -> None:
         os.environ.setdefault(name, value)
     import ray
 
-    samples = args.steps * args.global_batch
+    global_batch = args.micro_batch * ACCUMULATION
+    samples = args.steps * global_batch
     # One thread for the plain loop: a Ray Train worker with 1 CPU runs torch on one thread too.
-    plain = plain_loop_seconds(args.backbone, args.steps, args.global_batch, threads=1)
-    pair = two_plain_loops_at_once(args.backbone, args.steps, args.global_batch)
+    plain = plain_loop_seconds(args.backbone, args.steps, args.micro_batch, threads=1)
+    pair = two_plain_loops_at_once(args.backbone, args.steps, args.micro_batch)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory(prefix="clara-bench-") as storage:
-            one = ray_seconds(args.backbone, args.steps, args.global_batch, 1, Path(storage))
-            two = ray_seconds(args.backbone, args.steps, args.global_batch, 2, Path(storage))
+            one = ray_seconds(args.backbone, args.steps, args.micro_batch, 1, Path(storage), args.zero_stage)
+            two = ray_seconds(args.backbone, args.steps, args.micro_batch, 2, Path(storage), args.zero_stage)
     finally:
         ray.shutdown()
-    print(f"\ntrain throughput: {args.backbone}, {args.steps} steps x global batch {args.global_batch}, "
-          f"{os.cpu_count()} CPUs")
+    print(f"\ntrain throughput: {args.backbone}, {args.steps} steps x global batch {global_batch} "
+          f"(micro batch {args.micro_batch}), "
+          f"{os.cpu_count()} CPUs, ZeRO stage {'of the CPU config' if args.zero_stage is None else args.zero_stage}")
     arms = (("plain PyTorch loop (1 thread)", plain), ("Ray Train + DeepSpeed, 1 worker", one),
             ("Ray Train + DeepSpeed, 2 workers", two))
     for label, (seconds, first) in arms:
         steady = steady_seconds_per_step((seconds, first), args.steps)
         print(f"  {label:34s} all steps {seconds:7.2f}s ({samples / seconds:5.2f} samples/s) | first step {first:5.2f}s"
-              f" | steps 2..{args.steps}: {args.global_batch / steady:5.2f} samples/s")
+              f" | steps 2..{args.steps}: {global_batch / steady:5.2f} samples/s")
     plain_s, one_s, two_s = (steady_seconds_per_step(run, args.steps) for _, run in arms)
     print(f"  overhead of Ray+DeepSpeed (1 worker) vs plain, per sample, steps 2..N: {one_s / plain_s - 1:+.1%} "
           f"(target <= +15%); all steps: {one[0] / plain[0] - 1:+.1%}")

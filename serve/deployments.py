@@ -25,7 +25,7 @@ def _apply_batch_settings(handler, settings: ServeSettings) -> None:
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
 class Retriever:
     def __init__(self, settings: ServeSettings):
-        self.model = load_model(settings)
+        self.model = load_model(settings, adapter="query_reasoner")
         self.store = open_store(settings)
         _apply_batch_settings(self.search, settings)
 
@@ -55,7 +55,7 @@ class Generator:
     def __init__(self, settings: ServeSettings):
         from serve.backends import make_backend
 
-        self.backend = make_backend(settings, load_model(settings))
+        self.backend = make_backend(settings, load_model(settings, adapter="generator"))
         # One model call at a time: batches and streams share the adapter state and the cores.
         self.lock = asyncio.Lock()
         _apply_batch_settings(self.generate, settings)

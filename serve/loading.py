@@ -4,7 +4,8 @@ from __future__ import annotations
 from serve.settings import ServeSettings
 
 
-def load_model(settings: ServeSettings):
+def load_model(settings: ServeSettings, adapter: str):
+    """The checkpoint with `adapter`, the only one this replica runs, merged into the weights."""
     import torch
 
     from clara_ray import CLaRa
@@ -12,7 +13,8 @@ def load_model(settings: ServeSettings):
     torch.set_num_threads(settings.torch_threads)
     overrides = {"dtype": settings.dtype} if settings.dtype else {}
     model = CLaRa.from_pretrained(settings.checkpoint, device=settings.device, **overrides)
-    model.eval()  # LoRA dropout off for every path, including the streamed one
+    model.eval()
+    model.merge_adapter(adapter)
     return model
 
 

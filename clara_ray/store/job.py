@@ -166,6 +166,7 @@ class Compressor:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.model = CLaRa.from_pretrained(checkpoint, device=device)
+        self.model.merge_adapter("compressor")  # the only adapter an actor runs
 
     def __call__(self, batch: dict) -> dict:
         vectors = self.model.compress_documents(list(batch["text"]))

@@ -47,9 +47,8 @@ def export_generator(checkpoint: str, target: Path) -> Path:
     from clara_ray.backbones import resolve_backbone
 
     model = CLaRa.from_pretrained(checkpoint, device="cpu")
-    peft_model = model.backbone
-    peft_model.set_adapter("generator")
-    language_model = peft_model.merge_and_unload(adapter_names=["generator"])
+    model.merge_adapter("generator")
+    language_model = model.language_model
     # Memory/special-token rows are only ever fed as embeddings: export the original table.
     language_model.set_input_embeddings(language_model.get_input_embeddings().base)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -161,3 +161,33 @@ def test_every_saved_adapter_loads_and_missing_ones_are_marked_untrained(tiny_mo
 def test_from_pretrained_rejects_a_non_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a CLaRa checkpoint"):
         CLaRa.from_pretrained(tmp_path)
+
+
+def test_merged_adapter_computes_what_the_lora_layers_did_and_pins_the_model(tiny_model, tmp_path):
+    model = copy.deepcopy(tiny_model)
+    randomise_adapters(model, seed=2)
+    model.mark_trained("end_to_end")
+    model.eval()
+    docs = ["The Eiffel tower is in Paris.", "Water boils at 100 degrees."]
+    queries = model.encode_queries(docs)
+    compressed = model.compress_documents(docs).unsqueeze(0)
+    answer = model.generate_from_compressed_documents_and_questions(["Where?"], compressed, max_new_tokens=6)
+
+    retriever, generator = copy.deepcopy(model), copy.deepcopy(model)
+    retriever.merge_adapter("query_reasoner")
+    generator.merge_adapter("generator")
+    assert not any("lora_" in n for n, _ in retriever.named_parameters())  # LoRA layers are gone
+    torch.testing.assert_close(retriever.encode_queries(docs), queries, rtol=1e-4, atol=1e-5)
+    assert generator.generate_from_compressed_documents_and_questions(
+        ["Where?"], compressed, max_new_tokens=6) == answer
+    # the merged weights are the query reasoner's, not the generator's or the bare backbone's
+    assert not torch.allclose(generator._encode(docs, "generator"), queries, atol=1e-3)
+
+    with pytest.raises(RuntimeError, match="'query_reasoner' adapter merged"):
+        retriever.compress_documents(docs)
+    with pytest.raises(RuntimeError, match="cannot run the bare backbone"):
+        with generator.adapter(None):
+            pass
+    with pytest.raises(RuntimeError, match="cannot save"):
+        generator.save_pretrained(tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
