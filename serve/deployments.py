@@ -2,7 +2,8 @@
 
 Both batch concurrent requests with `@serve.batch`; the batch size comes from the settings
 (`batch.max_batch_size: 1` turns batching off, which the load benchmark compares against).
-Model calls run in a worker thread so the replica keeps accepting (and batching) requests.
+Batches that queue up while the model is busy are merged into its next call (serve/coalesce.py);
+model calls run in a worker thread so the replica keeps accepting (and batching) requests.
 """
 from __future__ import annotations
 
@@ -12,22 +13,29 @@ from typing import AsyncIterator
 import numpy as np
 from ray import serve
 
+from serve.coalesce import BatchCoalescer
 from serve.loading import load_model, open_store
 from serve.retrieved import Retrieved
 from serve.settings import ServeSettings
 
 
-def _apply_batch_settings(handler, settings: ServeSettings) -> None:
+# Every formed batch may wait in the coalescer (which bounds the model call), hence as many
+# concurrent batches as a full model call has items, and room for that many requests.
+MAX_BATCH, MAX_ONGOING = 16, 256
+
+
+def _batched_calls(handler, call, settings: ServeSettings) -> BatchCoalescer:
     handler.set_max_batch_size(settings.batch.max_batch_size)
     handler.set_batch_wait_timeout_s(settings.batch.batch_wait_timeout_s)
+    return BatchCoalescer(call, max_items=settings.batch.max_batch_size)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=MAX_ONGOING)
 class Retriever:
     def __init__(self, settings: ServeSettings):
         self.model = load_model(settings, adapter="query_reasoner")
         self.store = open_store(settings)
-        _apply_batch_settings(self.search, settings)
+        self.calls = _batched_calls(self.search, self._search, settings)
 
     def _search(self, requests: list[tuple[str, int]]) -> list[Retrieved]:
         import torch
@@ -45,20 +53,18 @@ class Retriever:
                 vectors=np.ascontiguousarray(vectors[i, keep], dtype=np.float16)))
         return out
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.01, max_concurrent_batches=MAX_BATCH)
     async def search(self, requests: list[tuple[str, int]]) -> list[Retrieved]:
-        return await asyncio.to_thread(self._search, requests)
+        return await self.calls(requests)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=MAX_ONGOING)
 class Generator:
     def __init__(self, settings: ServeSettings):
         from serve.backends import make_backend
 
         self.backend = make_backend(settings, load_model(settings, adapter="generator"))
-        # One model call at a time: batches and streams share the adapter state and the cores.
-        self.lock = asyncio.Lock()
-        _apply_batch_settings(self.generate, settings)
+        self.calls = _batched_calls(self.generate, self._generate, settings)
 
     def _generate(self, requests: list[tuple[str, Retrieved, int]]) -> list[str]:
         answers: list[str | None] = [None] * len(requests)
@@ -70,13 +76,13 @@ class Generator:
                 answers[i] = answer
         return answers
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.01, max_concurrent_batches=MAX_BATCH)
     async def generate(self, requests: list[tuple[str, Retrieved, int]]) -> list[str]:
-        async with self.lock:
-            return await asyncio.to_thread(self._generate, requests)
+        return await self.calls(requests)
 
     async def stream(self, question: str, retrieved: Retrieved, max_new_tokens: int) -> AsyncIterator[str]:
-        async with self.lock:
+        # One model call at a time: a stream and the batches share the cores.
+        async with self.calls.lock:
             pieces = self.backend.stream(question, retrieved, max_new_tokens)
             while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
                 yield piece
