@@ -154,7 +154,7 @@ class CLaRa(nn.Module):
 
         For processes that only ever run one adapter (a serving replica, an export): the forward
         pass then costs what the bare backbone costs, without peft's per-layer LoRA work (about a
-        quarter of a CPU decode step on SmolLM2). Irreversible: the other adapters are gone, and
+        third of a CPU decode step on SmolLM2). Irreversible: the other adapters are gone, and
         asking for one of them (or saving the model) raises.
         """
         self.use_adapter(name)
