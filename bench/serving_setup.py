@@ -74,7 +74,7 @@ DEPLOYMENTS = {"Retriever": {"ray_actor_options": {"num_cpus": 0.5}},
                "Generator": {"ray_actor_options": {"num_cpus": 1}}}
 
 
-def deploy(url: str, name: str, torch_threads: int = 2, **settings) -> None:
+def deploy(url: str, name: str, torch_threads: int, **settings) -> None:
     """Run the application under `name` at /, replacing any previous one, and wait until ready."""
     from ray import serve
 
