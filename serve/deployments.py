@@ -53,7 +53,7 @@ class Retriever:
                 vectors=np.ascontiguousarray(vectors[i, keep], dtype=np.float16)))
         return out
 
-    @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.01, max_concurrent_batches=MAX_BATCH)
+    @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.0, max_concurrent_batches=MAX_BATCH)
     async def search(self, requests: list[tuple[str, int]]) -> list[Retrieved]:
         return await self.calls(requests)
 
@@ -76,7 +76,7 @@ class Generator:
                 answers[i] = answer
         return answers
 
-    @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.01, max_concurrent_batches=MAX_BATCH)
+    @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.0, max_concurrent_batches=MAX_BATCH)
     async def generate(self, requests: list[tuple[str, Retrieved, int]]) -> list[str]:
         return await self.calls(requests)
 

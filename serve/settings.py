@@ -23,7 +23,9 @@ class BatchSettings(BaseModel):
     """`@serve.batch` parameters of the model calls; max_batch_size 1 disables batching."""
     model_config = ConfigDict(extra="forbid")
     max_batch_size: int = Field(16, ge=1)
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    # No wait: requests that arrive while the model is busy are merged into its next call anyway
+    # (serve/coalesce.py), so waiting would only add latency to a lone request.
+    batch_wait_timeout_s: float = Field(0.0, ge=0)
 
 
 class VllmSettings(BaseModel):

@@ -27,6 +27,7 @@ from clara_ray.data.records import CompressPretrainRecord, EndToEndRecord, Instr
 from clara_ray.model import prompts
 from clara_ray.model.configuration import ADAPTERS, CLaRaConfig
 from clara_ray.model.embeddings import ExtendedEmbedding
+from clara_ray.model.prompt_head import PromptHeadCache, shared_head
 from clara_ray.model.topk import cosine_scores, straight_through_topk
 
 CONFIG_FILE = "clara_config.json"
@@ -71,6 +72,7 @@ class CLaRa(nn.Module):
         self._rng = random.Random(0)
         self._active: str | None = None
         self._merged: str | None = None  # the adapter folded into the weights, see merge_adapter
+        self._head_cache: PromptHeadCache | None = None  # see cache_prompt_head
         self.use_adapter("generator")
 
     @classmethod
@@ -161,6 +163,16 @@ class CLaRa(nn.Module):
         self.backbone.base_model.merge_and_unload(adapter_names=[name])
         self._lora_layers = []
         self._merged = name
+
+    def cache_prompt_head(self) -> None:
+        """Compute the attention cache of the head all answer prompts share, once, and start
+        every later answer generation after it (see prompt_head.py). Only for a merged generator:
+        with trainable weights the cached keys and values would go stale."""
+        if self._merged != "generator":
+            raise RuntimeError("cache_prompt_head needs merge_adapter('generator') first")
+        samples = [prompts.answer_turn([self._slot()], "Which one?"), prompts.answer_turn(["Some text."] * 2, "Why?")]
+        head = shared_head([self._prompt_ids(system, user) for system, user in samples])
+        self._head_cache = PromptHeadCache(self.language_model, head, self.device)
 
     def _check_not_merged(self, name: str | None) -> None:
         if self._merged is not None and name != self._merged:
@@ -301,10 +313,14 @@ class CLaRa(nn.Module):
     def _answer_turns(self, questions: Sequence[str], num_docs: Sequence[int]) -> list[tuple[str, str]]:
         return [prompts.answer_turn([self._slot()] * k, q) for q, k in zip(questions, num_docs)]
 
+    def _compressed_prompts(self, questions: Sequence[str], compressed) -> tuple[_Batch, torch.Tensor]:
+        batch = self._generator_batch(self._answer_turns(questions, [len(c) for c in compressed]), None)
+        return batch, self._scatter_memory(batch, compressed)
+
     def generator_inputs(self, questions: Sequence[str], compressed) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded (inputs_embeds, attention_mask) for answering from compressed documents."""
-        batch = self._generator_batch(self._answer_turns(questions, [len(c) for c in compressed]), None)
-        return self._scatter_memory(batch, compressed), batch.attention_mask
+        batch, embeds = self._compressed_prompts(questions, compressed)
+        return embeds, batch.attention_mask
 
     def _generator_ce(self, turns, targets, compressed) -> tuple[torch.Tensor, int]:
         batch = self._generator_batch(turns, targets)
@@ -393,29 +409,45 @@ class CLaRa(nn.Module):
         with self._inference():
             return self._encode(list(questions), "query_reasoner")
 
-    def _decode(self, batch_or_embeds, attention_mask, max_new_tokens: int) -> list[str]:
-        if "generator" not in self.config.trained:
+    def _generate_ids(self, batch: _Batch, max_new_tokens: int, embeds: torch.Tensor | None = None,
+                      adapter: str | None = "generator", streamer=None) -> torch.Tensor:
+        """Greedy new-token ids (B, T) after the left-padded prompts of `batch` (read as
+        `embeds` when given: the prompts with memory vectors scattered in)."""
+        if adapter == "generator" and "generator" not in self.config.trained:
             warnings.warn("generating with an untrained generator adapter (no stage has trained it)", stacklevel=3)
-        with self.adapter("generator"):
+        inputs = {"attention_mask": batch.attention_mask}
+        inputs |= {"input_ids": batch.input_ids} if embeds is None else {"inputs_embeds": embeds}
+        if self._head_cache is not None:
+            inputs = self._head_cache.arrange(batch.input_ids, inputs) or inputs
+        with self.adapter(adapter):
             out = self.language_model.generate(
-                inputs_embeds=batch_or_embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                do_sample=False, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-            )
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+        # generate() returns the prompt ids too when it was given ids, only new ones for embeddings.
+        return out if embeds is not None else out[:, batch.input_ids.shape[1]:]
+
+    def _texts(self, ids: torch.Tensor) -> list[str]:
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def generate_ids_from_compressed(self, questions: Sequence[str], compressed, max_new_tokens: int = 64,
+                                     streamer=None) -> torch.Tensor:
+        """Greedy new-token ids (B, T); compressed: (B, k, n, hidden) or a list of (k_i, n, hidden).
+        A transformers streamer receives the tokens as they are decoded."""
+        with self._inference():
+            batch, embeds = self._compressed_prompts(questions, compressed)
+            return self._generate_ids(batch, max_new_tokens, embeds, streamer=streamer)
 
     def generate_from_compressed_documents_and_questions(
         self, questions: Sequence[str], compressed, max_new_tokens: int = 64
     ) -> list[str]:
         """compressed: (B, k, n, hidden) or a list of (k_i, n, hidden)."""
-        with self._inference():
-            embeds, mask = self.generator_inputs(questions, compressed)
-            return self._decode(embeds, mask, max_new_tokens)
+        return self._texts(self.generate_ids_from_compressed(questions, compressed, max_new_tokens))
 
     def generate_from_paraphrase(self, documents: Sequence[str], max_new_tokens: int = 64) -> list[str]:
         with self._inference():
             compressed = self._encode(list(documents), "compressor").unsqueeze(1)
             batch = self._generator_batch([prompts.paraphrase_turn(self._slot()) for _ in documents], None)
-            return self._decode(self._scatter_memory(batch, compressed), batch.attention_mask, max_new_tokens)
+            return self._texts(self._generate_ids(batch, max_new_tokens, self._scatter_memory(batch, compressed)))
 
     def generate_from_text(self, questions: Sequence[str], documents: Sequence[Sequence[str]],
                            max_new_tokens: int = 64, adapter: str | None = "generator") -> list[str]:
@@ -423,13 +455,7 @@ class CLaRa(nn.Module):
         with self._inference():
             batch = self._generator_batch(
                 [prompts.answer_turn(list(docs), q) for q, docs in zip(questions, documents)], None)
-            with self.adapter(adapter):
-                out = self.language_model.generate(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
-                    do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
-                    eos_token_id=self.tokenizer.eos_token_id)
-            new_tokens = out[:, batch.input_ids.shape[1]:]
-            return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            return self._texts(self._generate_ids(batch, max_new_tokens, adapter=adapter))
 
     def generate_from_questions(self, questions: Sequence[str], documents: Sequence[Sequence[str]],
                                 max_new_tokens: int = 64) -> tuple[list[str], list[list[int]]]:
@@ -441,8 +467,8 @@ class CLaRa(nn.Module):
             scores = cosine_scores(queries.flatten(1), candidates.flatten(2)).masked_fill(~valid, float("-inf"))
             topk = scores.topk(k, dim=-1).indices
             selected = candidates[torch.arange(len(questions), device=self.device).unsqueeze(1), topk]
-            embeds, mask = self.generator_inputs(questions, selected)
-            return self._decode(embeds, mask, max_new_tokens), topk.tolist()
+            batch, embeds = self._compressed_prompts(questions, selected)
+            return self._texts(self._generate_ids(batch, max_new_tokens, embeds)), topk.tolist()
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, path: str | Path) -> None:

@@ -1,6 +1,7 @@
 """The hf and vllm generator backends give the same greedy tokens on the same compressed inputs."""
 from __future__ import annotations
 
+import copy
 import subprocess
 from pathlib import Path
 
@@ -35,6 +36,15 @@ def trained_like_checkpoint(tmp_path_factory, tiny_config):
     return model, str(path)
 
 
+def _hf_backend(model):
+    """The hf backend as a Generator replica runs it: on its own copy, generator merged."""
+    from serve.backends.hf import HFBackend
+
+    served = copy.deepcopy(model)
+    served.merge_adapter("generator")
+    return HFBackend(served, "compressed")
+
+
 def _retrieved(model, docs):
     from serve.retrieved import Retrieved
 
@@ -48,7 +58,6 @@ def test_vllm_matches_hf_greedy_tokens(trained_like_checkpoint, tmp_path):
     reason = _vllm_missing()
     if reason:
         pytest.skip(reason)
-    from serve.backends.hf import HFBackend
     from serve.backends.vllm import VllmBackend
     from serve.settings import ServeSettings
 
@@ -59,7 +68,7 @@ def test_vllm_matches_hf_greedy_tokens(trained_like_checkpoint, tmp_path):
     settings = ServeSettings(checkpoint=checkpoint, store=str(tmp_path / "unused"), backend="vllm",
                              vllm={"kv_cache_memory_bytes": 128 << 20, "max_model_len": 512,
                                    "export_dir": str(tmp_path / "export")})
-    hf = HFBackend(model, "compressed")
+    hf = _hf_backend(model)
     vllm = VllmBackend(model, settings)
     try:
         # One question per call: no left padding on the hf side, exactly the vLLM prompts.
@@ -85,10 +94,27 @@ def test_vllm_backend_refuses_the_text_reader(trained_like_checkpoint, tmp_path)
 
 
 def test_hf_stream_pieces_join_to_the_answer(trained_like_checkpoint):
-    from serve.backends.hf import HFBackend
-
     model, _ = trained_like_checkpoint
     docs = _retrieved(model, ["Oxygen has atomic number 8."])
-    hf = HFBackend(model, "compressed")
+    hf = _hf_backend(model)
     pieces = list(hf.stream("What is oxygen's atomic number?", docs, 10))
     assert "".join(pieces).strip() == hf.generate(["What is oxygen's atomic number?"], [docs], 10)[0]
+
+
+def test_token_streamer_yields_each_token_and_holds_back_a_split_character(tiny_model):
+    from serve.backends.hf import TokenStreamer
+
+    tokenizer = tiny_model.tokenizer
+    text = "Paris, 🙂 then Rome"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    streamer = TokenStreamer(tokenizer, skip_prompt=True)
+    streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt: skipped
+    pieces = []
+    for token in ids:
+        streamer.put(torch.tensor([token]))
+        while not streamer.text_queue.empty():
+            pieces.append(streamer.text_queue.get_nowait())
+    streamer.end()
+    assert pieces[0] == tokenizer.decode(ids[:1])  # the first token, before its word is complete
+    assert not any("\ufffd" in p for p in pieces)  # the emoji's bytes come over several tokens
+    assert "".join(pieces) == text
