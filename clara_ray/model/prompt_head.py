@@ -1,7 +1,7 @@
 """Reuse the attention cache of the prompt head every answer prompt starts with.
 
 Every answer prompt opens with the same tokens (chat template, system turn, "Background:"), 23 of
-the ~100 a CLaRa prompt has with k=5 documents. A serving replica computes their keys/values once
+the ~90 a CLaRa prompt has with k=5 documents. A serving replica computes their keys/values once
 and starts each generation after them. Rows come left-padded as [pads][head][rest]; they are
 rearranged to [head][pads][rest], which the attention mask and the mask-derived positions make
 equivalent: the answer is the same, only the head's forward pass is skipped.

@@ -31,4 +31,3 @@ def test_bad_override_names_the_field():
         load_serve_config(DEFAULT_CONFIG, ["limits.max_top_k=0"])
     with pytest.raises(ConfigError, match="not found"):
         load_serve_config(DEFAULT_CONFIG.with_name("missing.yaml"), [])
-
