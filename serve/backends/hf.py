@@ -34,7 +34,7 @@ class HFBackend:
         if reader == "compressed":
             # Not for text prompts: after a cached head, a 1,340-token prefill takes SDPA's
             # explicit-mask path, which costs more than the head saves (3.5 s -> 4.4 s measured);
-            # a ~100-token compressed prompt gains (0.23 s -> 0.20 s for its first token).
+            # a ~90-token compressed prompt gains (0.23 s -> 0.20 s for its first token).
             model.cache_prompt_head()
 
     def _compressed(self, retrieved: list[Retrieved]) -> list[torch.Tensor]:
