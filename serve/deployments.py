@@ -13,6 +13,7 @@ from typing import AsyncIterator
 import numpy as np
 from ray import serve
 
+from clara_ray.threads import apply_torch_threads
 from serve.coalesce import BatchCoalescer
 from serve.loading import load_model, open_store
 from serve.retrieved import Retrieved
@@ -40,6 +41,7 @@ class Retriever:
     def _search(self, requests: list[tuple[str, int]]) -> list[Retrieved]:
         import torch
 
+        apply_torch_threads()  # model calls run in a worker thread (see clara_ray/threads.py)
         with torch.no_grad():
             queries = self.model.retrieval_vectors(self.model.encode_queries([q for q, _ in requests]))
         hits = self.store.search(queries.cpu().numpy().astype(np.float32), max(k for _, k in requests))
@@ -67,6 +69,7 @@ class Generator:
         self.calls = _batched_calls(self.generate, self._generate, settings)
 
     def _generate(self, requests: list[tuple[str, Retrieved, int]]) -> list[str]:
+        apply_torch_threads()  # model calls run in a worker thread (see clara_ray/threads.py)
         answers: list[str | None] = [None] * len(requests)
         # One generate() call per max_new_tokens value, so nobody decodes longer than asked.
         for budget in sorted({r[2] for r in requests}):

@@ -68,8 +68,7 @@ class EvalActor:
         from clara_ray.evaluation.harness import Evaluator
 
         cfg = EvalConfig.model_validate_json(config_json)
-        if cfg.ray.torch_threads:
-            torch.set_num_threads(cfg.ray.torch_threads)
+        self.torch_threads = cfg.ray.torch_threads or torch.get_num_threads()
         model = CLaRa.from_pretrained(cfg.checkpoint, device=cfg.device, **cfg.model_overrides)
         self.evaluator = Evaluator(model, cfg.harness, minilm_path=cfg.minilm_path)
         self.store, self.store_candidates = None, cfg.store_candidates
@@ -81,7 +80,9 @@ class EvalActor:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
         from clara_ray.evaluation.retrievers import store_candidates
+        from clara_ray.threads import apply_torch_threads
 
+        apply_torch_threads(self.torch_threads)  # Ray Data calls this in another thread than __init__
         questions = [EvalQuestion.model_validate_json(text) for text in batch["question"]]
         if self.store is not None:
             questions = store_candidates(self.evaluator.model, self.store, questions, self.store_candidates)

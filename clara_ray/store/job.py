@@ -19,6 +19,7 @@ from clara_ray.store.errors import StoreError
 from clara_ray.store.index import IndexConfig
 from clara_ray.store.manifest import CheckpointIdentity, checkpoint_fingerprint
 from clara_ray.store.shards import DocRecord
+from clara_ray.threads import apply_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +164,12 @@ class Compressor:
 
         from clara_ray import CLaRa
 
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
+        self.torch_threads = torch_threads or torch.get_num_threads()
         self.model = CLaRa.from_pretrained(checkpoint, device=device)
         self.model.merge_adapter("compressor")  # the only adapter an actor runs
 
     def __call__(self, batch: dict) -> dict:
+        apply_torch_threads(self.torch_threads)  # Ray Data calls this in another thread than __init__
         vectors = self.model.compress_documents(list(batch["text"]))
         return {**batch, "vectors": vectors.float().cpu().numpy().astype(np.float16)}
 

@@ -7,6 +7,7 @@ from typing import Iterator
 import torch
 from transformers import TextIteratorStreamer
 
+from clara_ray.threads import apply_torch_threads
 from serve.retrieved import Retrieved
 
 
@@ -63,6 +64,7 @@ class HFBackend:
 
         def run() -> None:
             try:
+                apply_torch_threads()  # this thread's own count, else one core (clara_ray/threads.py)
                 self.model.generate_ids_from_compressed([question], self._compressed([retrieved]), max_new_tokens,
                                                         streamer)
             except BaseException as exc:  # surfaced to the caller below, not lost in the thread
