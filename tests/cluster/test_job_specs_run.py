@@ -55,16 +55,36 @@ def test_every_stage_spec_succeeds_in_sequence_on_a_local_cluster(tmp_path):
 
     data = shared / "data"
     assert sum(1 for _ in (data / "pretrain_data.jsonl").open()) > 0
-    for stage in ("compress_pretrain", "instruct", "end_to_end"):
-        config = json.loads((shared / "models" / stage / "clara_config.json").read_text())
-        assert stage in config["trained"].values()
+    models = {stage: shared / "models" / stage for stage in ("compress_pretrain", "instruct", "end_to_end")}
+    for stage in models:
         summary = json.loads((shared / "runs" / stage / "summary.json").read_text())
         assert summary["stage"] == stage and summary["final_metrics"]["step"] == 2
+        assert summary["final_metrics"]["loss"] > 0
+    assert_stages_chained(models)
+    # stage 3 reports the batch Recall@k: the synthesised end-to-end records carry pos_index
+    summary = json.loads((shared / "runs" / "end_to_end" / "summary.json").read_text())
+    assert any(k.startswith("recall@") for k in summary["final_metrics"])
     store = CompressedStore.open(shared / "store", expect_checkpoint=shared / "models" / "end_to_end")
     assert len(store) == sum(1 for _ in (data / "raw_knowledge.jsonl").open())
     summary = json.loads((shared / "eval" / "end_to_end" / "summary.json").read_text())
     assert summary["num_questions"] == sum(1 for _ in (data / "end_to_end_data.jsonl").open())
     assert summary["generation"]["clara/normal"]["n"] == summary["num_questions"]
+
+
+def assert_stages_chained(models: dict[str, Path]) -> None:
+    """Each stage started from the previous stage's exported model, trained its adapters and froze the rest."""
+    trained = {stage: json.loads((d / "clara_config.json").read_text())["trained"] for stage, d in models.items()}
+    assert trained["compress_pretrain"] == {"compressor": "compress_pretrain", "generator": "compress_pretrain"}
+    assert trained["instruct"]["generator"] == "instruct"
+    assert trained["end_to_end"]["query_reasoner"] == "end_to_end"
+    assert trained["end_to_end"]["compressor"] == "instruct"
+
+    def adapter(stage: str, name: str) -> bytes:
+        return (models[stage] / "adapters" / f"{name}.safetensors").read_bytes()
+
+    assert adapter("compress_pretrain", "compressor") != adapter("instruct", "compressor")
+    assert adapter("instruct", "compressor") == adapter("end_to_end", "compressor")
+    assert adapter("instruct", "generator") != adapter("end_to_end", "generator")
 
 
 def run_in_sequence(api_url: str, variables: dict[str, str]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-STEPS = 40  # ~30 suffice on most runs; the margin absorbs thread-order nondeterminism
+STEPS = 25  # the loss is near 0.05 by step 12 on 20-word paragraphs; the margin absorbs thread-order nondeterminism
 SQUAD = Path(__file__).resolve().parents[2].parent / "shared/data/squad/squad-v1.1-dev-part-a.json"
 
 
@@ -41,7 +41,7 @@ def test_longest_common_run():
 
 @pytest.fixture(scope="module")
 def trained():
-    """Stage 1 (paraphrase targets) on 4 SQuAD paragraphs, one per article, for 40 steps: the
+    """Stage 1 (paraphrase targets) on 4 SQuAD paragraphs, one per article, for 25 steps: the
     compressor and generator adapters and the memory-token rows train together, as in the paper.
     The prompt is the same for every paragraph, so which paragraph to write can only come
     from the memory tokens."""
@@ -49,7 +49,7 @@ def trained():
     from clara_ray.data.records import parse_record
 
     torch.manual_seed(0)
-    docs = squad_paragraphs(count=4, words=30)
+    docs = squad_paragraphs(count=4, words=20)
     records = [parse_record({"data_type": "paraphrase", "answers": [d], "docs": [d]}, "compress_pretrain")
                for d in docs]
     model = CLaRa.from_config(CLaRaConfig(backbone="smollm2-135m", compression_rate=4, doc_max_length=64,
@@ -65,6 +65,7 @@ def trained():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         losses.append(out.ce.item())
+    model.mark_trained("compress_pretrain")
     model.eval()
     return model, docs, losses
 
@@ -95,11 +96,11 @@ def test_each_paragraph_is_best_explained_by_its_own_memory_tokens(trained):
 @pytest.mark.slow
 def test_generate_from_paraphrase_writes_the_compressed_paragraph(trained):
     """Greedy decoding from a trained paragraph's memory tokens reproduces >= 5 consecutive words
-    of it, more than of any other paragraph. Asked of half the paragraphs, not all: after 40
+    of it, more than of any other paragraph. Asked of half the paragraphs, not all: after 25
     steps on 4 paragraphs the generator has memorised them, and in some runs (thread-order
     nondeterminism decides which) two paragraphs' memories steer it to the same one."""
     model, docs, _ = trained
-    generated = model.generate_from_paraphrase(docs, max_new_tokens=40)
+    generated = model.generate_from_paraphrase(docs, max_new_tokens=32)
     runs = [[longest_common_run(text.split(), doc.split()) for doc in docs] for text in generated]
     print("generated:", generated, "\nword runs (row: generated from, column: paragraph):", runs)
     written = [i for i, row in enumerate(runs) if row[i] >= 5 and row[i] > max(row[:i] + row[i + 1:])]
