@@ -56,14 +56,13 @@ def test_every_stage_spec_succeeds_in_sequence_on_a_local_cluster(tmp_path):
     data = shared / "data"
     assert sum(1 for _ in (data / "pretrain_data.jsonl").open()) > 0
     models = {stage: shared / "models" / stage for stage in ("compress_pretrain", "instruct", "end_to_end")}
-    for stage in models:
-        summary = json.loads((shared / "runs" / stage / "summary.json").read_text())
+    summaries = {stage: json.loads((shared / "runs" / stage / "summary.json").read_text()) for stage in models}
+    for stage, summary in summaries.items():
         assert summary["stage"] == stage and summary["final_metrics"]["step"] == 2
         assert summary["final_metrics"]["loss"] > 0
     assert_stages_chained(models)
     # stage 3 reports the batch Recall@k: the synthesised end-to-end records carry pos_index
-    summary = json.loads((shared / "runs" / "end_to_end" / "summary.json").read_text())
-    assert any(k.startswith("recall@") for k in summary["final_metrics"])
+    assert any(k.startswith("recall@") for k in summaries["end_to_end"]["final_metrics"])
     store = CompressedStore.open(shared / "store", expect_checkpoint=shared / "models" / "end_to_end")
     assert len(store) == sum(1 for _ in (data / "raw_knowledge.jsonl").open())
     summary = json.loads((shared / "eval" / "end_to_end" / "summary.json").read_text())
