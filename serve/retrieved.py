@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -16,3 +20,11 @@ class Retrieved:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def memory_vectors(retrieved: list[Retrieved], model) -> list[torch.Tensor]:
+    """Each question's retrieved vectors on the generator's device, in its embedding dtype."""
+    import torch
+
+    dtype = model.embeddings.new_rows.dtype
+    return [torch.from_numpy(r.vectors).to(model.device, dtype) for r in retrieved]

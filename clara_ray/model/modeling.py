@@ -426,7 +426,8 @@ class CLaRa(nn.Module):
         # generate() returns the prompt ids too when it was given ids, only new ones for embeddings.
         return out if embeds is not None else out[:, batch.input_ids.shape[1]:]
 
-    def _texts(self, ids: torch.Tensor) -> list[str]:
+    def decode_answers(self, ids) -> list[str]:
+        """Answer texts from generated token ids (rows of a tensor or lists), specials dropped."""
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     def generate_ids_from_compressed(self, questions: Sequence[str], compressed, max_new_tokens: int = 64,
@@ -441,13 +442,13 @@ class CLaRa(nn.Module):
         self, questions: Sequence[str], compressed, max_new_tokens: int = 64
     ) -> list[str]:
         """compressed: (B, k, n, hidden) or a list of (k_i, n, hidden)."""
-        return self._texts(self.generate_ids_from_compressed(questions, compressed, max_new_tokens))
+        return self.decode_answers(self.generate_ids_from_compressed(questions, compressed, max_new_tokens))
 
     def generate_from_paraphrase(self, documents: Sequence[str], max_new_tokens: int = 64) -> list[str]:
         with self._inference():
             compressed = self._encode(list(documents), "compressor").unsqueeze(1)
             batch = self._generator_batch([prompts.paraphrase_turn(self._slot()) for _ in documents], None)
-            return self._texts(self._generate_ids(batch, max_new_tokens, self._scatter_memory(batch, compressed)))
+            return self.decode_answers(self._generate_ids(batch, max_new_tokens, self._scatter_memory(batch, compressed)))
 
     def generate_from_text(self, questions: Sequence[str], documents: Sequence[Sequence[str]],
                            max_new_tokens: int = 64, adapter: str | None = "generator") -> list[str]:
@@ -455,7 +456,7 @@ class CLaRa(nn.Module):
         with self._inference():
             batch = self._generator_batch(
                 [prompts.answer_turn(list(docs), q) for q, docs in zip(questions, documents)], None)
-            return self._texts(self._generate_ids(batch, max_new_tokens, adapter=adapter))
+            return self.decode_answers(self._generate_ids(batch, max_new_tokens, adapter=adapter))
 
     def generate_from_questions(self, questions: Sequence[str], documents: Sequence[Sequence[str]],
                                 max_new_tokens: int = 64) -> tuple[list[str], list[list[int]]]:
@@ -468,7 +469,7 @@ class CLaRa(nn.Module):
             topk = scores.topk(k, dim=-1).indices
             selected = candidates[torch.arange(len(questions), device=self.device).unsqueeze(1), topk]
             batch, embeds = self._compressed_prompts(questions, selected)
-            return self._texts(self._generate_ids(batch, max_new_tokens, embeds)), topk.tolist()
+            return self.decode_answers(self._generate_ids(batch, max_new_tokens, embeds)), topk.tolist()
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, path: str | Path) -> None:

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import torch
 
-from serve.retrieved import Retrieved
+from serve.retrieved import Retrieved, memory_vectors
 from serve.settings import ServeSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -91,10 +91,8 @@ class VllmBackend:
     def generate_ids(self, questions: list[str], retrieved: list[Retrieved], max_new_tokens: int) -> list[list[int]]:
         from safetensors.torch import save
 
-        dtype = self.model.embeddings.new_rows.dtype
-        compressed = [torch.from_numpy(r.vectors).to(self.model.device, dtype) for r in retrieved]
         with torch.no_grad():
-            embeds, mask = self.model.generator_inputs(questions, compressed)
+            embeds, mask = self.model.generator_inputs(questions, memory_vectors(retrieved, self.model))
         # One unpadded (seq, hidden) prompt per question: vLLM batches them itself.
         tensors = {f"prompt_{i}": embeds[i][mask[i].bool()].float().cpu().contiguous() for i in range(len(questions))}
         tensors["max_tokens"] = torch.tensor(max_new_tokens)
@@ -107,8 +105,7 @@ class VllmBackend:
         return reply["token_ids"]
 
     def generate(self, questions: list[str], retrieved: list[Retrieved], max_new_tokens: int) -> list[str]:
-        ids = self.generate_ids(questions, retrieved, max_new_tokens)
-        return [t.strip() for t in self.model.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return self.model.decode_answers(self.generate_ids(questions, retrieved, max_new_tokens))
 
     def stream(self, question: str, retrieved: Retrieved, max_new_tokens: int) -> Iterator[str]:
         # The offline LLM engine returns whole completions: one piece.
