@@ -448,7 +448,8 @@ class CLaRa(nn.Module):
         with self._inference():
             compressed = self._encode(list(documents), "compressor").unsqueeze(1)
             batch = self._generator_batch([prompts.paraphrase_turn(self._slot()) for _ in documents], None)
-            return self.decode_answers(self._generate_ids(batch, max_new_tokens, self._scatter_memory(batch, compressed)))
+            embeds = self._scatter_memory(batch, compressed)
+            return self.decode_answers(self._generate_ids(batch, max_new_tokens, embeds))
 
     def generate_from_text(self, questions: Sequence[str], documents: Sequence[Sequence[str]],
                            max_new_tokens: int = 64, adapter: str | None = "generator") -> list[str]:

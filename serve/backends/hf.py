@@ -47,7 +47,8 @@ class HFBackend:
     def generate_ids(self, questions: list[str], retrieved: list[Retrieved], max_new_tokens: int) -> list[list[int]]:
         """Token ids up to and excluding the first end-of-sequence (what vLLM reports too)."""
         eos = self.model.tokenizer.eos_token_id
-        rows = self.model.generate_ids_from_compressed(questions, memory_vectors(retrieved, self.model), max_new_tokens).tolist()
+        vectors = memory_vectors(retrieved, self.model)
+        rows = self.model.generate_ids_from_compressed(questions, vectors, max_new_tokens).tolist()
         return [row[: row.index(eos) + 1] if eos in row else row for row in rows]
 
     def stream(self, question: str, retrieved: Retrieved, max_new_tokens: int) -> Iterator[str]:
@@ -61,8 +62,8 @@ class HFBackend:
         def run() -> None:
             try:
                 apply_torch_threads()  # this thread's own count, else one core (clara_ray/threads.py)
-                self.model.generate_ids_from_compressed([question], memory_vectors([retrieved], self.model), max_new_tokens,
-                                                        streamer)
+                vectors = memory_vectors([retrieved], self.model)
+                self.model.generate_ids_from_compressed([question], vectors, max_new_tokens, streamer)
             except BaseException as exc:  # surfaced to the caller below, not lost in the thread
                 failure.append(exc)
                 streamer.end()
