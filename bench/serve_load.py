@@ -67,7 +67,7 @@ def main(
     torch_threads: Annotated[int, typer.Option(help="torch threads per replica, both arms")] = 2,
     # The 16 clients' next requests reach the Retriever over ~0.1 s after a batch returns. With a
     # shorter wait the first few split off into a batch of their own, the Generator then decodes
-    # two batches (3 + 13) per round, and the split never heals: 2.8x at 0.02 s vs 3.5x at 0.15 s.
+    # two batches (3 + 13) per round, and the split never heals: 2.7-2.8x at 0.02 s, 3.5-3.6x at 0.15 s.
     batch_wait_s: Annotated[float, typer.Option(help="batch_wait_timeout_s of the batched arm")] = 0.15,
 ) -> None:
     from bench.serving_setup import build_assets, deploy, start_serve, stop_serve

@@ -24,7 +24,8 @@ class BatchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_batch_size: int = Field(16, ge=1)
     # No wait: requests that arrive while the model is busy are merged into its next call anyway
-    # (serve/coalesce.py), so waiting would only add latency to a lone request.
+    # (serve/coalesce.py), so a lone request pays nothing. Many steady clients want 0.1-0.2 s, or
+    # the first of each round's requests split off into a batch of their own (README, serve_load).
     batch_wait_timeout_s: float = Field(0.0, ge=0)
 
 
