@@ -11,11 +11,11 @@ from typing import Annotated, List, Optional
 
 import typer
 
-STAGE_CHOICES = ("compress_pretrain", "instruct", "end_to_end")
+from clara_ray.data.records import STAGES
 
 
 def main(
-    stage: Annotated[str, typer.Option(help="compress_pretrain | instruct | end_to_end")],
+    stage: Annotated[str, typer.Option(help=" | ".join(STAGES))],
     config: Annotated[Path, typer.Option(help="stage YAML, e.g. configs/train/cpu/compress_pretrain.yaml")],
     overrides: Annotated[Optional[List[str]], typer.Argument(help="key.sub=value overrides")] = None,
 ) -> None:
@@ -23,8 +23,8 @@ def main(
     from clara_ray.config import ConfigError, load_config
     from clara_ray.train.config import TrainConfig
 
-    if stage not in STAGE_CHOICES:
-        raise typer.BadParameter(f"{stage!r} is not one of {', '.join(STAGE_CHOICES)}", param_hint="--stage")
+    if stage not in STAGES:
+        raise typer.BadParameter(f"{stage!r} is not one of {', '.join(STAGES)}", param_hint="--stage")
     try:
         cfg = load_config(TrainConfig, config, overrides)
     except ConfigError as exc:

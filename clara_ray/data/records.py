@@ -11,8 +11,9 @@ from typing import Any, Iterator, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Stage = Literal["compress_pretrain", "instruct", "end_to_end"]
-STAGES: tuple[str, ...] = ("compress_pretrain", "instruct", "end_to_end")
+Stage = Literal["compress_pretrain", "instruct", "retrieval_warmup", "end_to_end"]
+# retrieval_warmup: the optional query-reasoner warm-up before stage 3 (SPEC section 4).
+STAGES: tuple[str, ...] = ("compress_pretrain", "instruct", "retrieval_warmup", "end_to_end")
 ANSWER_FIELDS = ("answer", "answers", "golden_answers", "gold_answer")
 
 
@@ -108,10 +109,16 @@ class EndToEndRecord(InstructRecord):
     _positions = model_validator(mode="after")(check_positions)
 
 
-Record = Union[CompressPretrainRecord, InstructRecord, EndToEndRecord]
+class RetrievalRecord(EndToEndRecord):
+    """Retrieval warm-up: a stage-3 record whose gold indices are required (they are the target)."""
+    pos_index: list[int] = Field(min_length=1)
+
+
+Record = Union[CompressPretrainRecord, InstructRecord, EndToEndRecord, RetrievalRecord]
 RECORD_TYPES: dict[str, type[BaseModel]] = {
     "compress_pretrain": CompressPretrainRecord,
     "instruct": InstructRecord,
+    "retrieval_warmup": RetrievalRecord,
     "end_to_end": EndToEndRecord,
 }
 

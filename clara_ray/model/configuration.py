@@ -33,6 +33,12 @@ class CLaRaConfig(BaseModel):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     topk_temperature: float = Field(0.02, gt=0)
     mse_weight: float = Field(0.1, ge=0)
+    # How memory vectors enter the generator. "none" (the reference): as the compressor's last
+    # layer emits them, ~15x the norm of any token embedding on SmolLM2. "embedding": each
+    # vector rescaled to the backbone's median token-embedding norm, so a small generator
+    # receives inputs of the scale it was trained on (a miniature-recipe deviation; the stored
+    # and retrieved vectors are unchanged, only the generator's input is rescaled).
+    memory_norm: Literal["none", "embedding"] = "none"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: str = "sdpa"
     memory_token_template: str = "<MEM{i}>"

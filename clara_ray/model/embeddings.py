@@ -18,6 +18,9 @@ class ExtendedEmbedding(nn.Module):
         # Mean of the existing rows: new tokens start "in distribution" for the backbone.
         init = base.weight[:first_new_id].detach().float().mean(0, keepdim=True).repeat(num_new, 1)
         self.new_rows = nn.Parameter(init.to(base.weight.dtype))
+        # Median L2 norm of the original rows: the scale of an ordinary input token.
+        self.register_buffer("token_norm", base.weight[:first_new_id].detach().float().norm(dim=-1).median(),
+                             persistent=False)
 
     @property
     def weight(self) -> torch.Tensor:  # some HF utilities read `.weight` of the input embedding

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from clara_ray.backbones import resolve_backbone
-from clara_ray.data.records import CompressPretrainRecord, EndToEndRecord, InstructRecord
+from clara_ray.data.records import CompressPretrainRecord, EndToEndRecord, InstructRecord, RetrievalRecord
 from clara_ray.model import prompts
 from clara_ray.model.configuration import ADAPTERS, CLaRaConfig
 from clara_ray.model.embeddings import ExtendedEmbedding
@@ -41,7 +41,8 @@ class StageLoss:
     ce: torch.Tensor
     mse: torch.Tensor | None = None
     recall: dict[str, float] = field(default_factory=dict)  # stage 3, when gold indices are known
-    num_tokens: int = 0  # input tokens processed, for throughput logging
+    num_tokens: int = 0  # real (unpadded) input tokens of every pass, for throughput logging
+    num_positions: int = 0  # positions computed, padding included
 
 
 @dataclass
@@ -50,6 +51,10 @@ class _Batch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor | None = None
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.attention_mask.sum())
 
     @property
     def position_ids(self) -> torch.Tensor:
@@ -73,6 +78,11 @@ class CLaRa(nn.Module):
         self._active: str | None = None
         self._merged: str | None = None  # the adapter folded into the weights, see merge_adapter
         self._head_cache: PromptHeadCache | None = None  # see cache_prompt_head
+        self._candidate_cache: dict[str, torch.Tensor] | None = None  # see cache_candidates
+        self._counted: list[int] | None = None  # [real tokens, positions] of the loss being computed
+        # Training computes logits only where a label is predicted (see _generator_ce); off, every
+        # position gets logits as in a plain `labels=` forward (the reference cost).
+        self.label_logits_only = True
         self.use_adapter("generator")
 
     @classmethod
@@ -195,21 +205,28 @@ class CLaRa(nn.Module):
         if source in self.config.trained:
             self.config.trained[target] = f"copied from {source}"
 
-    def prepare_stage(self, stage: str) -> None:
-        """Initialise adapters and set what trains for a stage (SPEC section 5)."""
+    def prepare_stage(self, stage: str, generator_init: str = "reset") -> None:
+        """Initialise adapters and set what trains for a stage (SPEC section 5).
+
+        generator_init (stage 2 only): "reset" re-initialises the generator as the reference
+        does; "previous" keeps the one stage 1 trained (a miniature-recipe option).
+        The query reasoner starts as a copy of the compressor unless a stage already trained it
+        (a retrieval warm-up before stage 3).
+        """
+        if generator_init not in ("reset", "previous"):
+            raise ValueError(f"generator_init must be 'reset' or 'previous', got {generator_init!r}")
         self.requires_grad_(False)
         if stage == "compress_pretrain":
-            trained = ["compressor", "generator"]
             self.embeddings.new_rows.requires_grad_(True)
         elif stage == "instruct":
-            self.reset_adapter("generator")
-            trained = ["compressor", "generator"]
-        elif stage == "end_to_end":
-            self.copy_adapter("compressor", "query_reasoner")
-            trained = ["query_reasoner", "generator"]
+            if generator_init == "reset":
+                self.reset_adapter("generator")
+        elif stage in ("retrieval_warmup", "end_to_end"):
+            if self.config.trained.get("query_reasoner") not in ("retrieval_warmup", "end_to_end"):
+                self.copy_adapter("compressor", "query_reasoner")
         else:
             raise ValueError(f"unknown stage {stage!r}")
-        for name in trained:
+        for name in self.trained_by(stage):
             for p in self.adapter_parameters(name):
                 p.requires_grad_(True)
 
@@ -220,7 +237,7 @@ class CLaRa(nn.Module):
     @staticmethod
     def trained_by(stage: str) -> list[str]:
         return {"compress_pretrain": ["compressor", "generator"], "instruct": ["compressor", "generator"],
-                "end_to_end": ["query_reasoner", "generator"]}[stage]
+                "retrieval_warmup": ["query_reasoner"], "end_to_end": ["query_reasoner", "generator"]}[stage]
 
     # ------------------------------------------------------------------ tokenisation
     def _pad(self, rows: list[list[int]], labels: list[list[int]] | None = None, left: bool = True) -> _Batch:
@@ -261,6 +278,7 @@ class CLaRa(nn.Module):
     def _encode(self, texts: Sequence[str], adapter: str, with_mse: bool = False):
         """Last-layer states at the memory positions: (B, n, hidden) [and the MSE term]."""
         batch = self._memory_inputs(texts)
+        self._count(batch)
         with self.adapter(adapter):
             # The inner model skips the LM head: only hidden states are needed here.
             hidden = self.language_model.base_model(
@@ -276,6 +294,16 @@ class CLaRa(nn.Module):
         text_mean = (hidden * text_mask).sum(1) / text_mask.sum(1).clamp(min=1)
         mse = F.mse_loss(memory.mean(1).float(), text_mean.float())
         return memory, mse
+
+    def _encode_by_length(self, texts: list[str], adapter: str, chunk: int = 16) -> torch.Tensor:
+        """_encode over chunks of similar length (far less padding than one batch of all)."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = [None] * len(texts)
+        for start in range(0, len(order), chunk):
+            part = order[start:start + chunk]
+            for i, state in zip(part, self._encode([texts[i] for i in part], adapter)):
+                out[i] = state
+        return torch.stack(out)
 
     def retrieval_vectors(self, states: torch.Tensor) -> torch.Tensor:
         """(B, n, hidden) -> (B, n*hidden) L2-normalised fp32: cosine becomes inner product."""
@@ -308,7 +336,14 @@ class CLaRa(nn.Module):
             else compressed.reshape(-1, compressed.shape[-1])
         if int(slots.sum()) != source.shape[0]:
             raise ValueError(f"prompt has {int(slots.sum())} memory slots but {source.shape[0]} vectors were given")
-        return embeds.masked_scatter(slots.unsqueeze(-1), source.to(embeds.dtype))
+        return embeds.masked_scatter(slots.unsqueeze(-1), self._generator_scale(source).to(embeds.dtype))
+
+    def _generator_scale(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Memory vectors as the generator reads them (config.memory_norm)."""
+        if self.config.memory_norm == "none":
+            return vectors
+        target = self.embeddings.token_norm
+        return vectors * (target / vectors.float().norm(dim=-1, keepdim=True).clamp(min=1e-6)).to(vectors.dtype)
 
     def _answer_turns(self, questions: Sequence[str], num_docs: Sequence[int]) -> list[tuple[str, str]]:
         return [prompts.answer_turn([self._slot()] * k, q) for q, k in zip(questions, num_docs)]
@@ -322,26 +357,44 @@ class CLaRa(nn.Module):
         batch, embeds = self._compressed_prompts(questions, compressed)
         return embeds, batch.attention_mask
 
-    def _generator_ce(self, turns, targets, compressed) -> tuple[torch.Tensor, int]:
+    def _generator_ce(self, turns, targets, compressed) -> torch.Tensor:
         batch = self._generator_batch(turns, targets)
+        self._count(batch)
         embeds = self._scatter_memory(batch, compressed)
+        labels, keep = batch.labels, 0
+        if self.label_logits_only:
+            # Left padding puts every target at the end of its row: logits for the last
+            # (longest target + 1) positions cover every predicted label, and the prompt, the
+            # memory slots and the padding (most of a stage-2/3 sequence) need no vocabulary
+            # projection. The LM's own forward still computes the loss (softcapping etc. kept).
+            keep = int((labels != -100).sum(1).max()) + 1
+            labels = labels[:, -keep:]
         with self.adapter("generator"):
             out = self.language_model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
-                                      position_ids=batch.position_ids, labels=batch.labels)
-        return out.loss, int(batch.attention_mask.sum())
+                                      position_ids=batch.position_ids, labels=labels, logits_to_keep=keep)
+        return out.loss
+
+    def _count(self, batch: _Batch) -> None:
+        if self._counted is not None:
+            self._counted[0] += batch.real_tokens
+            self._counted[1] += batch.attention_mask.numel()
 
     # ------------------------------------------------------------------ stage losses
     def forward(self, records: Sequence, stage: str) -> StageLoss:
-        if stage == "compress_pretrain":
-            return self.compress_pretrain_loss(records)
-        if stage == "instruct":
-            return self.instruct_loss(records)
-        if stage == "end_to_end":
-            return self.end_to_end_loss(records)
-        raise ValueError(f"unknown stage {stage!r}")
+        losses = {"compress_pretrain": self.compress_pretrain_loss, "instruct": self.instruct_loss,
+                  "retrieval_warmup": self.retrieval_warmup_loss, "end_to_end": self.end_to_end_loss}
+        if stage not in losses:
+            raise ValueError(f"unknown stage {stage!r}")
+        self._counted = [0, 0]
+        try:
+            out = losses[stage](records)
+            out.num_tokens, out.num_positions = self._counted
+        finally:
+            self._counted = None
+        return out
 
-    def _with_mse(self, ce: torch.Tensor, mse: torch.Tensor, tokens: int) -> StageLoss:
-        return StageLoss(ce + self.config.mse_weight * mse, ce.detach(), mse.detach(), num_tokens=tokens)
+    def _with_mse(self, ce: torch.Tensor, mse: torch.Tensor) -> StageLoss:
+        return StageLoss(ce + self.config.mse_weight * mse, ce.detach(), mse.detach())
 
     def compress_pretrain_loss(self, records: Sequence[CompressPretrainRecord]) -> StageLoss:
         compressed, mse = self._encode([r.docs[0] for r in records], "compressor", with_mse=True)
@@ -353,32 +406,74 @@ class CLaRa(nn.Module):
             else:
                 turns.append(prompts.paraphrase_turn(self._slot(), self._rng))
                 targets.append(r.answers[0])
-        ce, tokens = self._generator_ce(turns, targets, compressed.unsqueeze(1))
-        return self._with_mse(ce, mse, tokens)
+        return self._with_mse(self._generator_ce(turns, targets, compressed.unsqueeze(1)), mse)
 
     def instruct_loss(self, records: Sequence[InstructRecord]) -> StageLoss:
         docs = [d for r in records for d in r.docs]
         compressed, mse = self._encode(docs, "compressor", with_mse=True)
         per_record = list(compressed.split([len(r.docs) for r in records]))
         turns = self._answer_turns([r.question for r in records], [len(r.docs) for r in records])
-        ce, tokens = self._generator_ce(turns, [r.answer for r in records], per_record)
-        return self._with_mse(ce, mse, tokens)
+        return self._with_mse(self._generator_ce(turns, [r.answer for r in records], per_record), mse)
 
-    def end_to_end_loss(self, records: Sequence[EndToEndRecord]) -> StageLoss:
-        k = min(self.config.generation_top_k, *(len(r.docs) for r in records))
+    def _candidate_scores(self, records: Sequence[EndToEndRecord]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query-reasoner cosine scores over each record's compressed candidates: ((B, Nmax)
+        scores, -inf on padding; (B, Nmax, n, h) candidates)."""
         candidates, valid = self._compress_candidates([r.docs for r in records])
         queries = self._encode([r.question for r in records], "query_reasoner")
         scores = cosine_scores(queries.flatten(1), candidates.flatten(2)).masked_fill(~valid, float("-inf"))
+        return scores, candidates
+
+    def retrieval_warmup_loss(self, records: Sequence[RetrievalRecord]) -> StageLoss:
+        """Multi-positive InfoNCE over cosine / tau (SPEC section 4's optional warm-up): the gold
+        candidates against the record's others; only the query reasoner receives gradient."""
+        scores, _ = self._candidate_scores(records)
+        logits = scores / self.config.topk_temperature
+        gold = torch.zeros_like(scores, dtype=torch.bool)
+        for i, r in enumerate(records):
+            gold[i, r.pos_index] = True
+        loss = (logits.logsumexp(-1) - logits.masked_fill(~gold, float("-inf")).logsumexp(-1)).mean()
+        k = min(self.config.generation_top_k, scores.shape[1])
+        return StageLoss(loss, loss.detach(), recall=_recall_at(scores.topk(k, -1).indices,
+                                                                [r.pos_index for r in records]))
+
+    def end_to_end_loss(self, records: Sequence[EndToEndRecord]) -> StageLoss:
+        k = min(self.config.generation_top_k, *(len(r.docs) for r in records))
+        scores, candidates = self._candidate_scores(records)
         weights, topk = straight_through_topk(scores, k, self.config.topk_temperature)
         selected = torch.einsum("bkn,bnmh->bkmh", weights.to(candidates.dtype), candidates)
         turns = self._answer_turns([r.question for r in records], [k] * len(records))
-        ce, tokens = self._generator_ce(turns, [r.answer for r in records], selected)
-        return StageLoss(ce, ce.detach(), recall=_recall_at(topk, [r.pos_index for r in records]), num_tokens=tokens)
+        ce = self._generator_ce(turns, [r.answer for r in records], selected)
+        return StageLoss(ce, ce.detach(), recall=_recall_at(topk, [r.pos_index for r in records]))
+
+    def cache_candidates(self) -> None:
+        """Keep every candidate's compressed vectors once computed (stage 3, retrieval warm-up).
+        Valid only while the compressor is frozen: a training stage that trains it must not."""
+        if any(p.requires_grad for p in self.adapter_parameters("compressor")):
+            raise RuntimeError("cache_candidates needs a frozen compressor (this stage trains it)")
+        self._candidate_cache = {}
+
+    def _frozen_compress(self, texts: list[str]) -> torch.Tensor:
+        """Compressor states without gradient or dropout (the compressor is frozen where this is
+        used, so its noise would only blur the candidates); from the cache where enabled."""
+        cache = self._candidate_cache
+        todo = texts if cache is None else list(dict.fromkeys(t for t in texts if t not in cache))
+        computed = None
+        if todo:
+            was_training = self.training
+            self.eval()
+            try:
+                with torch.no_grad():
+                    computed = self._encode_by_length(todo, "compressor")
+            finally:
+                self.train(was_training)
+        if cache is None:
+            return computed
+        cache.update(zip(todo, computed if computed is not None else []))
+        return torch.stack([cache[t] for t in texts])
 
     def _compress_candidates(self, documents: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Compress every question's candidates without gradient, padded to (B, Nmax, n, h)."""
-        with torch.no_grad():
-            flat = self._encode([d for docs in documents for d in docs], "compressor")
+        """Every question's candidates compressed (see _frozen_compress), padded to (B, Nmax, n, h)."""
+        flat = self._frozen_compress([d for docs in documents for d in docs])
         groups = flat.split([len(d) for d in documents])
         width = max(len(g) for g in groups)
         padded = flat.new_zeros(len(groups), width, *flat.shape[1:])

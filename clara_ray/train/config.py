@@ -20,6 +20,10 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     paths: list[str] = Field(min_length=1, description="JSONL files (or directories of them) in the stage's format")
     shuffle_buffer: int = Field(0, ge=0, description="local shuffle buffer per worker, 0 = file order")
+    # Length bucketing: each run of `length_buckets` micro-batches is formed from records sorted
+    # by length (then the micro-batches are shuffled), so a forward pass pads little. 0 = every
+    # micro-batch in stream order, padded to its longest record (the reference behaviour).
+    length_buckets: int = Field(0, ge=0, description="micro-batches sorted by length together; 0 = off")
 
 
 class OptimConfig(_Strict):
@@ -100,6 +104,15 @@ class RunConfig(_Strict):
         return self._local(self.output_dir, "model")
 
 
+class SpeedConfig(_Strict):
+    """Exact speed-ups (results unchanged); off reproduces the reference's cost, for benchmarks."""
+    # Stages whose compressor is frozen (retrieval warm-up, end-to-end) compress each candidate
+    # once and reuse its vectors instead of recompressing it for every question that lists it.
+    candidate_cache: bool = True
+    # The generator's vocabulary projection only where a label is predicted.
+    label_logits_only: bool = True
+
+
 class TrainConfig(_Strict):
     stage: Stage
     data: DataConfig
@@ -108,6 +121,9 @@ class TrainConfig(_Strict):
     # (e.g. dtype, or the backbone's path on this cluster).
     model: Optional[dict[str, Any]] = None
     init_from: Optional[str] = None
+    # Stage 2 only: "reset" re-initialises the generator (the reference); "previous" keeps the
+    # one stage 1 trained, which has already learned to read memory tokens.
+    generator_init: Literal["reset", "previous"] = "reset"
     optim: OptimConfig
     batch: BatchConfig
     epochs: float = Field(1.0, gt=0)
@@ -115,6 +131,7 @@ class TrainConfig(_Strict):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    speed: SpeedConfig = Field(default_factory=SpeedConfig)
     run: RunConfig
     seed: int = 0
 
@@ -125,6 +142,8 @@ class TrainConfig(_Strict):
                 raise ValueError("compress_pretrain needs `model` (CLaRaConfig fields) or `init_from`")
         elif self.init_from is None:
             raise ValueError(f"{self.stage} starts from the previous stage: set init_from=<exported model dir>")
+        if self.generator_init != "reset" and self.stage != "instruct":
+            raise ValueError(f"generator_init applies to the instruct stage only, not {self.stage}")
         per_step = self.batch.micro_size * self.resources.num_workers
         if self.batch.global_size % per_step:
             raise ValueError(

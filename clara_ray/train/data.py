@@ -6,7 +6,9 @@ the driver, before any worker starts) instead of being dropped or crashing a tra
 """
 from __future__ import annotations
 
+import itertools
 import json
+import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -85,8 +87,30 @@ def records_from_batch(batch: dict, stage: str) -> list[Record]:
     return [record_type.model_validate_json(text) for text in batch[RECORD_COLUMN]]
 
 
-def micro_batches(shard, stage: str, micro_size: int, shuffle_buffer: int, seed: int) -> Iterator[list[Record]]:
-    """Endless stream of full micro-batches from a worker's shard, one epoch after another.
+def record_size(record: Record) -> int:
+    """Characters the model reads and writes for a record: what its padded length follows."""
+    return sum(len(d) for d in record.docs) + sum(len(t) for t in getattr(record, "question", []) or []) \
+        + sum(len(a) for a in record.answers)
+
+
+def length_bucketed(batches: Iterator[list[Record]], buckets: int, rng: random.Random) -> Iterator[list[Record]]:
+    """Regroup each run of `buckets` micro-batches by record size, then shuffle their order:
+    the same records in the same number of micro-batches, each padded far less."""
+    while True:
+        window = list(itertools.islice(batches, buckets))
+        if not window:
+            return
+        size = len(window[0])
+        records = sorted((r for b in window for r in b), key=record_size)
+        regrouped = [records[i:i + size] for i in range(0, len(records), size)]
+        rng.shuffle(regrouped)
+        yield from regrouped
+
+
+def micro_batches(shard, stage: str, micro_size: int, shuffle_buffer: int, seed: int,
+                  length_buckets: int = 0) -> Iterator[list[Record]]:
+    """Endless stream of full micro-batches from a worker's shard, one epoch after another
+    (length-bucketed when `length_buckets` > 1, see `length_bucketed`).
 
     Every worker draws the same number of micro-batches per step, so no rank waits for a
     collective that a peer with a shorter shard would never enter.
@@ -94,15 +118,18 @@ def micro_batches(shard, stage: str, micro_size: int, shuffle_buffer: int, seed:
     epoch = 0
     while True:
         produced = 0
-        for batch in shard.iter_batches(
+        batches = (records_from_batch(batch, stage) for batch in shard.iter_batches(
             batch_size=micro_size,
             batch_format="numpy",
             drop_last=True,
             local_shuffle_buffer_size=shuffle_buffer or None,
             local_shuffle_seed=seed + epoch if shuffle_buffer else None,
-        ):
+        ))
+        if length_buckets > 1:
+            batches = length_bucketed(batches, length_buckets, random.Random(seed + epoch))
+        for records in batches:
             produced += 1
-            yield records_from_batch(batch, stage)
+            yield records
         if produced == 0:
             raise ValueError(f"a worker's data shard holds fewer than micro_size={micro_size} records")
         epoch += 1

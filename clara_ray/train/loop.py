@@ -28,7 +28,10 @@ def build_model(cfg: TrainConfig, device: str):
         model = CLaRa.from_pretrained(cfg.init_from, device=device, **(cfg.model or {}))
     else:
         model = CLaRa.from_config(CLaRaConfig(**cfg.model), device=device)
-    model.prepare_stage(cfg.stage)
+    model.prepare_stage(cfg.stage, generator_init=cfg.generator_init)
+    model.label_logits_only = cfg.speed.label_logits_only
+    if cfg.speed.candidate_cache and cfg.stage in ("retrieval_warmup", "end_to_end"):
+        model.cache_candidates()
     return model
 
 
@@ -87,6 +90,7 @@ class _StepStats:
         self.sums: dict[str, float] = {}
         self.counts: dict[str, int] = {}
         self.tokens = 0
+        self.positions = 0
 
     def _add(self, name: str, value) -> None:
         if value is None:
@@ -100,24 +104,26 @@ class _StepStats:
             self._add(name, value.detach() if hasattr(value, "detach") else value)
         for name, value in (getattr(out, "recall", None) or {}).items():
             self._add(name, value)
-        self.tokens += int(getattr(out, "num_tokens", 0) or 0)
+        self.tokens += out.num_tokens
+        self.positions += out.num_positions
 
-    def global_means(self) -> tuple[dict[str, float], int]:
-        """(mean of every metric over all ranks' micro-batches, tokens over all ranks)."""
+    def global_means(self) -> tuple[dict[str, float], int, int]:
+        """(mean of every metric over all ranks' micro-batches, real tokens and computed
+        positions over all ranks)."""
         import torch.distributed as dist
 
-        parts = [(self.sums, self.counts, self.tokens)]
+        parts = [(self.sums, self.counts, self.tokens, self.positions)]
         if dist.is_initialized():
             # Objects, not a fixed-size tensor: recall@k exists only where a batch had gold indices.
             parts = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, (self.sums, self.counts, self.tokens))
+            dist.all_gather_object(parts, parts[0])
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
-        for part_sums, part_counts, _ in parts:
+        for part_sums, part_counts, _, _ in parts:
             for name, value in part_sums.items():
                 sums[name] = sums.get(name, 0.0) + value
                 counts[name] = counts.get(name, 0) + part_counts[name]
-        return {name: sums[name] / counts[name] for name in sums}, sum(p[2] for p in parts)
+        return {name: sums[name] / counts[name] for name in sums}, sum(p[2] for p in parts), sum(p[3] for p in parts)
 
 
 def _tensorboard(cfg: TrainConfig, start_step: int):
@@ -164,7 +170,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
               f"{start_step}/{total_steps}", flush=True)
     accum = cfg.grad_accum_steps
     stream = micro_batches(ray.train.get_dataset_shard("train"), cfg.stage, cfg.batch.micro_size,
-                           cfg.data.shuffle_buffer, cfg.seed)
+                           cfg.data.shuffle_buffer, cfg.seed, cfg.data.length_buckets)
     # Resume where the data stream was: skip the micro-batches the restored steps consumed.
     stream = itertools.islice(stream, start_step * accum, None)
 
@@ -186,9 +192,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         due_ckpt = step % cfg.checkpoint.every_steps == 0 or step == total_steps
         if not (due_log or due_ckpt):
             continue
-        means, tokens = stats.global_means()
+        means, tokens, positions = stats.global_means()
         metrics = {"step": step, "lr": lr, "samples_per_s": cfg.batch.global_size / seconds,
-                   "tokens_per_s": tokens / seconds, "resumed_from_step": start_step, **means}
+                   "tokens_per_s": tokens / seconds, "padding": 1 - tokens / max(positions, 1),
+                   "resumed_from_step": start_step, **means}
         if writer is not None:
             _log_progress(writer, metrics, total_steps)
         if due_ckpt:

@@ -8,31 +8,7 @@ import torch
 
 from clara_ray import CLaRa, CLaRaConfig
 from clara_ray.data.records import parse_record
-
-
-def stage1_records():
-    return [
-        parse_record({"data_type": "qa", "question": ["Who wrote it?"], "answers": ["Ada"],
-                      "docs": ["Ada wrote the first program in 1843."]}, "compress_pretrain"),
-        parse_record({"data_type": "paraphrase", "answers": ["A cat sat on a mat."],
-                      "docs": ["The cat was sitting on the mat."]}, "compress_pretrain"),
-    ]
-
-
-def stage3_records():
-    docs = [f"Document number {i} talks about topic {i}." for i in range(6)]
-    return [parse_record({"question": "Which topic?", "docs": docs, "answer": "topic 3", "pos_index": [3]},
-                         "end_to_end")]
-
-
-def randomise_adapters(model: CLaRa, seed: int = 0) -> None:
-    """Give every LoRA weight a non-zero value so adapters visibly change outputs."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.backbone.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-        model.embeddings.new_rows.add_(torch.randn(model.embeddings.new_rows.shape, generator=gen) * 0.1)
+from model_helpers import randomise_adapters, stage1_records, stage3_records
 
 
 @pytest.mark.parametrize("rate", [1, 4, 32])
@@ -191,3 +167,64 @@ def test_merged_adapter_computes_what_the_lora_layers_did_and_pins_the_model(tin
     with pytest.raises(RuntimeError, match="cannot save"):
         generator.save_pretrained(tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
+
+
+def test_retrieval_warmup_trains_the_query_reasoner_alone_towards_the_gold_candidate(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    randomise_adapters(model)
+    model.prepare_stage("retrieval_warmup")
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".query_reasoner." in n and "lora_" in n for n in trainable)
+    for p in model.adapter_parameters("compressor"):
+        p.requires_grad_(True)  # would receive gradient if candidates were not compressed frozen
+    records = [parse_record(r.model_dump(), "retrieval_warmup") for r in stage3_records()]
+    model.eval()  # no LoRA dropout, so the loss can be recomputed below
+    out = model(records, "retrieval_warmup")
+    out.loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.adapter_parameters("query_reasoner"))
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.adapter_parameters("compressor"))
+    assert all(p.grad is None for p in model.adapter_parameters("generator"))
+    # InfoNCE with one positive: -log softmax(score/tau)[gold]
+    with torch.no_grad():
+        scores, _ = model._candidate_scores(records)
+        expected = -(scores / model.config.topk_temperature).log_softmax(-1)[0, records[0].pos_index[0]]
+    torch.testing.assert_close(out.loss.detach(), expected)
+    assert set(out.recall) == {"recall@1", "recall@5"}
+
+
+def test_retrieval_warmup_needs_gold_indices():
+    from clara_ray.data.records import RecordError
+
+    with pytest.raises(RecordError, match="pos_index"):
+        parse_record({"question": "q", "docs": ["a", "b"], "answer": "a"}, "retrieval_warmup", "w.jsonl", 3)
+
+
+def test_stage3_keeps_a_query_reasoner_the_warmup_trained(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    randomise_adapters(model)
+    docs = ["Paris is the capital of France."]
+    model.config.trained["query_reasoner"] = "retrieval_warmup"
+    before = model.encode_queries(docs)
+    model.prepare_stage("end_to_end")
+    torch.testing.assert_close(model.encode_queries(docs), before)
+    assert not torch.allclose(before, model.compress_documents(docs))
+
+
+def test_instruct_can_keep_the_stage1_generator(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    randomise_adapters(model)
+    before = [p.detach().clone() for p in model.adapter_parameters("generator")]
+    model.prepare_stage("instruct", generator_init="previous")
+    assert all(torch.equal(a, b) for a, b in zip(before, model.adapter_parameters("generator")))
+    model.prepare_stage("instruct")  # the reference: re-initialised
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.adapter_parameters("generator")))
+
+
+def test_memory_norm_embedding_feeds_the_generator_vectors_of_token_scale(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    vectors = torch.randn(3, model.num_memory_tokens, model.hidden_size) * 40
+    torch.testing.assert_close(model._generator_scale(vectors), vectors)  # reference: as emitted
+    model.config.memory_norm = "embedding"
+    scaled = model._generator_scale(vectors).norm(dim=-1)
+    token_norms = model.embeddings.base.weight.norm(dim=-1)
+    torch.testing.assert_close(scaled, torch.full_like(scaled, float(token_norms.median())))

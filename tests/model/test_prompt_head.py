@@ -8,7 +8,7 @@ import torch
 
 from clara_ray.model import prompts
 from clara_ray.model.prompt_head import shared_head
-from tests.model.test_modeling import randomise_adapters
+from model_helpers import randomise_adapters
 
 QUESTIONS = ["Where?", "Which of the two documents mentions the boiling point of water?"]
 DOCS = [["The Eiffel tower is in Paris.", "Water boils at 100 degrees."],

@@ -13,7 +13,7 @@ STAGES = ("compress_pretrain", "instruct", "end_to_end")
 
 
 @pytest.mark.parametrize("profile", ["", "cpu"])
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", [*STAGES, "retrieval_warmup"])
 def test_repo_configs_load_as_their_stage(profile, stage):
     cfg = load_config(TrainConfig, CONFIGS / profile / f"{stage}.yaml")
     assert cfg.stage == stage
@@ -77,3 +77,10 @@ def test_bucket_storage_needs_a_filesystem_export_and_logs_beside_it(tmp_path):
     assert cfg.run.storage_path == "s3://bucket/runs"
     assert cfg.run.export_dir == tmp_path / "models" / "s1"
     assert cfg.run.log_path == tmp_path / "models" / "s1-logs"
+
+
+def test_generator_init_is_a_stage2_option():
+    cfg = load_config(TrainConfig, CONFIGS / "cpu" / "instruct.yaml", ["generator_init=previous"])
+    assert cfg.generator_init == "previous"
+    with pytest.raises(ConfigError, match="generator_init applies to the instruct stage only"):
+        load_config(TrainConfig, CONFIGS / "cpu" / "end_to_end.yaml", ["generator_init=previous"])

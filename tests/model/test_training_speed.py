@@ -1,0 +1,106 @@
+"""Fast tier: the exact training speed-ups change cost, never results (tiny random Llama)."""
+from __future__ import annotations
+
+import copy
+import itertools
+import random
+
+import pytest
+import torch
+
+from clara_ray.data.records import parse_record
+from clara_ray.train.data import length_bucketed, record_size
+from model_helpers import randomise_adapters, stage1_records, stage3_records
+
+
+def _instruct_records():
+    docs = ["Ada wrote the first program in 1843.", "Paris is the capital of France, on the Seine.",
+            "Water boils at 100 degrees.", "The Nile is long."]
+    return [parse_record({"question": q, "docs": docs[i:i + 2] or docs[:2], "answer": a}, "instruct")
+            for i, (q, a) in enumerate([("Who wrote it?", "Ada"), ("Which river runs through the capital?",
+                                                                    "the Seine, a long river"), ("When?", "1843")])]
+
+
+@pytest.mark.parametrize("stage,records", [("compress_pretrain", stage1_records), ("instruct", _instruct_records),
+                                           ("end_to_end", stage3_records)])
+def test_label_logits_only_gives_the_full_forward_loss_and_gradients(tiny_model, stage, records):
+    model = copy.deepcopy(tiny_model)
+    randomise_adapters(model)
+    model.prepare_stage(stage)
+    model.eval()  # no LoRA dropout: both passes must see the same network
+    results = []
+    for only in (False, True):
+        model.label_logits_only = only
+        model.zero_grad(set_to_none=True)
+        out = model(records(), stage)
+        out.loss.backward()
+        results.append((out.loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (full_loss, full_grads), (cut_loss, cut_grads) = results
+    torch.testing.assert_close(cut_loss, full_loss)
+    for a, b in zip(full_grads, cut_grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_a_records_loss_does_not_depend_on_the_padding_its_batch_mates_force(tiny_model):
+    """Length bucketing only changes who shares a micro-batch; this is what makes that exact."""
+    model = copy.deepcopy(tiny_model)
+    randomise_adapters(model)
+    model.eval()
+    short, long = stage1_records()[0], parse_record(
+        {"data_type": "paraphrase", "answers": ["word " * 20], "docs": ["a much longer document " * 5]},
+        "compress_pretrain")
+    with torch.no_grad():
+        alone = model([short], "compress_pretrain")
+        padded = model([short, short.model_copy(update={"docs": short.docs})], "compress_pretrain")
+        mixed_ce = model([short, long], "compress_pretrain")
+        long_alone = model([long], "compress_pretrain")
+    torch.testing.assert_close(padded.ce, alone.ce)
+    # the mean over tokens of a mixed batch is the token-weighted mean of its records' losses
+    n_short = len(model.tokenizer(short.answers[0] and "\n".join(
+        f"Question: {q}\nAnswer: {a}" for q, a in zip(short.question, short.answers)))["input_ids"]) + 1
+    n_long = len(model.tokenizer(long.answers[0], add_special_tokens=False)["input_ids"]) + 1
+    expected = (alone.ce * n_short + long_alone.ce * n_long) / (n_short + n_long)
+    torch.testing.assert_close(mixed_ce.ce, expected, rtol=1e-4, atol=1e-5)
+    assert mixed_ce.num_positions > mixed_ce.num_tokens  # the short one was padded
+
+
+def test_length_buckets_keep_every_record_once_and_cut_padding():
+    rng = random.Random(0)
+    records = [parse_record({"data_type": "paraphrase", "answers": ["x"], "docs": ["w" * rng.randint(1, 400)]},
+                            "compress_pretrain") for _ in range(64)]
+    stream = [records[i:i + 4] for i in range(0, 64, 4)]
+    bucketed = list(length_bucketed(iter(stream), 8, random.Random(1)))
+    assert sorted(map(id, itertools.chain(*bucketed))) == sorted(map(id, records))
+    assert all(len(b) == 4 for b in bucketed)
+    waste = lambda batches: sum(len(b) * max(map(record_size, b)) - sum(map(record_size, b)) for b in batches)
+    assert waste(bucketed) < waste(stream) / 3
+
+
+def test_candidate_cache_gives_the_same_topk_loss_and_gradients_as_recompressing(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    randomise_adapters(model)
+    model.prepare_stage("end_to_end")
+    torch.manual_seed(0)
+    results = []
+    for cached in (False, True, True):  # the second cached pass reads vectors the first stored
+        if cached and model._candidate_cache is None:
+            model.cache_candidates()
+        model.zero_grad(set_to_none=True)
+        model.eval()  # generator/query dropout off, so the passes are comparable
+        out = model(stage3_records(), "end_to_end")
+        out.loss.backward()
+        results.append((out, [p.grad.clone() for p in model.adapter_parameters("query_reasoner")]))
+    (plain, plain_grads), (first, _), (reused, reused_grads) = results
+    assert reused.num_tokens < first.num_tokens  # the documents were not compressed again
+    for out in (first, reused):
+        torch.testing.assert_close(out.loss, plain.loss)
+        assert out.recall == plain.recall
+    for a, b in zip(plain_grads, reused_grads):
+        torch.testing.assert_close(b, a)
+
+
+def test_candidate_cache_refuses_a_stage_that_trains_the_compressor(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    model.prepare_stage("instruct")
+    with pytest.raises(RuntimeError, match="frozen compressor"):
+        model.cache_candidates()
