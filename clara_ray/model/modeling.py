@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -160,6 +160,22 @@ class CLaRa(nn.Module):
             yield
         finally:
             self.use_adapter(previous)
+
+    def enable_activation_checkpointing(self) -> None:
+        """Recompute each decoder layer's activations in backward instead of keeping them.
+
+        The active adapter is module state, and by backward time it is the generator's: a plain
+        recompute would replay the compressor's and query reasoner's layers under it and give those
+        adapters the gradients of the wrong activations. context_fn hands every checkpointed layer
+        call a snapshot of the adapter selection it ran under, which its recompute re-enters."""
+        # Non-reentrant: the frozen backbone's inputs need no grad for the LoRA grads to flow, and
+        # only this mode takes a context_fn.
+        self.language_model.activation_checkpointing_enable(
+            {"use_reentrant": False, "context_fn": self._checkpoint_contexts})
+
+    def _checkpoint_contexts(self) -> tuple[nullcontext, "_AdapterSelection"]:
+        """torch.utils.checkpoint's context_fn: (forward context, recompute context) of one layer call."""
+        return nullcontext(), _AdapterSelection(self._lora_layers)
 
     def merge_adapter(self, name: str) -> None:
         """Fold one adapter into the backbone's weights and drop every LoRA layer.
@@ -607,6 +623,33 @@ class CLaRa(nn.Module):
         with torch.no_grad():
             model.embeddings.new_rows.copy_(rows.to(model.embeddings.new_rows.dtype))
         return model.to(device) if device is not None else model
+
+
+class _AdapterSelection:
+    """Which adapter each LoRA layer runs (or LoRA off), read when made; `with` re-applies it.
+
+    Sets peft's selection attributes directly, as use_adapter does: peft's set_adapter and
+    enable_adapters would also flip requires_grad, in the middle of a backward. Reusable, as a
+    second backward through a retained graph recomputes again."""
+
+    def __init__(self, layers: list[LoraLayer]):
+        self._layers = layers
+        self._saved = self._read()
+        self._outer: list[tuple] = []
+
+    def _read(self) -> list[tuple]:
+        return [(layer._active_adapter, layer._disable_adapters) for layer in self._layers]
+
+    def _write(self, state: list[tuple]) -> None:
+        for layer, (active, disabled) in zip(self._layers, state):
+            layer._active_adapter, layer._disable_adapters = active, disabled
+
+    def __enter__(self) -> None:
+        self._outer = self._read()
+        self._write(self._saved)
+
+    def __exit__(self, *exc) -> None:
+        self._write(self._outer)
 
 
 def _recall_at(topk: torch.Tensor, positives: Sequence[Sequence[int]]) -> dict[str, float]:

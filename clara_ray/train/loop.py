@@ -40,8 +40,7 @@ def enable_gradient_checkpointing(model) -> None:
     lm = model.language_model
     if not getattr(lm, "supports_gradient_checkpointing", False):
         raise ValueError(f"deepspeed.gradient_checkpointing is set but {type(lm).__name__} does not support it")
-    # Non-reentrant: the frozen backbone's inputs need no grad for the LoRA grads to flow.
-    lm.activation_checkpointing_enable({"use_reentrant": False})
+    model.enable_activation_checkpointing()
 
 
 def _skip_shm_allreduce(cfg: TrainConfig) -> None:

@@ -1,20 +1,47 @@
 """Pieces of the worker loop that run without a cluster: model set-up per stage, checkpointing."""
 from __future__ import annotations
 
-from tests.train.conftest import tiny_stage_config
+import copy
+
+import pytest
+import torch
+
+from tests.train.conftest import SAMPLE, STAGE_DATA, TINY_MODEL
 
 
-def test_gradient_checkpointing_keeps_lora_gradients(tmp_path):
-    from clara_ray.data.records import read_records
-    from clara_ray.train.loop import build_model, enable_gradient_checkpointing
-    from tests.train.conftest import SAMPLE
-
-    model = build_model(tiny_stage_config("compress_pretrain", tmp_path, "gc"), "cpu")
-    enable_gradient_checkpointing(model)
-    assert model.language_model.is_activation_checkpointing
+def _gradients(model, records, stage) -> dict[str, torch.Tensor]:
     model.train()
-    out = model(read_records(SAMPLE / "pretrain_data.jsonl", "compress_pretrain")[:2], "compress_pretrain")
-    out.loss.backward()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    assert trainable and all(p.grad is not None for p in trainable)
-    assert any(p.grad.abs().sum() > 0 for p in trainable if p.shape[0] > 1)
+    model(records, stage).loss.backward()
+    return {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("stage", ["compress_pretrain", "instruct", "end_to_end"])
+def test_gradient_checkpointing_gives_the_gradients_of_the_plain_backward(stage):
+    # The recompute in backward must run each layer under the adapter of its own forward
+    # (compressor / query reasoner), not the generator's that is active by then.
+    from clara_ray import CLaRa, CLaRaConfig
+    from clara_ray.data.records import read_records
+    from clara_ray.train.loop import enable_gradient_checkpointing
+
+    torch.manual_seed(0)
+    model = CLaRa.from_config(CLaRaConfig(**TINY_MODEL), device="cpu")  # LoRA dropout 0
+    model.prepare_stage(stage)
+    with torch.no_grad():  # fresh adapters are the identity (B = 0): make each one change its layers, as training does
+        for name, p in model.backbone.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    checkpointed = copy.deepcopy(model)  # same weights and prompt-sampling state
+    enable_gradient_checkpointing(checkpointed)
+    assert checkpointed.language_model.is_activation_checkpointing
+
+    records = read_records(SAMPLE / STAGE_DATA[stage], stage)[:2]
+    expected = _gradients(model, records, stage)
+    actual = _gradients(checkpointed, records, stage)
+
+    assert expected.keys() == actual.keys() and all(g is not None for g in actual.values())
+    for adapter in model.trained_by(stage):
+        assert any(g.abs().sum() > 0 for name, g in expected.items() if f".{adapter}." in name), adapter
+    wrong = {name: float((actual[name] - g).abs().max() / g.abs().max().clamp(min=1e-12))
+             for name, g in expected.items() if not torch.allclose(actual[name], g, rtol=1e-4, atol=1e-6)}
+    assert not wrong, f"{len(wrong)}/{len(expected)} gradients differ (max abs diff / max abs grad): " + \
+        ", ".join(f"{name} {diff:.3g}" for name, diff in sorted(wrong.items(), key=lambda kv: -kv[1])[:4])
