@@ -18,18 +18,28 @@ def main(
     instruct_docs: Annotated[int, typer.Option(help="documents per stage-2 record (gold + negatives)")] = 5,
     end_to_end_docs: Annotated[int, typer.Option(help="candidates per stage-3 record (gold + negatives)")] = 20,
     max_questions: Annotated[int, typer.Option(help="questions used per paragraph")] = 5,
+    reconstruction: Annotated[bool, typer.Option(
+        help="stage 1 also reconstructs every paragraph (target: the paragraph as the compressor reads it)")] = False,
+    doc_max_length: Annotated[Optional[int], typer.Option(
+        help="the model's document window in tokens: questions answered only past it are left out")] = None,
+    backbone: Annotated[str, typer.Option(help="whose tokenizer measures --doc-max-length")] = "smollm2-135m",
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Build the three training stages' JSONL from SQuAD-format paragraphs and questions."""
-    from clara_ray.data.squad import SquadFormatError, build_squad_data
+    from clara_ray.data.squad import SquadFormatError, TokenWindow, build_squad_data
 
+    window = TokenWindow(backbone, doc_max_length) if doc_max_length else None
     try:
-        stats = build_squad_data(squad, out, train_articles, instruct_docs, end_to_end_docs, max_questions, seed)
+        stats = build_squad_data(squad, out, train_articles, instruct_docs, end_to_end_docs, max_questions, seed,
+                                 window, reconstruction)
     except SquadFormatError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     for name, count in stats.files.items():
         typer.echo(f"{out / name}: {count} records")
+    if window:
+        for split, count in stats.answers_past_window.items():
+            typer.echo(f"{split}: {count} questions left out, their answers lie past {doc_max_length} tokens")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Build the three stages' JSONL from SQuAD-format data (paragraphs with questions).
 
 - Stage 1 (`pretrain_data.jsonl`): one record per paragraph, the paragraph with its QA pairs
-  (plus a paraphrase record where a paragraph carries a non-standard `paraphrase` field).
+  (plus a paraphrase record where a paragraph carries a non-standard `paraphrase` field, and,
+  with `reconstruction`, one whose target is the paragraph itself as the compressor sees it).
 - Stage 2 (`instruction_data.jsonl`): one record per question, the gold paragraph among
   `instruct_docs - 1` negatives.
 - Stage 3 (`end_to_end_data.jsonl`): one record per question, the gold paragraph among
@@ -11,6 +12,11 @@ Negatives are other paragraphs: first from the same article (same topic, so they
 tell apart), the rest from other articles. Articles are split whole into train and held-out, so
 no held-out paragraph is seen in training. Every output is validated with the stage's record
 type and written atomically.
+
+With a `TokenWindow` (the model's tokenizer and doc_max_length), questions whose every gold
+answer lies past the part of the paragraph the compressor reads are left out of training (they
+cannot be answered from the memory) and counted; held-out files keep them (counted too), so an
+evaluation built from them is not made easier.
 """
 from __future__ import annotations
 
@@ -53,6 +59,23 @@ class Paragraph:
 @dataclass
 class BuildStats:
     files: dict[str, int] = field(default_factory=dict)  # file name -> records written
+    answers_past_window: dict[str, int] = field(default_factory=dict)  # split -> questions left out
+
+
+class TokenWindow:
+    """What the compressor reads of a document: its first `doc_max_length` tokens."""
+
+    def __init__(self, backbone: str, doc_max_length: int):
+        from transformers import AutoTokenizer
+
+        from clara_ray.backbones import resolve_backbone
+
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(backbone))
+        self.doc_max_length = doc_max_length
+
+    def cut(self, text: str) -> str:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= self.doc_max_length else self.tokenizer.decode(ids[: self.doc_max_length]).strip()
 
 
 def _distinct(texts: Iterable[str]) -> list[str]:
@@ -114,15 +137,26 @@ def _with_gold(gold: str, negatives: list[str], rng: random.Random) -> tuple[lis
 
 
 def stage_records(articles: list[list[Paragraph]], instruct_docs: int, end_to_end_docs: int,
-                  max_questions_per_paragraph: int, seed: int) -> dict[str, list[dict[str, Any]]]:
-    """The three stages' records (as JSON objects) for a set of articles."""
+                  max_questions_per_paragraph: int, seed: int, window: TokenWindow | None = None,
+                  reconstruction: bool = False, keep_past_window: bool = False,
+                  ) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """The three stages' records (as JSON objects) for a set of articles, and the number of
+    questions whose answers lie past `window` (left out unless `keep_past_window`)."""
     rng = random.Random(seed)
     everything = [p for article in articles for p in article]
     out: dict[str, list[dict[str, Any]]] = {stage: [] for stage in STAGE_FILES}
+    past_window = 0
     for article in articles:
         others = [p for p in everything if p.article != article[0].article] if article else []
         for par in article:
+            seen = window.cut(par.context) if window else par.context
+            if reconstruction:
+                out["compress_pretrain"].append({"data_type": "paraphrase", "question": [], "answers": [seen],
+                                                 "docs": [par.context]})
             questions = par.questions[:max_questions_per_paragraph]
+            readable = [q for q in questions if any(a in seen for a in q.answers)]
+            past_window += len(questions) - len(readable)
+            questions = questions if keep_past_window else readable
             if questions:
                 out["compress_pretrain"].append({"data_type": "qa", "question": [q.text for q in questions],
                                                  "answers": [q.answers[0] for q in questions], "docs": [par.context]})
@@ -138,7 +172,7 @@ def stage_records(articles: list[list[Paragraph]], instruct_docs: int, end_to_en
         rng.shuffle(records)
         for i, record in enumerate(records):
             parse_record(record, stage, f"<built {stage}>", i + 1)  # a builder bug must not ship bad data
-    return out
+    return out, past_window
 
 
 def write_jsonl(records: list[dict[str, Any]], path: Path) -> None:
@@ -157,7 +191,7 @@ def write_jsonl(records: list[dict[str, Any]], path: Path) -> None:
 
 def build_squad_data(squad_path: str | Path, out_dir: str | Path, train_articles: int | None = None,
                      instruct_docs: int = 5, end_to_end_docs: int = 20, max_questions_per_paragraph: int = 5,
-                     seed: int = 0) -> BuildStats:
+                     seed: int = 0, window: TokenWindow | None = None, reconstruction: bool = False) -> BuildStats:
     """Write the stage files for the first `train_articles` articles, and held-out files for the rest."""
     articles = load_squad(squad_path)
     cut = len(articles) if train_articles is None else train_articles
@@ -167,8 +201,10 @@ def build_squad_data(squad_path: str | Path, out_dir: str | Path, train_articles
     stats = BuildStats()
     splits = [("", articles[:cut])] + ([(HELDOUT_PREFIX, articles[cut:])] if cut < len(articles) else [])
     for prefix, split in splits:
-        for stage, records in stage_records(split, instruct_docs, end_to_end_docs,
-                                            max_questions_per_paragraph, seed).items():
+        records_by_stage, stats.answers_past_window[prefix or "train"] = stage_records(
+            split, instruct_docs, end_to_end_docs, max_questions_per_paragraph, seed, window, reconstruction,
+            keep_past_window=bool(prefix))
+        for stage, records in records_by_stage.items():
             name = prefix + STAGE_FILES[stage]
             write_jsonl(records, out_dir / name)
             stats.files[name] = len(records)

@@ -84,3 +84,32 @@ def test_cli_writes_the_files(tmp_path):
                                       "--end-to-end-docs", "4"])
     assert result.exit_code == 0, result.output
     assert "end_to_end_data.jsonl: 18 records" in result.output
+
+
+def test_reconstruction_records_and_answers_past_the_window(tmp_path):
+    from clara_ray.data.squad import TokenWindow
+
+    path = tmp_path / "squad.json"
+    filler = " ".join(f"filler{i}" for i in range(60))
+    data = [{"title": f"A{a}", "paragraphs": [
+        {"context": f"Early fact: the key is early{a}{p}. {filler} Late fact: the lock is late{a}{p}.",
+         "qas": [{"id": f"{a}{p}e", "question": "Which key?", "answers": [{"text": f"early{a}{p}", "answer_start": 0}]},
+                 {"id": f"{a}{p}l", "question": "Which lock?", "answers": [{"text": f"late{a}{p}", "answer_start": 0}]}]}
+        for p in range(3)]} for a in range(3)]
+    path.write_text(json.dumps({"data": data}))
+    window = TokenWindow("tiny-random", 24)
+    stats = build_squad_data(path, tmp_path / "out", train_articles=2, instruct_docs=2, end_to_end_docs=3,
+                             window=window, reconstruction=True)
+    pre = read_records(tmp_path / "out" / "pretrain_data.jsonl", "compress_pretrain")
+    rebuilt = [r for r in pre if r.data_type == "paraphrase"]
+    assert len(rebuilt) == 2 * 3  # one per training paragraph
+    for r in rebuilt:
+        target = r.answers[0]
+        assert r.docs[0].startswith(target) and len(window.tokenizer(target)["input_ids"]) <= 24
+        assert "Late fact" not in target
+    # the late answers cannot be read from a 24-token window: left out of training, kept held out
+    assert stats.answers_past_window == {"train": 2 * 3, "heldout_": 3}
+    ins = read_records(tmp_path / "out" / "instruction_data.jsonl", "instruct")
+    assert ins and all(r.answer.startswith("early") for r in ins)
+    held = read_records(tmp_path / "out" / "heldout_instruction_data.jsonl", "instruct")
+    assert {r.answer[:4] for r in held} == {"earl", "late"}
