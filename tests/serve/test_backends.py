@@ -83,6 +83,25 @@ def test_vllm_matches_hf_greedy_tokens(trained_like_checkpoint, tmp_path):
     assert (tmp_path / "export" / "config.json").exists()
 
 
+def test_generator_export_is_a_complete_entry_with_the_adapter_merged(trained_like_checkpoint, tmp_path):
+    """The export vLLM loads, built without vLLM: once, in a clean process, into a complete entry."""
+    from safetensors.torch import load_file
+
+    from clara_ray.backbones import resolve_backbone
+    from clara_ray.cache import entry_problem
+    from serve.backends.vllm import export_generator
+
+    model, checkpoint = trained_like_checkpoint
+    export = export_generator(checkpoint, tmp_path / "export")
+    assert entry_problem(export) is None
+    merged = load_file(str(export / "model.safetensors"))
+    plain = load_file(str(Path(resolve_backbone(model.config.backbone)) / "model.safetensors"))
+    assert merged.keys() == plain.keys()
+    assert any(not torch.equal(merged[k], plain[k]) for k in plain), "the generator adapter was not merged"
+    built = (export / "model.safetensors").stat().st_mtime_ns
+    assert export_generator(checkpoint, export) == export and (export / "model.safetensors").stat().st_mtime_ns == built
+
+
 def test_vllm_backend_refuses_the_text_reader(trained_like_checkpoint, tmp_path):
     from serve.backends.vllm import VllmBackend
     from serve.settings import ServeSettings
