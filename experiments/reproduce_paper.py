@@ -1,14 +1,20 @@
-"""Reproduce the paper's claims in miniature on SQuAD: data -> 3 training stages -> evaluation.
+"""Reproduce the paper's claims in miniature on SQuAD: data -> training stages -> evaluation.
 
-    python -m experiments.reproduce_paper --squad ../shared/data/squad/squad-v1.1-dev-part-a.json \
-        --work-dir runs/repro --results-dir docs/results/squad-mini --rates 16,4,32
+    python -m experiments.reproduce_paper --profile quick --squad ../shared/data/squad/squad-v1.1-dev-part-a.json
+    python -m experiments.reproduce_paper --profile full  --squad ../shared/data/squad/squad-v1.1-dev-part-a.json
+
+Profiles (see PROFILES): `quick` (CR 16, under 45 minutes on 2 cores: shows whether memory is
+read), `full` (CR 16, 4, 32, >= 200 evaluation questions, several hours, resumable across
+sessions) and `reference` (the paper's recipe at the first run's small budget, for comparison).
+Where a profile departs from the paper's recipe, the departure is a config value named in
+`Recipe` and documented in docs/results/squad-mini/README.md.
 
 Every step goes through the same entry points `ray job submit` uses (`python -m pipelines.*`,
 run as subprocesses) and is skipped when its output exists, so a run cut off at a session's end
 resumes in the next: finished steps are not redone, and the interrupted step resumes on its own
 (training from its last Ray Train checkpoint, evaluation from its partial predictions).
 Step timings accumulate in <work-dir>/timings.json; the combined report (Markdown + PNG) lands
-in --results-dir with the command and the CPU time each step took.
+in --results-dir with the command and the wall time of each step.
 """
 from __future__ import annotations
 
@@ -17,15 +23,68 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-STAGES = ("compress_pretrain", "instruct", "end_to_end")
 STAGE_DATA = {"compress_pretrain": "pretrain_data.jsonl", "instruct": "instruction_data.jsonl",
-              "end_to_end": "end_to_end_data.jsonl"}
+              "retrieval_warmup": "end_to_end_data.jsonl", "end_to_end": "end_to_end_data.jsonl"}
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One training stage of a profile: its optimizer steps and config overrides."""
+    stage: str
+    steps: int
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a profile trains and evaluates; every field is a value of the stage configs."""
+    rates: tuple[int, ...]
+    doc_max_length: int
+    stages: tuple[StageRun, ...]
+    model: tuple[str, ...] = ()  # CLaRaConfig overrides at stage 1 (model.*)
+    reconstruction: bool = False  # stage-1 data reconstructs every paragraph
+    eval_per_article: int = 5
+    eval_settings: tuple[str, ...] = ("normal", "oracle")
+    reconstruction_eval: int = 0  # held-out paragraphs the stage-1 export reconstructs
+    retrieval_checkpoints: bool = False  # Recall@k of the stage-2 (and warm-up) exports too
+    text_rag_systems: bool = True  # text RAG over CLaRa's / MiniLM's top-k in the CLaRa evaluation
+    text_rag_lora: bool = True  # the LoRA text-RAG baseline, trained on stage 2's data and sample count
+
+
+_FAST = ("data.length_buckets=8",)
+_MINIATURE_MODEL = ("model.memory_norm=embedding",)
+PROFILES: dict[str, Recipe] = {
+    # The paper's recipe (reset generator, lr 1e-4 / 5e-6, QA-only stage 1) at the first run's budget.
+    "reference": Recipe(rates=(16,), doc_max_length=128, eval_per_article=5, stages=(
+        StageRun("compress_pretrain", 50), StageRun("instruct", 50), StageRun("end_to_end", 40))),
+    "quick": Recipe(
+        rates=(16,), doc_max_length=192, model=_MINIATURE_MODEL, reconstruction=True, eval_per_article=5,
+        eval_settings=("normal", "oracle", "wrong_memory"), reconstruction_eval=16, text_rag_systems=False,
+        text_rag_lora=False,
+        stages=(
+            StageRun("compress_pretrain", 60, ("optim.lr=1e-3", "batch.global_size=8", "batch.micro_size=4", *_FAST)),
+            StageRun("instruct", 30, ("generator_init=previous", "optim.lr=5e-4", "batch.global_size=8",
+                                      "batch.micro_size=4", *_FAST)),
+            StageRun("retrieval_warmup", 40, ("optim.lr=5e-4", "batch.global_size=16", "batch.micro_size=8")),
+            StageRun("end_to_end", 20, ("optim.lr=1e-4", "batch.global_size=8", "batch.micro_size=4")),
+        )),
+    "full": Recipe(
+        rates=(16, 4, 32), doc_max_length=256, model=_MINIATURE_MODEL, reconstruction=True, eval_per_article=25,
+        eval_settings=("normal", "oracle", "wrong_memory"), reconstruction_eval=32, retrieval_checkpoints=True,
+        stages=(
+            StageRun("compress_pretrain", 640, ("optim.lr=1e-3", "batch.global_size=8", "batch.micro_size=4", *_FAST)),
+            StageRun("instruct", 300, ("generator_init=previous", "optim.lr=5e-4", "batch.global_size=8",
+                                       "batch.micro_size=4", *_FAST)),
+            StageRun("retrieval_warmup", 360, ("optim.lr=5e-4", "batch.global_size=16", "batch.micro_size=8")),
+            StageRun("end_to_end", 150, ("optim.lr=1e-4", "batch.global_size=8", "batch.micro_size=4")),
+        )),
+}
 
 
 @dataclass
@@ -43,13 +102,15 @@ class Step:
 class Plan:
     squad: Path
     work_dir: Path
-    rates: list[int]
+    recipe: Recipe = field(default_factory=lambda: PROFILES["reference"])
+    eval_squad: Optional[Path] = None  # evaluate on this file instead of --squad's held-out articles
     train_articles: int = 28
     total_articles: int = 36
-    doc_max_length: int = 128
-    steps_per_stage: tuple[int, int, int] = (50, 50, 40)
-    eval_per_article: int = 15
     max_candidates: int = 20
+
+    @property
+    def rates(self) -> tuple[int, ...]:
+        return self.recipe.rates
 
     def export_dir(self, rate: int, stage: str) -> Path:
         return (self.work_dir / "runs" / f"cr{rate}-{stage}" / "model").resolve()
@@ -60,53 +121,91 @@ class Plan:
     def eval_dir_named(self, name: str) -> Path:
         return (self.work_dir / "eval" / name).resolve()
 
+    def eval_dirs(self) -> list[Path]:
+        """Every evaluation of the plan, in report order."""
+        return [Path(s.done_marker).parent for s in self.steps() if s.name.startswith("evaluate")]
+
+    @property
+    def data_dir(self) -> Path:
+        return (self.work_dir / "data").resolve()
+
     def steps(self) -> list[Step]:
-        data = (self.work_dir / "data").resolve()
-        python = sys.executable
-        steps = [Step("build_data", [python, "-m", "pipelines.build_squad_data", "--squad", str(self.squad),
-                                     "--out", str(data), "--train-articles", str(self.train_articles)],
+        recipe, data = self.recipe, self.data_dir
+        build = [sys.executable, "-m", "pipelines.build_squad_data", "--squad", str(self.squad), "--out", str(data),
+                 "--train-articles", str(self.train_articles), "--doc-max-length", str(recipe.doc_max_length)]
+        steps = [Step("build_data", build + (["--reconstruction"] if recipe.reconstruction else []),
                       data / STAGE_DATA["end_to_end"])]
-        for rate in self.rates:
-            previous: Path | None = None
-            for stage, max_steps in zip(STAGES, self.steps_per_stage):
-                export = self.export_dir(rate, stage)
-                argv = [python, "-m", "pipelines.train", "--stage", stage, "--config", f"configs/train/cpu/{stage}.yaml",
-                        f"data.paths=[{data / STAGE_DATA[stage]}]", f"max_steps={max_steps}",
-                        f"run.name=cr{rate}-{stage}", f"run.storage_path={(self.work_dir / 'runs').resolve()}"]
-                if previous is None:
-                    argv += [f"model.compression_rate={rate}", f"model.doc_max_length={self.doc_max_length}"]
-                else:
-                    argv += [f"init_from={previous}"]
-                steps.append(Step(f"train_cr{rate}_{stage}", argv, export / "clara_config.json"))
-                previous = export
-            out = self.eval_dir(rate)
-            steps.append(Step(f"evaluate_cr{rate}", [
-                python, "-m", "pipelines.evaluate", "--config", "experiments/configs/eval_squad_cpu.yaml",
-                f"checkpoint={previous}", f"output_dir={out}", f"label=CR={rate}", f"data.path={self.squad}",
-                f"data.article_range=[{self.train_articles},{self.total_articles}]",
-                f"data.per_article={self.eval_per_article}", f"data.max_candidates={self.max_candidates}",
-            ], out / "summary.json"))
-            if rate == self.rates[0]:
-                steps += self._text_rag_lora_steps(data)
+        for rate in recipe.rates:
+            steps += self._rate_steps(rate)
+            if rate == recipe.rates[0] and recipe.text_rag_lora:
+                steps += self._text_rag_lora_steps()
         return steps
 
-    def _text_rag_lora_steps(self, data: Path) -> list[Step]:
-        """The LoRA text-RAG baseline: same stage-2 data, documents read as text."""
-        python = sys.executable
+    def _rate_steps(self, rate: int) -> list[Step]:
+        recipe, steps, previous = self.recipe, [], None
+        for run in recipe.stages:
+            export = self.export_dir(rate, run.stage)
+            argv = [sys.executable, "-m", "pipelines.train", "--stage", run.stage,
+                    "--config", f"configs/train/cpu/{run.stage}.yaml",
+                    f"data.paths=[{self.data_dir / STAGE_DATA[run.stage]}]", f"max_steps={run.steps}",
+                    f"checkpoint.every_steps={max(1, min(50, run.steps))}",
+                    f"run.name=cr{rate}-{run.stage}", f"run.storage_path={(self.work_dir / 'runs').resolve()}",
+                    *run.overrides]
+            if previous is None:
+                argv += [f"model.compression_rate={rate}", f"model.doc_max_length={recipe.doc_max_length}",
+                         "model.dtype=float32", *recipe.model]
+            else:
+                argv.append(f"init_from={previous}")
+            steps.append(Step(f"train_cr{rate}_{run.stage}", argv, export / "clara_config.json"))
+            steps += self._checkpoint_diagnostics(rate, run.stage, export)
+            previous = export
+        systems = ["{name: clara, kind: clara}", "{name: closed_book, kind: closed_book}"]
+        if recipe.text_rag_systems:
+            systems[1:1] = ["{name: text_rag_minilm, kind: text_rag, retriever: minilm}",
+                            "{name: text_rag_clara_topk, kind: text_rag, retriever: clara}"]
+        steps.append(self._evaluate(f"cr{rate}", previous, f"CR={rate}", [
+            f"harness.settings=[{','.join(recipe.eval_settings)}]", f"harness.systems=[{', '.join(systems)}]",
+            f"harness.answer_loss={'wrong_memory' in recipe.eval_settings}".lower()]))
+        return steps
+
+    def _checkpoint_diagnostics(self, rate: int, stage: str, export: Path) -> list[Step]:
+        """Evaluations of intermediate exports: stage-1 reconstruction, retrieval before stage 3."""
+        recipe, none = self.recipe, ["harness.systems=[]"]
+        if stage == "compress_pretrain" and recipe.reconstruction_eval:
+            return [self._evaluate(f"cr{rate}-stage1", export, f"CR={rate} stage 1",
+                                   [*none, "harness.retrievers=[]", f"harness.reconstruction={recipe.reconstruction_eval}"])]
+        if recipe.retrieval_checkpoints and stage in ("instruct", "retrieval_warmup"):
+            label = {"instruct": "before stage 3", "retrieval_warmup": "after warm-up"}[stage]
+            return [self._evaluate(f"cr{rate}-{stage}", export, f"CR={rate} {label}", [*none, "harness.retrievers=[clara]"])]
+        return []
+
+    def _evaluate(self, name: str, checkpoint: Path, label: str, extra: list[str]) -> Step:
+        out = self.eval_dir_named(name)
+        if self.eval_squad is None:
+            data = [f"data.path={self.squad}", f"data.article_range=[{self.train_articles},{self.total_articles}]"]
+        else:
+            data = [f"data.path={self.eval_squad.resolve()}"]
+        return Step(f"evaluate_{name.replace('-', '_')}", [
+            sys.executable, "-m", "pipelines.evaluate", "--config", "experiments/configs/eval_squad_cpu.yaml",
+            f"checkpoint={checkpoint}", f"output_dir={out}", f"label={label}", *data,
+            f"data.per_article={self.recipe.eval_per_article}", f"data.max_candidates={self.max_candidates}", *extra,
+        ], out / "summary.json")
+
+    def _text_rag_lora_steps(self) -> list[Step]:
+        """The LoRA text-RAG baseline: stage 2's data and number of samples, documents read as text."""
         checkpoint = (self.work_dir / "text_rag_lora").resolve()
-        out = self.eval_dir_named("text_rag_lora")
+        instruct = next(run for run in self.recipe.stages if run.stage == "instruct")
+        global_size = next((int(o.split("=")[1]) for o in instruct.overrides if o.startswith("batch.global_size=")), 8)
+        batch = 4
+        steps = max(1, instruct.steps * global_size // batch)
         system = "[{name: text_rag_lora, kind: text_rag, retriever: minilm, adapter: generator}]"
         return [
-            Step("train_text_rag_lora", [python, "-m", "experiments.text_rag_lora", "--data",
-                                         str(data / STAGE_DATA["instruct"]), "--out", str(checkpoint),
-                                         "--steps", str(self.steps_per_stage[1])], checkpoint / "text_rag_lora.json"),
-            Step("evaluate_text_rag_lora", [
-                python, "-m", "pipelines.evaluate", "--config", "experiments/configs/eval_squad_cpu.yaml",
-                f"checkpoint={checkpoint}", f"output_dir={out}", "label=text-RAG LoRA", f"data.path={self.squad}",
-                f"data.article_range=[{self.train_articles},{self.total_articles}]",
-                f"data.per_article={self.eval_per_article}", f"data.max_candidates={self.max_candidates}",
-                f"harness.systems={system}", "harness.retrievers=[minilm]",
-            ], out / "summary.json"),
+            Step("train_text_rag_lora", [sys.executable, "-m", "experiments.text_rag_lora", "--data",
+                                         str(self.data_dir / STAGE_DATA["instruct"]), "--out", str(checkpoint),
+                                         "--steps", str(steps), "--batch-size", str(batch)],
+                 checkpoint / "text_rag_lora.json"),
+            self._evaluate("text_rag_lora", checkpoint, "text-RAG LoRA",
+                           [f"harness.settings=[normal,oracle]", f"harness.systems={system}", "harness.retrievers=[minilm]"]),
         ]
 
 
@@ -126,8 +225,7 @@ def _run_step(step: Step, log_dir: Path) -> float:
 def _write_results(plan: Plan, results_dir: Path, command: str, timings: dict[str, float]) -> Path:
     from clara_ray.evaluation.report import write_report
 
-    dirs = [plan.eval_dir(r) for r in plan.rates] + [plan.eval_dir_named("text_rag_lora")]
-    summaries = [json.loads((d / "summary.json").read_text()) for d in dirs if (d / "summary.json").exists()]
+    summaries = [json.loads((d / "summary.json").read_text()) for d in plan.eval_dirs() if (d / "summary.json").exists()]
     lines = [f"Command: `{command}`", "",
              f"Total wall time of all steps (summed over sessions): {sum(timings.values()) / 3600:.2f} h", "",
              "| step | wall time (min) |", "|---|---:|"]
@@ -136,21 +234,34 @@ def _write_results(plan: Plan, results_dir: Path, command: str, timings: dict[st
                         preamble="\n".join(lines))
 
 
+def _relative_to_cwd(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path.name
+
+
 def main(
     squad: Annotated[Path, typer.Option(help="SQuAD v1.1 JSON (split by article into train / evaluation)")],
-    work_dir: Annotated[Path, typer.Option(help="data, checkpoints, evaluations, timings")] = Path("runs/repro"),
-    results_dir: Annotated[Path, typer.Option(help="where the combined report goes")] = Path("docs/results/squad-mini"),
-    rates: Annotated[str, typer.Option(help="compression rates, in order of priority")] = "16,4,32",
+    profile: Annotated[str, typer.Option(help=f"one of {', '.join(PROFILES)}")] = "quick",
+    eval_squad: Annotated[Optional[Path], typer.Option(
+        help="evaluate on this SQuAD file (every article) instead of --squad's held-out articles")] = None,
+    work_dir: Annotated[Optional[Path], typer.Option(help="data, checkpoints, evaluations, timings")] = None,
+    results_dir: Annotated[Optional[Path], typer.Option(help="where the combined report goes")] = None,
     train_articles: Annotated[int, typer.Option(help="first N articles train, the rest evaluate")] = 28,
-    steps_per_stage: Annotated[str, typer.Option(help="max optimizer steps for stages 1,2,3")] = "50,50,40",
-    eval_per_article: Annotated[int, typer.Option(help="evaluation questions per held-out article")] = 15,
     dry_run: Annotated[bool, typer.Option(help="print the plan, run nothing")] = False,
     only_report: Annotated[bool, typer.Option(help="rebuild the report from finished evaluations")] = False,
 ) -> None:
     """Run (or resume) the whole reproduction and write the report."""
-    s1, s2, s3 = (int(x) for x in steps_per_stage.split(","))
-    plan = Plan(squad=squad.resolve(), work_dir=work_dir, rates=[int(r) for r in rates.split(",")],
-                train_articles=train_articles, steps_per_stage=(s1, s2, s3), eval_per_article=eval_per_article)
+    if profile not in PROFILES:
+        raise typer.BadParameter(f"{profile!r} is not one of {', '.join(PROFILES)}", param_hint="--profile")
+    for name, path in (("--squad", squad), ("--eval-squad", eval_squad)):
+        if path is not None and not path.is_file():
+            raise typer.BadParameter(f"{path}: no such file", param_hint=name)
+    work_dir = work_dir or Path("runs") / f"repro-{profile}"
+    results_dir = results_dir or Path("docs/results/squad-mini") / profile
+    plan = Plan(squad=squad.resolve(), work_dir=work_dir, recipe=PROFILES[profile], eval_squad=eval_squad,
+                train_articles=train_articles)
     timings_file = work_dir / "timings.json"
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     for step in [] if only_report else plan.steps():
@@ -164,7 +275,10 @@ def main(
         work_dir.mkdir(parents=True, exist_ok=True)
         timings_file.write_text(json.dumps(timings, indent=2))
     if not dry_run:
-        command = shlex.join(["python", "-m", "experiments.reproduce_paper", *sys.argv[1:]])
+        args = ["--profile", profile, "--squad", _relative_to_cwd(squad)]
+        args += ["--eval-squad", _relative_to_cwd(eval_squad)] if eval_squad else []
+        args += ["--work-dir", _relative_to_cwd(work_dir), "--results-dir", _relative_to_cwd(results_dir)]
+        command = shlex.join(["python", "-m", "experiments.reproduce_paper", *args])
         typer.echo(f"report: {_write_results(plan, results_dir, command, timings)}")
 
 

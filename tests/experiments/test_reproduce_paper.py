@@ -1,41 +1,70 @@
-"""The reproduction plan: step order, chaining of checkpoints, and resume by output markers."""
+"""The reproduction plan: profiles, step order, chaining of checkpoints, and resume by output markers."""
 from pathlib import Path
 
 import typer
 from typer.testing import CliRunner
 
-from experiments.reproduce_paper import Plan, main
+from experiments.reproduce_paper import PROFILES, Plan, main
 
 
-def test_plan_chains_stages_and_rates(tmp_path):
-    plan = Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, rates=[16, 4])
+def _steps(plan):
+    return {s.name: s for s in plan.steps()}
+
+
+def test_full_profile_chains_every_stage_and_rate_with_diagnostics(tmp_path):
+    plan = Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=PROFILES["full"])
     names = [s.name for s in plan.steps()]
-    assert names == ["build_data",
-                     "train_cr16_compress_pretrain", "train_cr16_instruct", "train_cr16_end_to_end", "evaluate_cr16",
-                     "train_text_rag_lora", "evaluate_text_rag_lora",
-                     "train_cr4_compress_pretrain", "train_cr4_instruct", "train_cr4_end_to_end", "evaluate_cr4"]
-    steps = {s.name: s for s in plan.steps()}
+    per_rate = lambda r: [f"train_cr{r}_compress_pretrain", f"evaluate_cr{r}_stage1", f"train_cr{r}_instruct",
+                          f"evaluate_cr{r}_instruct", f"train_cr{r}_retrieval_warmup",
+                          f"evaluate_cr{r}_retrieval_warmup", f"train_cr{r}_end_to_end", f"evaluate_cr{r}"]
+    assert names == ["build_data", *per_rate(16), "train_text_rag_lora", "evaluate_text_rag_lora",
+                     *per_rate(4), *per_rate(32)]
+    steps = _steps(plan)
+    assert "--reconstruction" in steps["build_data"].argv and "256" in steps["build_data"].argv
     assert "model.compression_rate=4" in steps["train_cr4_compress_pretrain"].argv
-    assert f"init_from={plan.export_dir(4, 'instruct')}" in steps["train_cr4_end_to_end"].argv
+    assert "model.memory_norm=embedding" in steps["train_cr4_compress_pretrain"].argv
+    assert "generator_init=previous" in steps["train_cr16_instruct"].argv
+    assert f"init_from={plan.export_dir(4, 'retrieval_warmup')}" in steps["train_cr4_end_to_end"].argv
     evaluate = steps["evaluate_cr16"].argv
     assert f"checkpoint={plan.export_dir(16, 'end_to_end')}" in evaluate
     assert "data.article_range=[28,36]" in evaluate  # evaluation articles are never trained on
-    # the text-RAG LoRA baseline trains on the same stage-2 data and is scored on the same questions
+    assert "data.per_article=25" in evaluate  # 8 held-out articles x 25 = 200 questions
+    assert "harness.settings=[normal,oracle,wrong_memory]" in evaluate and "harness.answer_loss=true" in evaluate
+    assert "harness.reconstruction=32" in steps["evaluate_cr16_stage1"].argv
+    # the text-RAG LoRA baseline: stage 2's data, as many samples, scored on the same questions
+    lora = steps["train_text_rag_lora"].argv
+    assert str(tmp_path.resolve() / "data" / "instruction_data.jsonl") in lora
+    instruct = next(r for r in PROFILES["full"].stages if r.stage == "instruct")
+    samples = int(lora[lora.index("--steps") + 1]) * int(lora[lora.index("--batch-size") + 1])
+    assert samples == instruct.steps * 8
     lora_eval = steps["evaluate_text_rag_lora"].argv
-    assert str(tmp_path.resolve() / "data" / "instruction_data.jsonl") in steps["train_text_rag_lora"].argv
     assert [a for a in lora_eval if a.startswith("data.")] == [a for a in evaluate if a.startswith("data.")]
 
 
-def test_rerun_skips_finished_steps(tmp_path):
-    plan = Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, rates=[16])
+def test_quick_profile_is_cr16_only_and_a_separate_eval_file_replaces_the_held_out_articles(tmp_path):
+    plan = Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=PROFILES["quick"],
+                eval_squad=Path("/data/other.json"))
+    steps = _steps(plan)
+    assert not any("cr4" in n or "cr32" in n or "text_rag_lora" in n for n in steps)
+    evaluate = steps["evaluate_cr16"].argv
+    assert "data.path=/data/other.json" in evaluate and not any("article_range" in a for a in evaluate)
+    assert "--squad" in steps["build_data"].argv and "/data/squad.json" in steps["build_data"].argv
+
+
+def test_rerun_skips_finished_steps_and_unknown_profiles_are_refused(tmp_path):
+    squad = tmp_path / "squad.json"
+    squad.write_text("{}")
+    plan = Plan(squad=squad, work_dir=tmp_path, recipe=PROFILES["quick"])
     for step in plan.steps()[:2]:  # data built, stage 1 exported
         step.done_marker.parent.mkdir(parents=True, exist_ok=True)
         step.done_marker.write_text("{}")
     app = typer.Typer()
     app.command()(main)
-    result = CliRunner().invoke(app, ["--squad", "/data/squad.json", "--work-dir", str(tmp_path),
-                                       "--rates", "16", "--dry-run"])
+    result = CliRunner().invoke(app, ["--squad", str(squad), "--work-dir", str(tmp_path), "--profile", "quick",
+                                       "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "[build_data] done, skipped" in result.output
     assert "[train_cr16_compress_pretrain] done, skipped" in result.output
-    assert "[train_cr16_instruct] would run" in result.output
+    assert "[evaluate_cr16_stage1] would run" in result.output
+    result = CliRunner().invoke(app, ["--squad", str(squad), "--profile", "huge", "--dry-run"])
+    assert result.exit_code == 2 and "huge" in result.output
