@@ -22,7 +22,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "serve_latency": [],
     "serve_load": [],
 }
-TAKES_SQUAD = {"serve_latency", "serve_load"}
+TAKES_SQUAD = {"serve_latency", "serve_load", "train_throughput"}
 
 
 def _names(csv: Optional[str]) -> list[str]:

@@ -1,6 +1,11 @@
-"""Training throughput: Ray Train + DeepSpeed vs a plain single-process PyTorch loop.
+"""Training throughput: the exact speed-ups (issue 22) and Ray Train + DeepSpeed's overhead.
 
-    python -m bench.train_throughput [--backbone smollm2-135m] [--steps 12] [--micro-batch 2]
+    python -m bench.train_throughput [--part speedups|overhead|all] [--squad FILE]
+        [--backbone smollm2-135m] [--steps 12] [--micro-batch 2]
+
+`--part speedups` (bench/train_speedups.py): stage 1 and stage 3 with and without the
+speed-ups, same records, same run. `--part overhead`, described below, compares the trainer
+with a plain loop.
 
 Same model, data (bundled stage-1 sample), global batch (2 x micro batch) and number of optimizer
 steps in every arm, and the same micro batch per forward pass: the plain loop and 1 worker
@@ -109,12 +114,27 @@ def main() -> None:
                         f"global batch = {ACCUMULATION} x this in every arm")
     parser.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=None,
                         help="DeepSpeed ZeRO stage of the Ray arms (default: the CPU config's)")
+    parser.add_argument("--part", choices=("speedups", "overhead", "all"), default="all")
+    parser.add_argument("--squad", type=Path, default=None,
+                        help="SQuAD JSON for the speed-up arms (default: the bundled sample; SQuAD's length mix "
+                             "is what the targets are about)")
+    parser.add_argument("--speedup-steps", type=int, default=8, help="stage-1 optimizer steps per speed-up arm")
+    parser.add_argument("--speedup-questions", type=int, default=16, help="stage-3 questions per speed-up arm")
     args = parser.parse_args()
     if args.steps < 2:
         parser.error("--steps must be at least 2 (the first step is reported apart)")
     for name, value in (("HF_HUB_OFFLINE", "1"), ("RAY_AUTH_MODE", "disabled"), ("DS_ACCELERATOR", "cpu"),
                         ("TOKENIZERS_PARALLELISM", "false")):
         os.environ.setdefault(name, value)
+    if args.part in ("speedups", "all"):
+        from bench import train_speedups
+
+        train_speedups.main(args.squad, args.speedup_steps, args.speedup_questions, doc_max_length=256, threads=2)
+    if args.part in ("overhead", "all"):
+        overhead(args)
+
+
+def overhead(args) -> None:
     import ray
 
     global_batch = args.micro_batch * ACCUMULATION
