@@ -8,12 +8,18 @@ Systems (all on the same questions, the same candidates and the same top-k):
 - `closed_book`: the bare backbone with no documents (same prompt, empty background).
 Settings: `normal` answers from the retrieved top-k; `oracle` guarantees the gold documents are
 among the k (they replace the lowest-ranked non-gold picks), isolating generation quality from
-retrieval quality.
+retrieval quality; `wrong_memory` is the oracle top-k with each gold document replaced, in place,
+by a foreign one (another article's), so the documents cannot hold the answer: a generator that
+reads its memory scores clearly lower there than in `oracle`.
+
+Diagnostic `answer_loss`: the teacher-forced CE of each question's first gold answer given the
+oracle top-k compressed documents (own) and given the wrong_memory ones (other), ranked by the
+(first) `clara` system's retriever; a run without a `clara` system measures nothing.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,8 +27,9 @@ from clara_ray.evaluation.loaders import EvalQuestion
 from clara_ray.evaluation.metrics import answer_scores, mean_scores, retrieval_scores
 from clara_ray.evaluation.retrievers import ClaraRetriever, Retriever, build_retriever
 
-Setting = Literal["normal", "oracle"]
+Setting = Literal["normal", "oracle", "wrong_memory"]
 CLOSED = "closed"  # the setting label of closed-book rows: no documents, so no normal/oracle
+WRONG = "wrong_memory"
 
 
 class SystemSpec(BaseModel):
@@ -31,6 +38,7 @@ class SystemSpec(BaseModel):
     kind: Literal["clara", "text_rag", "closed_book"]
     retriever: Literal["clara", "minilm", "bm25"] = "clara"
     adapter: str | None = None  # text_rag only: None = bare backbone
+    settings: Optional[list[Setting]] = None  # None: the harness's settings
 
 
 class HarnessConfig(BaseModel):
@@ -45,6 +53,8 @@ class HarnessConfig(BaseModel):
         SystemSpec(name="closed_book", kind="closed_book"),
     ])
     ranked_to_keep: int = Field(10, ge=1)  # ranked candidate indices written per question
+    answer_loss: bool = Field(False, description="per question: answer CE with own vs wrong memory (clara system)")
+    reconstruction: int = Field(0, ge=0, description="held-out gold paragraphs to reconstruct (stage 1's task)")
 
     @model_validator(mode="after")
     def _unique_names(self):
@@ -52,6 +62,20 @@ class HarnessConfig(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError(f"system names must be unique, got {names}")
         return self
+
+    def settings_of(self, system: SystemSpec) -> list[str]:
+        if system.kind == "closed_book":
+            return [CLOSED]
+        return system.settings if system.settings is not None else list(self.settings)
+
+    @property
+    def answer_loss_system(self) -> SystemSpec | None:
+        """The CLaRa system whose memories the answer-loss diagnostic measures, if it runs."""
+        return next((s for s in self.systems if s.kind == "clara"), None) if self.answer_loss else None
+
+    @property
+    def needs_foreign_docs(self) -> bool:
+        return self.answer_loss_system is not None or any(WRONG in self.settings_of(s) for s in self.systems)
 
 
 def select_topk(ranked: Sequence[int], gold: Sequence[int], k: int, oracle: bool) -> list[int]:
@@ -64,6 +88,35 @@ def select_topk(ranked: Sequence[int], gold: Sequence[int], k: int, oracle: bool
     fill = [i for i in ranked if i not in gold_set][: k - len(golds)]
     position = {doc: p for p, doc in enumerate(ranked)}
     return sorted(golds + fill, key=lambda doc: position.get(doc, len(ranked)))
+
+
+def check_foreign_docs(q: EvalQuestion, needed: int) -> list[str]:
+    """The question's foreign documents that are not among its candidates (a store's
+    candidates may include one); an error naming the question if it has fewer than `needed`
+    or no gold document to replace."""
+    if not q.pos_index:
+        raise ValueError(f"question {q.id!r} has no gold document (pos_index) for the wrong_memory setting "
+                         "or the answer_loss diagnostic to replace")
+    candidates = set(q.docs)
+    foreign = [d for d in q.foreign_docs if d not in candidates]
+    if len(foreign) < needed:
+        raise ValueError(f"question {q.id!r} has {len(foreign)} foreign document(s) (not among its candidates) "
+                         f"but {needed} gold to replace; wrong_memory and answer_loss need one per gold document "
+                         "(the loader takes them from other SQuAD articles or other JSONL questions' gold documents)")
+    return foreign
+
+
+def memory_docs(q: EvalQuestion, top: Sequence[int], setting: str) -> tuple[list[str], list[int]]:
+    """The texts of a top-k and the positions that hold a foreign document: in wrong_memory each
+    gold document is replaced in place (same k, same order) by one of the question's foreign ones."""
+    docs = [q.docs[i] for i in top]
+    if setting != WRONG:
+        return docs, []
+    gold = set(q.pos_index)
+    at = [p for p, i in enumerate(top) if i in gold]
+    for p, text in zip(at, check_foreign_docs(q, max(len(at), 1))):
+        docs[p] = text
+    return docs, at
 
 
 class Evaluator:
@@ -93,15 +146,30 @@ class Evaluator:
             seconds[name] = time.perf_counter() - start
         rows = [self._row_header(q, {n: r[i] for n, r in rankings.items()}) for i, q in enumerate(questions)]
         for system in self.config.systems:
-            for setting in ([CLOSED] if system.kind == "closed_book" else self.config.settings):
+            for setting in self.config.settings_of(system):
                 start = time.perf_counter()
-                topk, answers = self._answer(system, setting, questions, rankings)
-                elapsed = time.perf_counter() - start + seconds.get(system.retriever, 0.0) * (system.kind != "closed_book")
-                for row, q, top, answer in zip(rows, questions, topk, answers):
+                topk, foreign_at, answers = self._answer(system, setting, questions, rankings)
+                retrieval_s = seconds.get(system.retriever, 0.0) if system.kind != "closed_book" else 0.0
+                elapsed = time.perf_counter() - start + retrieval_s
+                for row, q, top, at, answer in zip(rows, questions, topk, foreign_at, answers):
                     row["systems"][f"{system.name}/{setting}"] = {
                         "prediction": answer, "topk": top, "latency_s": elapsed / len(questions),
-                        **answer_scores(answer, q.answers)}
+                        **({"foreign_at": at} if setting == WRONG else {}), **answer_scores(answer, q.answers)}
+        if (measured := self.config.answer_loss_system) is not None:
+            for row, ce in zip(rows, self.answer_ce(questions, rankings[measured.retriever])):
+                row["diagnostics"] = ce
         return rows
+
+    def answer_ce(self, questions: Sequence[EvalQuestion], ranked: Sequence[Sequence[int]]) -> list[dict[str, float]]:
+        """Teacher-forced CE (nats per answer token) of each first gold answer given the oracle
+        top-k of `ranked` (own memory) and the same top-k with its gold swapped (other memory)."""
+        tops = [select_topk(r, q.pos_index, self.config.top_k, oracle=True) for r, q in zip(ranked, questions)]
+        texts, answers = [q.question for q in questions], [q.answers[0] for q in questions]
+        ce = {}
+        for name, setting in (("answer_ce_own", "oracle"), ("answer_ce_other", WRONG)):
+            docs = [memory_docs(q, top, setting)[0] for q, top in zip(questions, tops)]
+            ce[name] = self.model.answer_ce_from_compressed(texts, self._compressed(docs), answers)
+        return [{name: values[i] for name, values in ce.items()} for i in range(len(questions))]
 
     def _row_header(self, q: EvalQuestion, ranked: dict[str, list[int]]) -> dict[str, Any]:
         keep = self.config.ranked_to_keep
@@ -113,26 +181,28 @@ class Evaluator:
         }
 
     def _answer(self, system: SystemSpec, setting: str, questions: Sequence[EvalQuestion],
-                rankings: dict[str, list[list[int]]]) -> tuple[list[list[int]], list[str]]:
+                rankings: dict[str, list[list[int]]]) -> tuple[list[list[int]], list[list[int]], list[str]]:
+        """Top-k candidate indices, positions holding a foreign document, and answers."""
         model, new_tokens = self.model, self.config.max_new_tokens
         texts = [q.question for q in questions]
+        none = [[] for _ in questions]
         if system.kind == "closed_book":
-            return [[] for _ in questions], model.generate_from_text(texts, [[] for _ in questions], new_tokens, adapter=None)
-        topk = [select_topk(ranked, q.pos_index, self.config.top_k, oracle=setting == "oracle")
+            return none, none, model.generate_from_text(texts, none, new_tokens, adapter=None)
+        topk = [select_topk(ranked, q.pos_index, self.config.top_k, oracle=setting in ("oracle", WRONG))
                 for ranked, q in zip(rankings[system.retriever], questions)]
+        docs, foreign_at = map(list, zip(*(memory_docs(q, top, setting) for q, top in zip(questions, topk))))
         if system.kind == "text_rag":
-            docs = [[q.docs[i] for i in top] for q, top in zip(questions, topk)]
-            return topk, model.generate_from_text(texts, docs, new_tokens, adapter=system.adapter)
-        return topk, model.generate_from_compressed_documents_and_questions(
-            texts, self._compressed(questions, topk), new_tokens)
+            return topk, foreign_at, model.generate_from_text(texts, docs, new_tokens, adapter=system.adapter)
+        return topk, foreign_at, model.generate_from_compressed_documents_and_questions(
+            texts, self._compressed(docs), new_tokens)
 
-    def _compressed(self, questions: Sequence[EvalQuestion], topk: list[list[int]]):
+    def _compressed(self, docs: Sequence[Sequence[str]]):
+        """Each question's documents as (k, n, hidden) memory states, from the CLaRa retriever's cache."""
         import torch
 
         clara: ClaraRetriever = self.retrievers["clara"]  # type: ignore[assignment]
         dtype = self.model.config.torch_dtype
-        return [torch.from_numpy(clara.compressed([q.docs[i] for i in top])).to(self.model.device, dtype)
-                for q, top in zip(questions, topk)]
+        return [torch.from_numpy(clara.compressed(d)).to(self.model.device, dtype) for d in docs]
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -148,4 +218,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for name in retrievers:
         scored = [{m: v for m, v in row["retrieval"][name].items() if m != "ranked"} for row in rows]
         retrieval[name] = {**mean_scores(scored), "n": sum(1 for s in scored if s)}
-    return {"num_questions": len(rows), "generation": generation, "retrieval": retrieval}
+    summary = {"num_questions": len(rows), "generation": generation, "retrieval": retrieval}
+    diagnostics = [row["diagnostics"] for row in rows if "diagnostics" in row]
+    if diagnostics:  # only with answer_loss, so summaries without it keep their shape
+        summary["diagnostics"] = {**mean_scores(diagnostics), "n": len(diagnostics)}
+    return summary

@@ -3,6 +3,10 @@
 Every loader yields `EvalQuestion`s: a question, its gold answers, its candidate documents and
 the indices of the gold documents among them. Bad input raises `RecordError` naming the file
 and the line (JSONL) or the JSON path (SQuAD) of the offending field.
+
+`load_questions` also gives each question foreign documents (another SQuAD article's paragraphs,
+or other JSONL questions' gold documents), which the `wrong_memory` setting puts in place of its
+gold documents.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ class EvalQuestion(BaseModel):
     answers: list[str] = Field(min_length=1)
     docs: list[str] = Field(default_factory=list)
     pos_index: list[int] = Field(default_factory=list)
+    # documents that cannot hold the answer (not among the candidates), one per gold document
+    foreign_docs: list[str] = Field(default_factory=list)
 
     _positions = model_validator(mode="after")(check_positions)
 
@@ -93,6 +99,26 @@ def _squad_field(container: Any, key: str, kind: type, where: str, source: str) 
     return value
 
 
+def _read_squad(path: str | Path) -> list[Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RecordError(str(path), exc.lineno, f"invalid JSON: {exc.msg}") from None
+    return _squad_field(data, "data", list, "<root>", str(path))
+
+
+def _squad_contexts(article: Any, a: int, source: str) -> tuple[list[Any], list[str]]:
+    where = f"data[{a}]"
+    paragraphs = _squad_field(article, "paragraphs", list, where, source)
+    return paragraphs, [_squad_field(p, "context", str, f"{where}.paragraphs[{i}]", source)
+                        for i, p in enumerate(paragraphs)]
+
+
+def squad_paragraphs(path: str | Path) -> list[str]:
+    """Every paragraph of every article of the file (the pool foreign documents come from)."""
+    return [c for a, article in enumerate(_read_squad(path)) for c in _squad_contexts(article, a, str(path))[1]]
+
+
 def iter_squad(path: str | Path, articles: Sequence[int] | None = None) -> Iterator[EvalQuestion]:
     """SQuAD v1.1: one question per record, its article's paragraphs as candidates.
 
@@ -100,18 +126,13 @@ def iter_squad(path: str | Path, articles: Sequence[int] | None = None) -> Itera
     paragraph, so no evaluation paragraph is seen in training).
     """
     source = str(path)
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise RecordError(source, exc.lineno, f"invalid JSON: {exc.msg}") from None
-    all_articles = _squad_field(data, "data", list, "<root>", source)
+    all_articles = _read_squad(path)
     chosen = range(len(all_articles)) if articles is None else articles
     for a in chosen:
         if not 0 <= a < len(all_articles):
             raise RecordError(source, None, f"article index {a} out of range ({len(all_articles)} articles)")
         where = f"data[{a}]"
-        paragraphs = _squad_field(all_articles[a], "paragraphs", list, where, source)
-        contexts = [_squad_field(p, "context", str, f"{where}.paragraphs[{i}]", source) for i, p in enumerate(paragraphs)]
+        paragraphs, contexts = _squad_contexts(all_articles[a], a, source)
         for i, paragraph in enumerate(paragraphs):
             qas = _squad_field(paragraph, "qas", list, f"{where}.paragraphs[{i}]", source)
             for j, qa in enumerate(qas):
@@ -166,16 +187,43 @@ def cap_candidates(question: EvalQuestion, max_candidates: int, seed: int = 0) -
     })
 
 
+def with_foreign_docs(question: EvalQuestion, pool: Sequence[str], seed: int = 0) -> EvalQuestion:
+    """Give the question one foreign document per gold document (at least one): texts of `pool`
+    that are not among its documents, picked by a generator seeded with `seed` and its id.
+    Fewer (or none) when the pool has too few."""
+    rng = random.Random(f"{seed}:foreign:{question.id}")
+    own, count, picked = set(question.docs), max(1, len(set(question.pos_index))), []
+    # rejection sampling: the pool is mostly foreign, and a full shuffle per question is quadratic
+    for _ in range(50 * count):
+        if len(picked) == count or not pool:
+            break
+        text = rng.choice(pool)
+        if text not in own and text not in picked:
+            picked.append(text)
+    if len(picked) < count:
+        eligible = [t for t in dict.fromkeys(pool) if t not in own and t not in picked]
+        picked += rng.sample(eligible, min(count - len(picked), len(eligible)))
+    return question.model_copy(update={"foreign_docs": picked})
+
+
 def load_questions(fmt: str, path: str | Path, *, dataset: str | None = None, articles: Sequence[int] | None = None,
                    limit: int | None = None, per_article: int | None = None, max_candidates: int | None = None,
                    seed: int = 0) -> list[EvalQuestion]:
-    """One entry for the harness: `fmt` is "squad" or "jsonl" (the paper's layout)."""
+    """One entry for the harness: `fmt` is "squad" or "jsonl" (the paper's layout).
+
+    Foreign documents come from all articles of a SQuAD file (a held-out range still gets them;
+    its own article's paragraphs never count), or from the other loaded JSONL questions' gold
+    documents."""
     if fmt == "squad":
         questions = load_squad(path, articles, limit, per_article)
+        pool = squad_paragraphs(path)
     elif fmt == "jsonl":
         questions = load_eval_jsonl(path, dataset, limit)
+        pool = [q.docs[i] for q in questions for i in q.pos_index]
     else:
         raise ValueError(f"unknown evaluation data format {fmt!r}; expected 'squad' or 'jsonl'")
+    # before capping: a SQuAD question's docs are then its whole article
+    questions = [with_foreign_docs(q, pool, seed) for q in questions]
     if max_candidates:
         questions = [cap_candidates(q, max_candidates, seed) for q in questions]
     return questions

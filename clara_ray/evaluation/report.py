@@ -2,17 +2,31 @@
 
 Several summaries (one per checkpoint, e.g. compression rates 4/16/32) go into one report:
 - generation table: acc / EM / F1 / latency per run, system and setting;
+- diagnostics table (is memory read?): CLaRa's oracle vs wrong_memory F1, answer CE with own vs
+  other memory, stage-1 reconstruction scores, per run;
 - retrieval table: Recall@k and Precision@k per run and retriever;
-- plots: F1 vs compression rate, Recall@k per retriever, latency vs F1.
+- plots: F1 vs compression rate, Recall@k per retriever, latency vs F1, the diagnostics.
+Reports name checkpoints relative to the working directory, never by absolute machine path.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from clara_ray.evaluation.metrics import RETRIEVAL_KS
 
-PLOTS = {"f1_vs_rate": "f1_vs_compression_rate.png", "recall": "recall_at_k.png", "latency": "latency_vs_f1.png"}
+PLOTS = {"f1_vs_rate": "f1_vs_compression_rate.png", "recall": "recall_at_k.png", "latency": "latency_vs_f1.png",
+         "diagnostics": "diagnostics.png"}
+
+
+DIAGNOSTICS_NOTE = (
+    "CLaRa's F1 with the oracle top-k and with `wrong_memory` (the same top-k, each gold document replaced by "
+    "another article's), and the teacher-forced cross-entropy of the first gold answer (nats per answer token) "
+    "with the oracle memories (own) and the swapped ones (other). Gaps are oracle - wrong_memory and other - own: "
+    "both near 0 mean the generator answers without reading its memory. Reconstruction: held-out gold paragraphs "
+    "regenerated from their memory, against the paragraph cut to doc_max_length tokens (ROUGE-L F1 %, longest "
+    "shared word run; SQuAD-normalised words). `-`: not measured.")
 
 
 def _pct(value: float | None) -> str:
@@ -28,6 +42,66 @@ def generation_table(summaries: Sequence[dict[str, Any]]) -> str:
             lines.append(f"| {s['label']} | {system} | {setting} | {m['n']} | {_pct(m.get('acc'))} | "
                          f"{_pct(m.get('em'))} | {_pct(m.get('f1'))} | {1000 * m.get('latency_s', 0):.0f} |")
     return "\n".join(lines)
+
+
+def _clara_system(summary: dict[str, Any]) -> str:
+    """The run's (first) CLaRa system name: its rows carry the oracle / wrong_memory F1."""
+    systems = summary.get("harness", {}).get("systems", [])
+    return next((s["name"] for s in systems if s.get("kind") == "clara"), "clara")
+
+
+def _gap(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def diagnostics(summary: dict[str, Any]) -> dict[str, float | None]:
+    """The run's memory diagnostics (None where not measured); F1 as fractions, CE in nats."""
+    generation, diag = summary["generation"], summary.get("diagnostics", {})
+    system = _clara_system(summary)
+    f1 = {s: generation.get(f"{system}/{s}", {}).get("f1") for s in ("oracle", "wrong_memory")}
+    recon = diag.get("reconstruction", {})
+    return {"oracle_f1": f1["oracle"], "wrong_f1": f1["wrong_memory"], "f1_gap": _gap(f1["oracle"], f1["wrong_memory"]),
+            "ce_own": diag.get("answer_ce_own"), "ce_other": diag.get("answer_ce_other"),
+            "ce_gap": _gap(diag.get("answer_ce_other"), diag.get("answer_ce_own")),
+            "rouge_l": recon.get("rouge_l_f1_mean"), "longest_run": recon.get("longest_run_words_mean")}
+
+
+def _has_diagnostics(d: dict[str, float | None]) -> bool:
+    return any(d[k] is not None for k in ("wrong_f1", "ce_own", "rouge_l"))
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def diagnostics_table(summaries: Sequence[dict[str, Any]]) -> str:
+    """Per run with any diagnostic: F1 gap = oracle - wrong_memory (points), CE gap = other - own
+    (nats per answer token); both positive when the generator reads its memory."""
+    lines = ["| run | oracle F1 | wrong_memory F1 | F1 gap | answer CE own | answer CE other | CE gap | "
+             "reconstruction ROUGE-L | longest run (words) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in summaries:
+        d = diagnostics(s)
+        if not _has_diagnostics(d):
+            continue
+        lines.append(f"| {s['label']} | {_pct(d['oracle_f1'])} | {_pct(d['wrong_f1'])} | {_pct(d['f1_gap'])} | "
+                     f"{_num(d['ce_own'], 3)} | {_num(d['ce_other'], 3)} | {_num(d['ce_gap'], 3)} | "
+                     f"{_pct(d['rouge_l'])} | {_num(d['longest_run'], 1)} |")
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def reconstruction_examples(summaries: Sequence[dict[str, Any]]) -> str:
+    """The first example of each run that reconstructed paragraphs; empty if none did."""
+    rows = [(s["label"], ex[0]) for s in summaries
+            if (ex := s.get("diagnostics", {}).get("reconstruction", {}).get("examples"))]
+    if not rows:
+        return ""
+    return "\n".join(["| run | paragraph (start) | reconstruction (start) |", "|---|---|---|"] + [
+        f"| {label} | {_cell(ex['paragraph'])} | {_cell(ex['reconstruction'])} |" for label, ex in rows])
 
 
 def retrieval_table(summaries: Sequence[dict[str, Any]]) -> str:
@@ -83,9 +157,46 @@ def _plot_latency(summaries, path: Path, plt) -> None:
     _finish(fig, ax, path, plt, "Latency vs accuracy", "latency (ms per question, batched)", "F1 (%)", legend=False)
 
 
+def _plot_diagnostics(summaries, path: Path, plt) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
+    runs = [(s["label"], diagnostics(s)) for s in summaries]
+    panels = [(left, ("oracle_f1", "oracle"), ("wrong_f1", "wrong_memory"), 100, "F1 (%)",
+               "CLaRa F1: gold vs foreign memory"),
+              (right, ("ce_own", "own"), ("ce_other", "other"), 1, "nats per answer token",
+               "Answer CE: own vs other memory")]
+    for ax, (first, first_label), (second, second_label), scale, ylabel, title in panels:
+        shown = [(label, d) for label, d in runs if d[first] is not None and d[second] is not None]
+        xs = range(len(shown))
+        ax.bar([x - 0.2 for x in xs], [scale * d[first] for _, d in shown], 0.4, label=first_label)
+        ax.bar([x + 0.2 for x in xs], [scale * d[second] for _, d in shown], 0.4, label=second_label)
+        ax.set_xticks(list(xs), [label for label, _ in shown], fontsize=7)
+        if not shown:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _display_path(path: str | None, root: Path) -> str:
+    """Relative to `root` when under it, else the last two path parts: no machine paths."""
+    if not path:
+        return "-"
+    p = Path(path)
+    if not p.is_absolute():
+        return path
+    try:
+        return os.path.relpath(p, root) if p.resolve().is_relative_to(root.resolve()) else str(Path(*p.parts[-2:]))
+    except (OSError, ValueError):
+        return str(Path(*p.parts[-2:]))
+
+
 def write_report(summaries: Sequence[dict[str, Any]], out_dir: str | Path, title: str = "Evaluation",
-                 preamble: str = "") -> Path:
-    """report.md plus the three PNGs in `out_dir`; returns the Markdown path."""
+                 preamble: str = "", root: str | Path | None = None) -> Path:
+    """report.md plus the PNGs of PLOTS in `out_dir`; returns the Markdown path. Checkpoints are
+    named relative to `root` (default: the working directory)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on cluster nodes
@@ -98,11 +209,16 @@ def write_report(summaries: Sequence[dict[str, Any]], out_dir: str | Path, title
     _plot_f1_vs_rate(summaries, out / PLOTS["f1_vs_rate"], plt)
     _plot_recall(summaries, out / PLOTS["recall"], plt)
     _plot_latency(summaries, out / PLOTS["latency"], plt)
-    runs = "\n".join(f"- {s['label']}: `{s['checkpoint']}` ({s['num_questions']} questions, "
+    _plot_diagnostics(summaries, out / PLOTS["diagnostics"], plt)
+    root = Path(root) if root is not None else Path.cwd()
+    runs = "\n".join(f"- {s['label']}: `{_display_path(s.get('checkpoint'), root)}` ({s['num_questions']} questions, "
                      f"backbone {s.get('backbone')}, compression rate {s.get('compression_rate')})" for s in summaries)
+    has_diagnostics = any(_has_diagnostics(diagnostics(s)) for s in summaries)
     text = "\n\n".join(part for part in [
         f"# {title}", preamble, "## Runs", runs,
         "## Answers (acc = cover-EM, EM, F1; SPEC section 8)", generation_table(summaries),
+        *(["## Diagnostics: is memory read?", DIAGNOSTICS_NOTE, diagnostics_table(summaries),
+           reconstruction_examples(summaries)] if has_diagnostics else []),
         "## Retrieval over each question's candidates", retrieval_table(summaries),
         "## Plots", "\n".join(f"![{name}]({file})" for name, file in PLOTS.items()),
     ] if part) + "\n"

@@ -2,7 +2,9 @@
 
 Resumable: every finished batch is appended to `predictions.jsonl.partial`; a rerun skips the
 questions already there. The final `predictions.jsonl`, `summary.json` and report are written
-to temporary files and renamed, so a crash never leaves a half-written result.
+to temporary files and renamed, so a crash never leaves a half-written result. The optional
+reconstruction diagnostic runs after the questions as one Ray task with the actors' resources;
+its results are kept in `reconstructions.jsonl` and reused on rerun.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from clara_ray.evaluation.loaders import EvalQuestion, load_questions
 
 log = logging.getLogger(__name__)
 PARTIAL = "predictions.jsonl.partial"
+RECONSTRUCTIONS = "reconstructions.jsonl"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -43,6 +46,8 @@ def read_partial(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def questions_for(cfg: EvalConfig) -> list[EvalQuestion]:
+    from clara_ray.evaluation.harness import check_foreign_docs
+
     d = cfg.data
     questions = load_questions(d.format, d.path, dataset=d.dataset, articles=d.article_indices, limit=d.limit,
                                per_article=d.per_article, max_candidates=d.max_candidates, seed=d.seed)
@@ -51,7 +56,19 @@ def questions_for(cfg: EvalConfig) -> list[EvalQuestion]:
         if q.id in seen:
             raise ValueError(f"{d.path}: question id {q.id!r} occurs twice; ids must be unique")
         seen.add(q.id)
+        if cfg.harness.needs_foreign_docs:  # fail before any model loads, not in an actor
+            check_foreign_docs(q, min(len(set(q.pos_index)), cfg.harness.top_k))
     return questions
+
+
+def _load_model(cfg: EvalConfig):
+    """The checkpoint as the config asks, and the torch thread count to compute with."""
+    import torch
+
+    from clara_ray import CLaRa
+
+    threads = cfg.ray.torch_threads or torch.get_num_threads()
+    return CLaRa.from_pretrained(cfg.checkpoint, device=cfg.device, **cfg.model_overrides), threads
 
 
 class EvalActor:
@@ -62,14 +79,10 @@ class EvalActor:
     """
 
     def __init__(self, config_json: str):
-        import torch
-
-        from clara_ray import CLaRa
         from clara_ray.evaluation.harness import Evaluator
 
         cfg = EvalConfig.model_validate_json(config_json)
-        self.torch_threads = cfg.ray.torch_threads or torch.get_num_threads()
-        model = CLaRa.from_pretrained(cfg.checkpoint, device=cfg.device, **cfg.model_overrides)
+        model, self.torch_threads = _load_model(cfg)
         self.evaluator = Evaluator(model, cfg.harness, minilm_path=cfg.minilm_path)
         self.store, self.store_candidates = None, cfg.store_candidates
         if cfg.store:
@@ -105,6 +118,37 @@ def _score_with_ray(cfg: EvalConfig, todo: list[EvalQuestion]) -> Iterable[str]:
         yield from (str(line) for line in batch["row"])
 
 
+def _reconstruct_task(config_json: str, paragraphs: list[str]) -> list[dict[str, Any]]:
+    from clara_ray.evaluation.diagnostics import reconstruct
+    from clara_ray.threads import apply_torch_threads
+
+    cfg = EvalConfig.model_validate_json(config_json)
+    model, threads = _load_model(cfg)
+    apply_torch_threads(threads)
+    return reconstruct(model, paragraphs, batch_size=cfg.ray.batch_size)
+
+
+def _reconstruction(cfg: EvalConfig, questions: list[EvalQuestion], out: Path) -> dict[str, Any]:
+    """Reconstruct the first `harness.reconstruction` distinct gold paragraphs (once; a rerun
+    reads them back) and summarise the scores."""
+    import ray
+
+    from clara_ray.evaluation.diagnostics import held_out_paragraphs, summarise_reconstruction
+
+    path = out / RECONSTRUCTIONS
+    if path.exists():
+        results = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    else:
+        paragraphs = held_out_paragraphs(questions, cfg.harness.reconstruction)
+        if not paragraphs:
+            raise ValueError(f"{cfg.data.path}: no gold paragraph (pos_index) among the questions to reconstruct")
+        log.info("reconstructing %d paragraphs", len(paragraphs))
+        task = ray.remote(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)(_reconstruct_task)
+        results = ray.get(task.remote(cfg.model_dump_json(), paragraphs))
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in results))
+    return summarise_reconstruction(results)
+
+
 def checkpoint_info(path: str) -> dict[str, Any]:
     """Compression rate and backbone from the saved config, for labels and plots."""
     from clara_ray.model.modeling import CONFIG_FILE
@@ -131,7 +175,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = checkpoint_info(cfg.checkpoint)  # fails early, naming the path, if not a checkpoint
-    if not any(s.kind == "clara" for s in cfg.harness.systems):
+    if not any(s.kind == "clara" for s in cfg.harness.systems) and not cfg.harness.reconstruction:
         info["compression_rate"] = None  # baselines only: no compressed documents are read
     _claim_output_dir(cfg, out)
     questions = questions_for(cfg)
@@ -152,6 +196,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     if missing:
         raise RuntimeError(f"{len(missing)} questions were not scored (first: {missing[0]}); rerun to resume")
     rows = [done[q.id] for q in questions]
+    reconstruction = _reconstruction(cfg, questions, out) if cfg.harness.reconstruction else None
     summary = {
         "label": cfg.label or f"CR={info['compression_rate']}",
         "checkpoint": cfg.checkpoint, "store": cfg.store, **info,
@@ -159,6 +204,8 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         "wall_seconds_this_run": round(time.perf_counter() - start, 2),
         **summarise(rows),
     }
+    if reconstruction is not None:
+        summary.setdefault("diagnostics", {})["reconstruction"] = reconstruction
     write_atomic(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     write_report([summary], out)

@@ -583,6 +583,13 @@ class CLaRa(nn.Module):
             batch, embeds = self._compressed_prompts(questions, selected)
             return self.decode_answers(self._generate_ids(batch, max_new_tokens, embeds)), topk.tolist()
 
+    def answer_ce_from_compressed(self, questions: Sequence[str], compressed, answers: Sequence[str]) -> list[float]:
+        """Per question: stage 2's teacher-forced CE (nats per target token, end-of-turn included)
+        of `answers` given its compressed documents (a list of (k_i, n, hidden)). Diagnostics only."""
+        with self._inference():  # one question per forward, so each mean is over its own tokens
+            return [self._generator_ce(self._answer_turns([q], [len(c)]), [a], [c])[0].item()
+                    for q, c, a in zip(questions, compressed, answers)]
+
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, path: str | Path) -> None:
         """config + one safetensors file per adapter + memory rows; the backbone by reference."""

@@ -1,4 +1,5 @@
 """The harness on the tiny model: rankings, oracle top-k, what the generator reads, scores."""
+import pytest
 import torch
 
 from clara_ray.evaluation.harness import CLOSED, Evaluator, HarnessConfig, SystemSpec, select_topk, summarise
@@ -65,3 +66,75 @@ def test_evaluator_rows_match_model_api(tiny_model):
     assert summary["generation"]["clara/normal"]["f1"] == sum(f1s) / 2
     assert summary["retrieval"]["bm25"]["recall@5"] == sum(r["retrieval"]["bm25"]["recall@5"] for r in rows) / 2
     assert summary["generation"]["clara/normal"]["latency_s"] > 0
+
+
+FOREIGN = ["The Danube flows through ten countries into the Black Sea.", "Granite is an igneous rock."]
+SWAPPABLE = [q.model_copy(update={"foreign_docs": [f]}) for q, f in zip(QUESTIONS, FOREIGN)]
+
+
+def _close(a, b):
+    return a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-4)
+
+
+def test_wrong_memory_generator_reads_foreign_not_gold(tiny_model, monkeypatch):
+    """wrong_memory = the oracle top-k with the gold document swapped, in place, for a foreign one."""
+    read = []  # (questions, compressed) of every generator call, spied on the real model
+
+    def spy(questions, compressed, max_new_tokens=64):
+        read.append((list(questions), compressed))
+        return original(questions, compressed, max_new_tokens)
+
+    original = tiny_model.generate_from_compressed_documents_and_questions
+    monkeypatch.setattr(tiny_model, "generate_from_compressed_documents_and_questions", spy)
+    config = HarnessConfig(top_k=2, max_new_tokens=4, settings=["oracle", "wrong_memory"], retrievers=["bm25"],
+                           systems=[SystemSpec(name="clara", kind="clara"),
+                                    SystemSpec(name="text_bm25", kind="text_rag", retriever="bm25")])
+    rows = Evaluator(tiny_model, config).evaluate(SWAPPABLE)
+    assert len(read) == 2  # oracle, then wrong_memory
+    for i, (row, q) in enumerate(zip(rows, SWAPPABLE)):
+        oracle, wrong = row["systems"]["clara/oracle"], row["systems"]["clara/wrong_memory"]
+        assert wrong["topk"] == oracle["topk"] and wrong["foreign_at"] == [oracle["topk"].index(q.pos_index[0])]
+        swapped = [q.docs[j] for j in oracle["topk"]]
+        swapped[wrong["foreign_at"][0]] = q.foreign_docs[0]
+        gold = tiny_model.compress_documents([q.docs[q.pos_index[0]]])[0]
+        memories = read[1][1][i]
+        assert _close(memories, tiny_model.compress_documents(swapped))
+        assert not any(_close(m, gold) for m in memories)  # no gold memory left
+        assert _close(read[0][1][i], tiny_model.compress_documents([q.docs[j] for j in oracle["topk"]]))
+        # text RAG reads the same swap as text
+        text_wrong = row["systems"]["text_bm25/wrong_memory"]
+        text_docs = [q.docs[j] for j in text_wrong["topk"]]
+        text_docs[text_wrong["foreign_at"][0]] = q.foreign_docs[0]
+        expected = tiny_model.generate_from_text([q.question], [text_docs], 4, adapter=None)[0]
+        assert text_wrong["prediction"] == expected
+
+    with pytest.raises(ValueError, match="question 'a' has 0 foreign document"):
+        Evaluator(tiny_model, config).evaluate(QUESTIONS)
+
+
+def test_answer_loss_is_stage2_ce_with_own_and_other_memory(tiny_model):
+    from clara_ray.data.records import InstructRecord
+
+    config = HarnessConfig(top_k=2, answer_loss=True, retrievers=[],
+                           systems=[SystemSpec(name="clara", kind="clara", settings=[])])
+    rows = Evaluator(tiny_model, config).evaluate(SWAPPABLE)
+    clara_ranked = [r["retrieval"]["clara"]["ranked"] for r in rows]
+    was_training = tiny_model.training
+    tiny_model.eval()  # no dropout, as in evaluation
+    for row, q, ranked in zip(rows, SWAPPABLE, clara_ranked):
+        top = select_topk(ranked, q.pos_index, 2, oracle=True)
+        own = [q.docs[j] for j in top]
+        other = [q.foreign_docs[0] if j in q.pos_index else q.docs[j] for j in top]
+        with torch.no_grad():
+            expected = [tiny_model.instruct_loss([InstructRecord(question=q.question, docs=docs,
+                                                                 answers=q.answers[:1])]).ce for docs in (own, other)]
+        d = row["diagnostics"]
+        assert d["answer_ce_own"] == pytest.approx(float(expected[0]), rel=1e-4)
+        assert d["answer_ce_other"] == pytest.approx(float(expected[1]), rel=1e-4)
+        assert d["answer_ce_own"] != pytest.approx(d["answer_ce_other"], rel=1e-4)
+    tiny_model.train(was_training)
+    summary = summarise(rows)
+    assert summary["diagnostics"]["n"] == 2 and summary["generation"] == {}
+    own_mean = sum(r["diagnostics"]["answer_ce_own"] for r in rows) / 2
+    assert summary["diagnostics"]["answer_ce_own"] == pytest.approx(own_mean)
+    assert "diagnostics" not in summarise([{k: v for k, v in r.items() if k != "diagnostics"} for r in rows])

@@ -87,3 +87,40 @@ def test_real_squad_articles_have_gold_paragraph_among_candidates():
         assert any(a in gold for a in q.answers), (q.id, q.answers)
     with pytest.raises(RecordError, match="article index 99 out of range"):
         load_squad(SQUAD, articles=[99])
+
+
+def _squad_file(path: Path, num_articles: int) -> Path:
+    articles = [{"title": f"A{a}", "paragraphs": [
+        {"context": f"Article {a} paragraph {i}.",
+         "qas": [{"id": f"q{a}-{i}", "question": f"Q {a} {i}?", "answers": [{"text": "x"}]}]} for i in range(4)]}
+        for a in range(num_articles)]
+    path.write_text(json.dumps({"data": articles}))
+    return path
+
+
+def test_squad_foreign_docs_come_from_other_articles_of_the_whole_file(tmp_path):
+    path = _squad_file(tmp_path / "squad.json", 3)
+    questions = load_questions("squad", path, articles=[1], seed=0)
+    assert len(questions) == 4
+    for q in questions:
+        (foreign,) = q.foreign_docs
+        assert foreign not in q.docs and foreign.split()[1] in {"0", "2"}  # articles outside the selection
+    assert load_questions("squad", path, articles=[1], seed=0) == questions  # seeded
+    other_seeds = [[q.foreign_docs for q in load_questions("squad", path, articles=[1], seed=s)] for s in (1, 2, 3)]
+    assert any(f != [q.foreign_docs for q in questions] for f in other_seeds)
+    capped = load_questions("squad", path, articles=[1], max_candidates=2)
+    assert [q.foreign_docs for q in capped] == [q.foreign_docs for q in questions]
+    # one article: nothing is foreign (the harness refuses wrong_memory then)
+    assert all(q.foreign_docs == [] for q in load_questions("squad", _squad_file(tmp_path / "one.json", 1)))
+
+
+def test_jsonl_foreign_docs_are_other_questions_gold_docs(tmp_path):
+    path = _write_jsonl(tmp_path / "hotpotqa.jsonl", [
+        {"id": "a", "question": "A?", "answers": ["a"], "docs": ["ga", "shared"], "pos_index": [0]},
+        {"id": "b", "question": "B?", "answers": ["b"], "docs": ["gb1", "gb2", "shared"], "pos_index": [0, 1]},
+        {"id": "c", "question": "C?", "answers": ["c"], "docs": ["gc", "ga"], "pos_index": [0]},
+    ])
+    a, b, c = load_questions("jsonl", path)
+    assert len(a.foreign_docs) == 1 and a.foreign_docs[0] in {"gb1", "gb2", "gc"}
+    assert sorted(b.foreign_docs) == ["ga", "gc"]  # one per gold document
+    assert c.foreign_docs[0] in {"gb1", "gb2"}  # "ga" is among c's own candidates

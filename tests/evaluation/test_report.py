@@ -1,5 +1,5 @@
 """Report tables and plots from hand-made summaries of two runs."""
-from clara_ray.evaluation.report import PLOTS, generation_table, retrieval_table, write_report
+from clara_ray.evaluation.report import PLOTS, diagnostics_table, generation_table, retrieval_table, write_report
 
 
 def _summary(label, rate, f1):
@@ -27,3 +27,37 @@ def test_write_report_makes_markdown_and_pngs(tmp_path):
     assert text.startswith("# Mini\n\ncmd\n") and "runs/CR=16" in text
     for name in PLOTS.values():
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG" and f"({name})" in text
+
+
+def _with_diagnostics(label, checkpoint):
+    s = _summary(label, 16, 0.4)
+    s["checkpoint"] = checkpoint
+    s["generation"]["clara/oracle"] = {"acc": 0.5, "em": 0.3, "f1": 0.45, "latency_s": 0.1, "n": 10}
+    s["generation"]["clara/wrong_memory"] = {"acc": 0.1, "em": 0.0, "f1": 0.1234, "latency_s": 0.1, "n": 10}
+    s["diagnostics"] = {"answer_ce_own": 1.5, "answer_ce_other": 2.25, "n": 10}
+    return s
+
+
+def test_diagnostics_table_rows_and_no_absolute_paths(tmp_path, monkeypatch):
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    example = {"paragraph": "The Normans | were", "reconstruction": "The"}
+    stage1 = {**_summary("stage 1", 16, 0.0), "generation": {}, "retrieval": {},
+              "checkpoint": "/elsewhere/runs/cr16-compress_pretrain/model",
+              "diagnostics": {"reconstruction": {"n": 4, "rouge_l_f1_mean": 0.625, "longest_run_words_mean": 7.5,
+                                                 "examples": [example]}}}
+    runs = [_with_diagnostics("CR=16", str(tmp_path / "runs" / "cr16" / "model")), stage1, _summary("old", 4, 0.3)]
+    table = diagnostics_table(runs)
+    assert "| CR=16 | 45.00 | 12.34 | 32.66 | 1.500 | 2.250 | 0.750 | - | - |" in table
+    assert "| stage 1 | - | - | - | - | - | - | 62.50 | 7.5 |" in table
+    assert "| old |" not in table  # nothing measured: no row
+    assert "| CR=16 | clara | wrong_memory | 10 | 10.00 | 0.00 | 12.34 | 100 |" in generation_table(runs)
+
+    text = write_report(runs, tmp_path / "report").read_text()
+    assert "## Diagnostics: is memory read?" in text and table in text
+    assert text.index("## Answers") < text.index("## Diagnostics") < text.index("## Retrieval")
+    assert "| stage 1 | The Normans \\| were | The |" in text  # example, pipe escaped
+    assert "`runs/cr16/model`" in text and "`cr16-compress_pretrain/model`" in text
+    assert not re.search(r"(^|[\s`(])/\w", text), "absolute path in report"
+    assert (tmp_path / "report" / PLOTS["diagnostics"]).read_bytes()[:4] == b"\x89PNG"

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from clara_ray.evaluation.config import EvalConfig
-from clara_ray.evaluation.run import PARTIAL, run_evaluation
+from clara_ray.evaluation.harness import HarnessConfig
+from clara_ray.evaluation.run import PARTIAL, RECONSTRUCTIONS, run_evaluation
 
 DOCS = ["Ada Lovelace wrote the first published program.", "Mount Everest is the highest mountain.",
         "The Nile flows north into the Mediterranean.", "Copper conducts electricity well."]
@@ -62,6 +63,27 @@ def test_run_writes_predictions_summary_report_and_resumes(ray_cluster, eval_con
     assert not out_dir.joinpath(PARTIAL).exists()
 
 
+@pytest.mark.slow
+def test_reconstruction_only_evaluation_of_a_stage1_checkpoint(ray_cluster, eval_config, tiny_model):
+    """No systems, no retrievers: the held-out gold paragraphs are reconstructed, scored, reported."""
+    from clara_ray.evaluation.diagnostics import reconstruct
+
+    cfg = eval_config.model_copy(update={"harness": HarnessConfig(systems=[], retrievers=[], reconstruction=2)})
+    summary = run_evaluation(cfg)
+    recon = summary["diagnostics"]["reconstruction"]
+    assert (summary["generation"], summary["retrieval"], recon["n"]) == ({}, {}, 2)
+    expected = reconstruct(tiny_model, DOCS[:2], batch_size=cfg.ray.batch_size)  # q1's and q2's gold paragraphs
+    path = Path(cfg.output_dir) / RECONSTRUCTIONS
+    assert [json.loads(line) for line in path.read_text().splitlines()] == expected
+    assert recon["rouge_l_f1_mean"] == pytest.approx(sum(e["rouge_l_f1"] for e in expected) / 2)
+    report = open(f"{cfg.output_dir}/report.md").read()
+    assert f"| CR=8 | - | - | - | - | - | - | {100 * recon['rouge_l_f1_mean']:.2f} |" in report
+
+    # a rerun reads the reconstructions back instead of generating again
+    path.write_text("".join(json.dumps({**e, "rouge_l_f1": 1.0}) + "\n" for e in expected))
+    assert run_evaluation(cfg)["diagnostics"]["reconstruction"]["rouge_l_f1_mean"] == 1.0
+
+
 def test_output_dir_of_another_evaluation_is_refused(eval_config):
     from pathlib import Path
 
@@ -69,6 +91,16 @@ def test_output_dir_of_another_evaluation_is_refused(eval_config):
     Path(eval_config.output_dir, "run_config.json").write_text('{"checkpoint": "other"}')
     with pytest.raises(ValueError, match="holds results of a different evaluation"):
         run_evaluation(eval_config)
+
+
+def test_wrong_memory_without_foreign_document_fails_before_scoring(tmp_path, eval_config):
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps(ROWS[0]) + "\n")  # no other question: no foreign gold document
+    cfg = EvalConfig.model_validate({**eval_config.model_dump(), "data": {"format": "jsonl", "path": str(data)},
+                                     "harness": {**eval_config.harness.model_dump(), "settings": ["wrong_memory"]}})
+    with pytest.raises(ValueError, match="question 'q1' has 0 foreign document"):
+        run_evaluation(cfg)
+    assert not Path(cfg.output_dir, PARTIAL).exists()
 
 
 def test_article_range_and_bad_checkpoint(tmp_path, eval_config):
