@@ -39,7 +39,8 @@ def main(
         typer.echo(f"{out / name}: {count} records")
     if window:
         for split, count in stats.answers_past_window.items():
-            typer.echo(f"{split}: {count} questions left out, their answers lie past {doc_max_length} tokens")
+            fate = "left out of training" if split == "train" else "kept, so evaluations from these files count them"
+            typer.echo(f"{split.rstrip('_')}: {count} questions answered only past {doc_max_length} tokens ({fate})")
 
 
 if __name__ == "__main__":

@@ -111,11 +111,12 @@ class _StepStats:
         positions over all ranks)."""
         import torch.distributed as dist
 
-        parts = [(self.sums, self.counts, self.tokens, self.positions)]
+        mine = (self.sums, self.counts, self.tokens, self.positions)
+        parts = [mine]
         if dist.is_initialized():
             # Objects, not a fixed-size tensor: recall@k exists only where a batch had gold indices.
             parts = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, parts[0])
+            dist.all_gather_object(parts, mine)
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         for part_sums, part_counts, _, _ in parts:
