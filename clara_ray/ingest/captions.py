@@ -7,7 +7,8 @@ from typing import Any
 
 from clara_ray.ingest.config import ApiConfig, CaptionConfig
 from clara_ray.ingest.extract import MARKER_RE
-from clara_ray.ingest.openai_client import ApiCallError, ChatClient
+from clara_ray.ingest.failures import guarded_row, read_item
+from clara_ray.ingest.openai_client import ChatClient
 from clara_ray.ingest.storage import to_columns
 
 
@@ -42,15 +43,13 @@ class Captioner:
         self.client = ChatClient(self.api, self.api.vision_model, self.cfg.workers)
         self.out_dir = Path(out_dir)
 
+    @staticmethod
+    def empty_row(key: str) -> dict[str, Any]:
+        return {"key": key, "status": "ok", "caption": "", "error_kind": "", "error": ""}
+
     def _one(self, key: str, path: str) -> dict[str, Any]:
-        row = {"key": key, "status": "ok", "caption": "", "error_kind": "", "error": ""}
-        try:
-            row["caption"] = caption_image(self.client, (self.out_dir / path).read_bytes(), self.cfg)
-        except ApiCallError as exc:
-            row.update(status="error", error_kind=exc.kind, error=str(exc))
-        except OSError as exc:
-            row.update(status="error", error_kind="unreadable", error=str(exc))
-        return row
+        return guarded_row(self.empty_row(key), lambda: {
+            "caption": caption_image(self.client, read_item(self.out_dir / path), self.cfg)})
 
     def __call__(self, batch: dict) -> dict:
         rows = [self._one(k, p) for k, p in zip(batch["key"], batch["path"])]

@@ -11,6 +11,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from clara_ray.ingest.images import DEFAULT_MAX_PIXELS
+
 # How far to run: extraction only, through captions (+ chunks, raw_knowledge), or everything.
 Until = Literal["extract", "caption", "synthesize"]
 UNTIL_ORDER: tuple[str, ...] = ("extract", "caption", "synthesize")
@@ -80,6 +82,10 @@ class ExtractConfig(_Strict):
     workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0)
     max_image_side: int = Field(2048, ge=16)
+    # No picture is decoded at more pixels than this (default: Pillow's decompression-bomb limit).
+    # JPEG (and JPEG 2000) pictures over it are decoded at a reduced size; others are reported as
+    # image_too_large.
+    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
     min_image_side: int = Field(8, ge=1)
     jpeg_quality: int = Field(90, ge=10, le=100)
 
@@ -143,6 +149,9 @@ class IngestConfig(_Strict):
     out: Optional[str] = None
     until: Until = "synthesize"
     ray_address: Optional[str] = None
+    # Retries of an item whose worker process died (OOM killer, crash) before it is reported as
+    # worker_died; exceptions are never retried (they become error lines at once).
+    worker_retries: int = Field(2, ge=0)
     progress: bool = True
     api: ApiConfig = Field(default_factory=ApiConfig)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)

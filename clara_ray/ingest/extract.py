@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from clara_ray.ingest.config import ExtractConfig
-from clara_ray.ingest.images import ImageError, normalise_image, sniff_image
+from clara_ray.ingest.failures import ItemError, guarded_row, read_item
+from clara_ray.ingest.images import ImageError, guard_image_opens, normalise_image, sniff_image, take_refusals
 from clara_ray.ingest.storage import to_columns, write_atomic
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
+INPUT_SUFFIXES = {".pdf", ".docx", ".pptx", ".html", ".htm", ".md", ".markdown"} | IMAGE_SUFFIXES
 _PLACEHOLDER = "\x00CLARA_IMAGE\x00"
 MARKER_RE = re.compile(r"<<image:([0-9a-f]{16}-\d{3})>>")
 
@@ -24,19 +26,17 @@ def image_marker(image_id: str) -> str:
     return f"<<image:{image_id}>>"
 
 
-class ExtractionError(Exception):
-    def __init__(self, kind: str, reason: str):
-        super().__init__(reason)
-        self.kind = kind
-
-
 def build_converter(cfg: ExtractConfig):
-    """A docling converter for the document formats; PDF pipeline chosen by artifact availability."""
+    """A docling converter for the document formats; PDF pipeline chosen by artifact availability.
+
+    Also bounds every image decode of this process (docling decodes embedded pictures itself).
+    """
     from docling.datamodel.backend_options import HTMLBackendOptions, MarkdownBackendOptions, PdfBackendOptions
     from docling.datamodel.base_models import InputFormat
     from docling.document_converter import (DocumentConverter, HTMLFormatOption, MarkdownFormatOption,
                                             NativePdfFormatOption, PdfFormatOption)
 
+    guard_image_opens(cfg.max_image_side, cfg.max_image_pixels)
     if cfg.pdf_artifacts_path:
         from docling.datamodel.pipeline_options import PdfPipelineOptions
 
@@ -55,14 +55,14 @@ def build_converter(cfg: ExtractConfig):
             InputFormat.PDF: pdf,
             # Local pictures referenced by HTML/Markdown are part of the document.
             InputFormat.HTML: HTMLFormatOption(backend_options=HTMLBackendOptions(
-                fetch_images=True, enable_local_fetch=True)),
+                fetch_images=True, enable_local_fetch=True, max_image_pixels=cfg.max_image_pixels)),
             InputFormat.MD: MarkdownFormatOption(backend_options=MarkdownBackendOptions(
-                fetch_images=True, enable_local_fetch=True)),
+                fetch_images=True, enable_local_fetch=True, max_image_pixels=cfg.max_image_pixels)),
         })
 
 
 def _save_image(image, image_id: str, out_dir: Path, cfg: ExtractConfig) -> dict[str, Any]:
-    norm = normalise_image(image, cfg.max_image_side, cfg.min_image_side, cfg.jpeg_quality)
+    norm = normalise_image(image, cfg.max_image_side, cfg.min_image_side, cfg.jpeg_quality, cfg.max_image_pixels)
     doc_part, number = image_id.rsplit("-", 1)
     rel = Path("images") / doc_part / f"{number}.jpg"
     write_atomic(out_dir / rel, norm.jpeg)
@@ -78,11 +78,15 @@ def _convert_document(converter, path: Path, cfg: ExtractConfig):
     except Exception as exc:  # docling raises for formats it refuses before converting
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         kind = "unsupported_format" if "format" in message.lower() else "conversion_failed"
-        raise ExtractionError(kind, message) from None
+        raise ItemError(kind, message) from None
     if result.status not in (ConversionStatus.SUCCESS, ConversionStatus.PARTIAL_SUCCESS):
         reasons = "; ".join(e.error_message for e in result.errors) or f"status {result.status.value}"
-        raise ExtractionError("conversion_failed", reasons)
+        raise ItemError("conversion_failed", reasons)
     return result
+
+
+def _image_error(kind: str, reason: str) -> dict[str, str]:
+    return {"kind": kind, "reason": reason}
 
 
 def _document_text(result, key: str, out_dir: Path, cfg: ExtractConfig):
@@ -93,53 +97,53 @@ def _document_text(result, key: str, out_dir: Path, cfg: ExtractConfig):
     pictures = [item for item, _ in doc.iterate_items() if isinstance(item, PictureItem)]
     text = doc.export_to_markdown(image_mode=ImageRefMode.PLACEHOLDER, image_placeholder=_PLACEHOLDER)
     pieces = text.split(_PLACEHOLDER)
-    images, image_errors, out = [], [], [pieces[0]]
+    # Pictures refused while docling decoded them reach us without data (or not at all, as in PPTX):
+    # each refusal is reported with its size, the remaining pictures without data generically.
+    refused = take_refusals()
+    images, without_data, out = [], [], [pieces[0]]
+    image_errors = [_image_error("image_too_large", f"embedded picture left out: {reason}") for reason in refused]
     for number, piece in enumerate(pieces[1:]):
         image_id = f"{key[:16]}-{number:03d}"
-        picture = pictures[number] if number < len(pictures) else None
-        pil = picture.get_image(doc) if picture is not None else None
         marker = ""
-        if pil is None:
-            image_errors.append(f"picture {number}: no image data in the document")
-        else:
-            try:
+        try:
+            pil = pictures[number].get_image(doc) if number < len(pictures) else None
+            if pil is None:
+                without_data.append(number)
+            else:
                 images.append(_save_image(pil, image_id, out_dir, cfg))
                 marker = image_marker(image_id)
-            except ImageError as exc:
-                image_errors.append(f"picture {number}: {exc}")
+        except ImageError as exc:
+            image_errors.append(_image_error(exc.kind, f"picture {number}: {exc}"))
+        except (ValueError, OSError) as exc:  # docling's own limits on the picture's data
+            image_errors.append(_image_error("corrupt_image", f"picture {number}: {exc}"))
         out.extend([marker, piece])
+    take_refusals()  # the ones raised in this loop are reported above
+    image_errors += [_image_error("corrupt_image", f"picture {number}: no image data in the document")
+                     for number in without_data[len(refused):]]
     return "".join(out).strip(), images, image_errors, len(doc.pages)
 
 
+def _extract(converter, path: Path, key: str, out_dir: Path, cfg: ExtractConfig) -> dict[str, Any]:
+    data = read_item(path)
+    if not data.strip():
+        raise ItemError("empty_file", "file is empty")
+    take_refusals()  # left over from an earlier file
+    if sniff_image(data) or path.suffix.lower() in IMAGE_SUFFIXES:
+        image_id = f"{key[:16]}-000"
+        images = [_save_image(data, image_id, out_dir, cfg)]
+        return {"format": "image", "text": image_marker(image_id), "pages": 1, "images": json.dumps(images)}
+    result = _convert_document(converter, path, cfg)
+    text, images, image_errors, pages = _document_text(result, key, out_dir, cfg)
+    if not text:
+        raise ItemError("no_text", "no text or pictures found in the document")
+    return {"format": result.input.format.value, "text": text, "pages": pages, "images": json.dumps(images),
+            "image_errors": json.dumps(image_errors)}
+
+
 def extract_file(converter, path: Path, key: str, out_dir: Path, cfg: ExtractConfig) -> dict[str, Any]:
-    """Extract one file into a row; failures become a row with status 'error' and the reason."""
-    row: dict[str, Any] = {"key": key, "format": path.suffix.lower().lstrip("."), "status": "ok",
-                           "error_kind": "", "error": "", "pages": 0, "text": "",
-                           "images": "[]", "image_errors": "[]"}
-    try:
-        data = path.read_bytes()
-        if not data.strip():
-            raise ExtractionError("empty_file", "file is empty")
-        if sniff_image(data) or path.suffix.lower() in IMAGE_SUFFIXES:
-            row["format"] = "image"
-            image_id = f"{key[:16]}-000"
-            try:
-                images = [_save_image(data, image_id, out_dir, cfg)]
-            except ImageError as exc:
-                raise ExtractionError("corrupt_image", str(exc)) from None
-            text, image_errors, pages = image_marker(image_id), [], 1
-        else:
-            result = _convert_document(converter, path, cfg)
-            row["format"] = result.input.format.value
-            text, images, image_errors, pages = _document_text(result, key, out_dir, cfg)
-            if not text:
-                raise ExtractionError("no_text", "no text or pictures found in the document")
-        row.update(text=text, pages=pages, images=json.dumps(images), image_errors=json.dumps(image_errors))
-    except ExtractionError as exc:
-        row.update(status="error", error_kind=exc.kind, error=str(exc))
-    except OSError as exc:
-        row.update(status="error", error_kind="unreadable", error=str(exc))
-    return row
+    """Extract one file into a row; any failure becomes a row with status 'error', its kind and reason."""
+    row = {**Extractor.empty_row(key), "format": path.suffix.lower().lstrip(".")}
+    return guarded_row(row, lambda: _extract(converter, path, key, out_dir, cfg))
 
 
 class Extractor:
@@ -149,6 +153,12 @@ class Extractor:
         self.cfg = ExtractConfig.model_validate(cfg)
         self.out_dir = Path(out_dir)
         self.converter = build_converter(self.cfg)
+
+    @staticmethod
+    def empty_row(key: str) -> dict[str, Any]:
+        """A row's fields before extraction (also the base of a failed row)."""
+        return {"key": key, "format": "", "status": "ok", "error_kind": "", "error": "", "pages": 0, "text": "",
+                "images": "[]", "image_errors": "[]"}
 
     def __call__(self, batch: dict) -> dict:
         rows = [extract_file(self.converter, Path(path), key, self.out_dir, self.cfg)

@@ -18,16 +18,13 @@ from pydantic import BaseModel, ValidationError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from clara_ray.ingest.config import ApiConfig
+from clara_ray.ingest.failures import ItemError
 
 M = TypeVar("M", bound=BaseModel)
 
 
-class ApiCallError(Exception):
+class ApiCallError(ItemError):
     """A call that failed for good; `kind` goes to errors.jsonl."""
-
-    def __init__(self, kind: str, reason: str):
-        super().__init__(reason)
-        self.kind = kind
 
 
 def is_transient(exc: BaseException) -> bool:

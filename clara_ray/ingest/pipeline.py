@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +21,7 @@ from clara_ray.ingest.chunking import chunk_text
 from clara_ray.ingest.config import ApiConfig, IngestConfig
 from clara_ray.ingest.extract import Extractor
 from clara_ray.ingest.hashing import content_key
+from clara_ray.ingest.inputs import discover, error_row
 from clara_ray.ingest.outputs import ERRORS, RAW, build_records, raw_knowledge_rows, write_records
 from clara_ray.ingest.storage import StageParts, write_atomic, write_jsonl, write_table
 from clara_ray.ingest.synthesis import Synthesizer
@@ -31,20 +33,6 @@ class IngestError(RuntimeError):
     """A run that cannot start (missing input, no API endpoint)."""
 
 
-def discover(input_dir: Path) -> list[dict[str, Any]]:
-    """Every visible file under input_dir, keyed by content; identical files count once."""
-    rows, seen = [], set()
-    for path in sorted(p for p in input_dir.rglob("*") if p.is_file()):
-        rel = path.relative_to(input_dir)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        key = content_key(path.read_bytes())
-        if key not in seen:
-            seen.add(key)
-            rows.append({"key": key, "path": str(path), "source": str(rel)})
-    return rows
-
-
 def _batch_rows(batch: dict) -> list[dict[str, Any]]:
     columns = {name: values.tolist() if hasattr(values, "tolist") else list(values)
                for name, values in batch.items()}
@@ -52,11 +40,52 @@ def _batch_rows(batch: dict) -> list[dict[str, Any]]:
     return [{name: values[i] for name, values in columns.items()} for i in range(size)]
 
 
+MAX_BLOCKS = 1000
+
+
+def _map_pass(rows: list[dict[str, Any]], blocks: int, parts: StageParts, bar, worker: type, worker_kwargs: dict,
+              workers: int, cpus: float, batch_size: int, retries: int) -> None:
+    """One Ray Data pass over `rows`; every block that comes back is checkpointed as a part."""
+    import ray
+
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates remote args given to map_batches but has no named max_task_retries yet.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        # One task at a time per actor, so that a worker that dies takes only its own task with it.
+        # Ray restarts the actor and retries that task `retries` times (its default is forever,
+        # which would loop on a file that kills its worker every time).
+        ds = ds.map_batches(worker, fn_constructor_kwargs=worker_kwargs, batch_size=batch_size, num_cpus=cpus,
+                            batch_format="numpy", max_restarts=-1, max_task_retries=retries,
+                            compute=ray.data.ActorPoolStrategy(size=min(workers, len(rows)),
+                                                               max_tasks_in_flight_per_actor=1))
+    # A block whose retries are used up is dropped instead of aborting the dataset; run_stage
+    # finds its rows missing. (Exceptions never get here: the workers turn them into error rows.)
+    ds.context.max_errored_blocks = -1
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        done = _batch_rows(batch)
+        parts.add(done)  # checkpoint before counting it as done
+        bar.update(len(done))
+
+
+def _worker_died(worker: type, lost: list[dict[str, Any]], retries: int) -> list[dict[str, Any]]:
+    """Error rows for the items whose worker died on every attempt."""
+    reason = (f"its worker process died on each of {retries + 1} attempt(s) (killed by the OOM killer, or "
+              "crashed); the Ray worker logs have the cause")
+    if not hasattr(worker, "empty_row"):  # a stage with no per-item result to give up on
+        raise IngestError(f"{worker.__name__}: {len(lost)} item(s) lost: {reason}")
+    return [{**worker.empty_row(r["key"]), "status": "error", "error_kind": "worker_died", "error": reason}
+            for r in lost]
+
+
 def run_stage(name: str, parts: StageParts, todo: list[dict[str, Any]], worker: type,
               worker_kwargs: dict, workers: int, cpus: float, progress: bool,
-              batch_size: int = 1) -> dict[str, dict]:
-    """Map `worker` over the rows of `todo` whose key has no cached result; return key -> result."""
-    import ray
+              batch_size: int = 1, *, retries: int) -> dict[str, dict]:
+    """Map `worker` over the rows of `todo` whose key has no cached result; return key -> result.
+
+    Items whose worker died `retries` + 1 times get a `worker_died` row (workers that declare
+    `empty_row`) or stop the run (the others).
+    """
     from tqdm import tqdm
 
     done = parts.rows()
@@ -65,16 +94,18 @@ def run_stage(name: str, parts: StageParts, todo: list[dict[str, Any]], worker: 
     with tqdm(total=len(unique), initial=len(unique) - len(pending), desc=name, unit="item",
               disable=not progress) as bar:
         if pending:
+            run = dict(parts=parts, bar=bar, worker=worker, worker_kwargs=worker_kwargs, workers=workers,
+                       cpus=cpus, retries=retries)
             # Small blocks: each block is one checkpointed part, the unit of work lost on a kill.
-            blocks = min(-(-len(pending) // batch_size), 1000)
-            ds = ray.data.from_items(pending, override_num_blocks=blocks)
-            ds = ds.map_batches(worker, fn_constructor_kwargs=worker_kwargs, batch_size=batch_size, num_cpus=cpus,
-                                batch_format="numpy",
-                                compute=ray.data.ActorPoolStrategy(size=min(workers, len(pending))))
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                rows = _batch_rows(batch)
-                parts.add(rows)  # checkpoint before counting it as done
-                bar.update(len(rows))
+            blocks = min(-(-len(pending) // batch_size), MAX_BLOCKS)
+            _map_pass(pending, blocks, batch_size=batch_size, **run)
+            lost = [r for r in pending if r["key"] not in parts.rows()]
+            if lost and blocks < len(pending):  # lost tasks held several items: find the one that kills
+                _map_pass(lost, min(len(lost), MAX_BLOCKS), batch_size=1, **run)
+                lost = [r for r in lost if r["key"] not in parts.rows()]
+            if lost:
+                parts.add(_worker_died(worker, lost, retries))
+                bar.update(len(lost))
             done = parts.rows()
     return {r["key"]: done[r["key"]] for r in todo if r["key"] in done}
 
@@ -103,7 +134,7 @@ def _embed(chunks: list[dict[str, Any]], cfg: IngestConfig, work: Path):
     neg = cfg.negatives
     done = run_stage("embed", StageParts(work, "embed"), [{"key": c["key"], "text": c["text"]} for c in chunks],
                      Embedder, {"batch_size": neg.embed_batch_size}, 1, neg.cpus_per_worker, cfg.progress,
-                     batch_size=neg.embed_batch_size)
+                     batch_size=neg.embed_batch_size, retries=cfg.worker_retries)
     keys = [c["key"] for c in chunks]
     return keys, np.stack([np.asarray(done[k]["embedding"], dtype=np.float32) for k in keys])
 
@@ -148,10 +179,6 @@ def api_endpoint(cfg: IngestConfig) -> Iterator[tuple[ApiConfig, IngestConfig]]:
                    synthesis=cfg.synthesis.model_copy(update=dict(workers=1)))))
 
 
-def _error(stage: str, source: str, key: str, kind: str, reason: str) -> dict[str, str]:
-    return {"stage": stage, "source": source, "key": key, "kind": kind, "reason": reason}
-
-
 def _init_ray(cfg: IngestConfig) -> None:
     import ray
 
@@ -177,19 +204,21 @@ def run_ingest(cfg: IngestConfig) -> dict[str, Any]:
 
 
 def _run(cfg: IngestConfig, api: ApiConfig, input_dir: Path, out_dir: Path, work: Path) -> dict[str, Any]:
-    errors: list[dict[str, str]] = []
     summary: dict[str, Any] = {"until": cfg.until}
-    files = discover(input_dir)
+    files, errors = discover(input_dir)
+    summary["inputs_skipped"] = len(errors)
     extracted = run_stage("extract", StageParts(work, "extract"), files, Extractor,
                           {"cfg": cfg.extract.model_dump(), "out_dir": str(out_dir)},
-                          cfg.extract.workers, cfg.extract.cpus_per_worker, cfg.progress)
+                          cfg.extract.workers, cfg.extract.cpus_per_worker, cfg.progress, retries=cfg.worker_retries)
     docs = []
     for f in files:
         row = extracted[f["key"]]
-        for reason in json.loads(row["image_errors"]):
-            errors.append(_error("extract", f["source"], f["key"], "corrupt_image", reason))
+        for error in json.loads(row["image_errors"]):
+            if isinstance(error, str):  # parts written before picture errors had kinds
+                error = {"kind": "corrupt_image", "reason": error}
+            errors.append(error_row("extract", f["source"], f["key"], error["kind"], error["reason"]))
         if row["status"] != "ok":
-            errors.append(_error("extract", f["source"], f["key"], row["error_kind"], row["error"]))
+            errors.append(error_row("extract", f["source"], f["key"], row["error_kind"], row["error"]))
         else:
             docs.append({"key": f["key"], "source": f["source"], "text": row["text"],
                          "images": json.loads(row["images"]), "pages": row["pages"], "format": row["format"]})
@@ -225,7 +254,7 @@ def _caption_and_chunk(cfg: IngestConfig, api: ApiConfig, docs: list[dict], out_
         images = []
     captioned = run_stage("caption", StageParts(work, "caption"), images, Captioner,
                           {"api": api.model_dump(), "cfg": cfg.caption.model_dump(), "out_dir": str(out_dir)},
-                          cfg.caption.workers, cfg.caption.cpus_per_worker, cfg.progress)
+                          cfg.caption.workers, cfg.caption.cpus_per_worker, cfg.progress, retries=cfg.worker_retries)
     captions, uncaptioned_docs = {}, set()
     for image in images:
         row = captioned[image["key"]]
@@ -233,14 +262,14 @@ def _caption_and_chunk(cfg: IngestConfig, api: ApiConfig, docs: list[dict], out_
             captions[image["image_id"]] = row["caption"]
         else:
             uncaptioned_docs.add(image["doc_key"])
-            errors.append(_error("caption", f"{image['source']} ({image['image_id']})", image["key"],
-                                 row["error_kind"], row["error"]))
+            errors.append(error_row("caption", f"{image['source']} ({image['image_id']})", image["key"],
+                                    row["error_kind"], row["error"]))
     texts = [{"key": d["key"], "source": d["source"], "text": insert_captions(d["text"], captions)} for d in docs]
     chunks = _chunk_documents([t for t in texts if t["text"]], cfg)
     for text in texts:
         if not text["text"] and text["key"] not in uncaptioned_docs:  # else already reported
             reason = "no text left after captioning" if cfg.caption.enabled else "only images, and captioning is off"
-            errors.append(_error("chunk", text["source"], text["key"], "no_text", reason))
+            errors.append(error_row("chunk", text["source"], text["key"], "no_text", reason))
     write_table(work / "chunks.parquet", chunks)
     write_jsonl(out_dir / RAW, raw_knowledge_rows(chunks))
     summary.update(images_captioned=len(captions), chunks=len(chunks))
@@ -257,14 +286,14 @@ def _synthesize_and_write(cfg: IngestConfig, api: ApiConfig, chunks: list[dict],
     todo = [{"key": synthesis_key(c["text"], api, cfg), "text": c["text"]} for c in chunks]
     done = run_stage("synthesize", StageParts(work, "synthesize"), todo, Synthesizer,
                      {"api": api.model_dump(), "cfg": cfg.synthesis.model_dump()},
-                     cfg.synthesis.workers, cfg.synthesis.cpus_per_worker, cfg.progress)
+                     cfg.synthesis.workers, cfg.synthesis.cpus_per_worker, cfg.progress, retries=cfg.worker_retries)
     by_chunk = {}
     for chunk, item in zip(chunks, todo):
         row = done[item["key"]]
         by_chunk[chunk["key"]] = row
         if row["status"] != "ok":
-            errors.append(_error("synthesize", f"{chunk['source']}#chunk{chunk['index']}", chunk["key"],
-                                 row["error_kind"], row["error"]))
+            errors.append(error_row("synthesize", f"{chunk['source']}#chunk{chunk['index']}", chunk["key"],
+                                    row["error_kind"], row["error"]))
     good = [c for c in chunks if by_chunk[c["key"]]["status"] == "ok"]
     negatives = _negatives(chunks, cfg, work)  # every chunk may serve as a negative, synthesized or not
     records = build_records(chunks, by_chunk, negatives, cfg.negatives.instruct_docs,

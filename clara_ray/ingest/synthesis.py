@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, create_model
 
 from clara_ray.ingest.config import ApiConfig, SynthesisConfig
+from clara_ray.ingest.failures import guarded_row
 from clara_ray.ingest.openai_client import ApiCallError, ChatClient
 from clara_ray.ingest.storage import to_columns
 
@@ -191,16 +192,18 @@ class Synthesizer:
         self.cfg = SynthesisConfig.model_validate(cfg)
         self.client = ChatClient(self.api, self.api.text_model, self.cfg.workers)
 
+    @staticmethod
+    def empty_row(key: str) -> dict[str, Any]:
+        return {"key": key, "status": "ok", "summary": "", "qa": "[]", "rounds": 0, "rejected": 0,
+                "error_kind": "", "error": ""}
+
+    def _synthesize(self, text: str) -> dict[str, Any]:
+        result = synthesize_chunk(self.client, text, self.cfg)
+        return {"summary": result["summary"], "qa": json.dumps(result["qa"], ensure_ascii=False),
+                "rounds": result["rounds"], "rejected": result["rejected"]}
+
     def _one(self, key: str, text: str) -> dict[str, Any]:
-        row = {"key": key, "status": "ok", "summary": "", "qa": "[]", "rounds": 0, "rejected": 0,
-               "error_kind": "", "error": ""}
-        try:
-            result = synthesize_chunk(self.client, text, self.cfg)
-            row.update(summary=result["summary"], qa=json.dumps(result["qa"], ensure_ascii=False),
-                       rounds=result["rounds"], rejected=result["rejected"])
-        except ApiCallError as exc:
-            row.update(status="error", error_kind=exc.kind, error=str(exc))
-        return row
+        return guarded_row(self.empty_row(key), lambda: self._synthesize(text))
 
     def __call__(self, batch: dict) -> dict:
         rows = [self._one(k, t) for k, t in zip(batch["key"], batch["text"])]

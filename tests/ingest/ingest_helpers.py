@@ -13,8 +13,11 @@ import io
 import random
 import re
 import shutil
+import struct
 import threading
 import time
+import zipfile
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -204,6 +207,41 @@ def _picture(path: Path, colour: str, size=(320, 200)) -> Path:
     return path
 
 
+def pixel_bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A valid black 1-bit PNG of width x height (20000 x 20000: 400 Mpx in ~50 KB), written
+    chunk by chunk: Pillow would need the whole bitmap in memory to encode it."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    rows = (b"\x00" + bytes(-(-width // 8))) * height  # filter byte + packed pixels per row
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows, 6)) + chunk(b"IEND", b""))
+
+
+def bomb_jpeg(path: Path, side: int = 13_400) -> Path:
+    """A grey baseline JPEG of side x side; 13400 px is just over twice Pillow's pixel limit, the size
+    at which Image.open raises DecompressionBombError (~3 s and ~0.6 MB)."""
+    from PIL import Image
+
+    Image.new("L", (side, side), 128).save(path, quality=50)
+    return path
+
+
+def swap_media(container: Path, data: bytes) -> None:
+    """Replace the one picture inside a DOCX/PPTX (python-pptx itself cannot open a pixel bomb)."""
+    with zipfile.ZipFile(container) as zin:
+        members = [(info, zin.read(info)) for info in zin.infolist()]
+    media = [info.filename for info, _ in members if "/media/" in info.filename]
+    assert len(media) == 1, media
+    with zipfile.ZipFile(container, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info, content in members:
+            zout.writestr(info, data if info.filename == media[0] else content)
+
+
+# Kinds reported while listing the input folder, before extraction.
+DISCOVER_KINDS = {"not_a_file", "broken_link", "symlink_loop", "unreadable"}
+
+
 def make_documents(folder: Path, with_pdf: bool = True, with_bad: bool = True) -> dict[str, str]:
     """Write the test corpus; returns file name -> expected outcome ('ok' or an error kind)."""
     import docx
@@ -283,4 +321,36 @@ def make_documents(folder: Path, with_pdf: bool = True, with_bad: bool = True) -
         (folder / "poison.md").write_text("# Poison\n\nThis chunk carries POISON-JSON so the model always "
                                           "answers with broken JSON. It must end up in errors.jsonl.\n")
         expected["poison.md"] = "invalid_json"
+        _add_adversarial(folder, assets, expected)
     return expected
+
+
+def _add_adversarial(folder: Path, assets: Path, expected: dict[str, str]) -> None:
+    """Files a real folder holds that no document converter expects (issue 27)."""
+    import docx
+    from PIL import Image
+
+    (folder / "pixel-bomb.png").write_bytes(pixel_bomb_png())
+    expected["pixel-bomb.png"] = "image_too_large"
+    scan = docx.Document()  # a scan pasted into Word at full resolution
+    scan.add_paragraph("Survey of the old harbour. The east pier was rebuilt in stone after the storm. "
+                       "Fishing boats moor along the west quay. The map below shows the soundings.")
+    scan.add_picture(str(bomb_jpeg(assets / "scan.jpg")))
+    scan.save(folder / "scan-bomb.docx")
+    expected["scan-bomb.docx"] = "ok"
+    Image.new("RGB", (400, 300), "blue").save(assets / "photo.jpg", quality=90)
+    jpeg = (assets / "photo.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    expected["truncated.jpg"] = "corrupt_image"
+    (folder / "junk.md").write_bytes(random.Random(27).randbytes(4000))  # binary, and not in any text encoding
+    expected["junk.md"] = "conversion_failed"
+    (folder / "folder.pdf").mkdir()
+    expected["folder.pdf"] = "not_a_file"
+    (folder / "loop.md").symlink_to("loop.md")
+    expected["loop.md"] = "symlink_loop"
+    (folder / "gone.docx").symlink_to("nowhere.docx")
+    expected["gone.docx"] = "broken_link"
+    # Tests run as root, whom file permissions do not stop: a link to /proc/self/mem, which fails
+    # every read at offset 0 (EIO), stands in for a file the process may not read.
+    (folder / "unreadable.pdf").symlink_to("/proc/self/mem")
+    expected["unreadable.pdf"] = "unreadable"

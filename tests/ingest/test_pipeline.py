@@ -16,7 +16,7 @@ from clara_ray.ingest.config import IngestConfig
 from clara_ray.ingest.outputs import END_TO_END, ERRORS, INSTRUCT, PRETRAIN, RAW
 from clara_ray.ingest.pipeline import run_ingest, synthesis_key
 from clara_ray.ingest.storage import StageParts
-from ingest_helpers import ScriptedOpenAI, api_overrides, make_documents
+from ingest_helpers import DISCOVER_KINDS, ScriptedOpenAI, api_overrides, make_documents
 
 pytestmark = pytest.mark.slow
 OUTPUTS = (PRETRAIN, INSTRUCT, END_TO_END, RAW, ERRORS, "summary.json")
@@ -75,13 +75,18 @@ def test_good_documents_yield_records_bad_ones_error_lines(reference):
             assert mine and not any(c["text"] in pretrain_docs for c in mine)
             assert [e["kind"] for e in errors if e["source"].startswith(name)] == ["invalid_json"]
         else:
-            assert [(e["stage"], e["kind"]) for e in errors if e["source"] == name] == [("extract", outcome)]
+            stage = "discover" if outcome in DISCOVER_KINDS else "extract"
+            assert [(e["stage"], e["kind"]) for e in errors if e["source"] == name] == [(stage, outcome)], name
             assert all(e["reason"] for e in errors)
-    assert summary["documents_failed"] == sum(o not in ("ok", "invalid_json") for o in expected.values())
+    skipped = sum(o in DISCOVER_KINDS for o in expected.values())
+    assert summary["inputs_skipped"] == skipped
+    assert summary["documents_failed"] == sum(o not in ("ok", "invalid_json") for o in expected.values()) - skipped
     assert summary["errors"] == len(errors) and summary["qa_pairs"] == summary["records"][INSTRUCT]
     # The faults really happened, of every kind, and were absorbed.
     assert set(server.faults) == {"429", "500", "timeout", "broken_json"}
-    assert summary["errors_by_kind"].keys() == {"conversion_failed", "corrupt_image", "empty_file", "invalid_json"}
+    assert summary["errors_by_kind"].keys() == {"conversion_failed", "corrupt_image", "empty_file", "invalid_json",
+                                                "image_too_large", "not_a_file", "symlink_loop", "broken_link",
+                                                "unreadable"}
 
 
 def test_records_are_valid_stage_files_with_gold_and_negatives(reference):
@@ -105,6 +110,8 @@ def test_captions_land_at_their_markers(reference):
     assert "<<image:" not in (out / RAW).read_text()
     photo = [c["text"] for c in _jsonl(out / RAW) if c["source"] == "large-photo.jpg"]
     assert photo == ["[Image: A 2048x683 picture, mostly green.]"]  # downscaled before captioning
+    scan = " ".join(c["text"] for c in _jsonl(out / RAW) if c["source"] == "scan-bomb.docx")
+    assert "The map below shows the soundings. [Image: A 2048x2048 picture" in scan  # 13400 px, decoded at 1/4
 
 
 def test_without_captioning_images_leave_no_trace(reference, corpus, tmp_path):
@@ -164,10 +171,12 @@ def test_killed_run_resumes_to_identical_outputs(reference, corpus, ray_cluster,
     asked_before = len(slow.generate_passages)
 
     slow.delay_s = 0.0
-    cfg = _config(corpus[0], out, slow)
-    run_ingest(cfg)
+    rerun = subprocess.run([sys.executable, "-m", "pipelines.ingest", "--config", str(config_path)],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     slow.stop()
+    assert rerun.returncode == 0, rerun.stderr[-3000:]  # the adversarial inputs are error lines, not a failed run
     assert _snapshot(out) == _snapshot(reference_out)
+    cfg = _config(corpus[0], out, slow)
     # The rerun asked only about chunks that had not finished before the kill.
     asked_again = {synthesis_key(p, cfg.api, cfg) for p in slow.generate_passages[asked_before:]}
     assert asked_again and not asked_again & finished
