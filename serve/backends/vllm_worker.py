@@ -3,7 +3,8 @@
 Standalone on purpose: it imports only vllm/torch/safetensors, never the project.
 Protocol on stdin/stdout, frames of an 8-byte big-endian length + payload:
   request  = safetensors bytes: "max_tokens" (int64 scalar), "prompt_<i>" (seq_i, hidden) embeddings
-  response = JSON {"token_ids": [[...], ...]} or {"error": "..."}; first frame {"ready": true}
+  response = JSON {"token_ids": [[...], ...]} or {"error": "...", "input_error": bool}; first frame {"ready": true}
+  (input_error: vLLM raised ValueError/TypeError, i.e. refused a prompt, rather than failing itself)
 Safetensors, not pickle: the parent never unpickles anything from this process and vice versa.
 """
 import json
@@ -43,7 +44,7 @@ def main(model_dir: str, kv_cache_memory_bytes: int, max_model_len: int, enforce
             outputs = llm.generate(prompts, params, use_tqdm=False)
             send({"token_ids": [list(o.outputs[0].token_ids) for o in outputs]})
         except Exception as exc:  # reported to the caller; the worker stays up for the next request
-            send({"error": f"{type(exc).__name__}: {exc}"})
+            send({"error": f"{type(exc).__name__}: {exc}", "input_error": isinstance(exc, (ValueError, TypeError))})
 
 
 if __name__ == "__main__":
