@@ -30,8 +30,8 @@ class VllmBackendError(RuntimeError):
 
 
 class VllmInputError(VllmBackendError, ValueError):
-    """vLLM refused a prompt it was given (e.g. longer than max_model_len): the input's fault, so
-    a ValueError like the hf backend's; the worker stays up (serve/deployments.py INPUT_FAULTS)."""
+    """vLLM refused a prompt (e.g. longer than max_model_len; vLLM's VLLMClientError): the input's
+    fault, so a ValueError like the hf backend's (serve/deployments.py INPUT_FAULTS); the worker stays up."""
 
 
 def default_export_dir(checkpoint: str) -> Path:
