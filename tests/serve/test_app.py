@@ -131,7 +131,9 @@ def test_a_request_that_fails_inside_a_model_batch_fails_alone(rag_url, docs):
     request, so only the culprit gets an error, and it says the input was at fault."""
     from ray import serve
 
+    from serve.app import _model_call
     from serve.deployments import ModelInputError
+    from serve.schemas import RequestError
 
     retriever = serve.get_deployment_handle("Retriever", app_name="clara")
     generator = serve.get_deployment_handle("Generator", app_name="clara")
@@ -153,6 +155,10 @@ def test_a_request_that_fails_inside_a_model_batch_fails_alone(rag_url, docs):
         stream = generator.options(stream=True).stream.remote("<MEM0>?", retrieved, 2)
         with pytest.raises(ModelInputError, match="memory slots"):
             list(stream)
+    # What the ingress makes of it: 422 naming the field the text came from.
+    with pytest.raises(RequestError) as refused:
+        asyncio.run(_model_call(retriever.search.remote(("\ud800", 2)), ["messages", 3, "content"]))
+    assert refused.value.status == 422 and refused.value.detail[0]["loc"] == ["body", "messages", 3, "content"]
 
 
 def _bodies():
