@@ -3,8 +3,6 @@
 Resumable: every finished batch is appended to `predictions.jsonl.partial`; a rerun skips the
 questions already there. The final `predictions.jsonl`, `summary.json` and report are written
 to temporary files and renamed, so a crash never leaves a half-written result.
-A question the model fails on fails alone (its batch is retried one question at a time): the
-others are scored and kept, and the run ends with an error naming it.
 """
 from __future__ import annotations
 
@@ -58,6 +56,9 @@ def questions_for(cfg: EvalConfig) -> list[EvalQuestion]:
 
 class EvalActor:
     """Ray Data actor: loads the checkpoint once, scores batches of JSON-encoded questions.
+
+    A question the model fails on fails alone (its batch is retried one question at a time): the
+    others are scored and kept, and the run ends with an error naming it.
 
     Rows travel as JSON strings so Arrow never has to unify the schemas of nested, ragged
     fields (candidate lists, per-system results) across blocks.
