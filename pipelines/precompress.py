@@ -31,6 +31,10 @@ def main(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps({"store": str(out), **summary}))
+    if summary["failed"]:  # the others are stored and published; the run still did not do it all
+        typer.echo(f"error: {len(summary['failed'])} documents were not stored (see 'failed'); fix or remove"
+                   " them and rerun to add them", err=True)
+        raise typer.Exit(2)
 
 
 if __name__ == "__main__":

@@ -6,19 +6,22 @@
 
 import hmac
 import json
+import logging
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve.deployments import Generator, Retriever
+from serve.deployments import Generator, ModelInputError, Retriever
 from serve.retrieved import Retrieved
 from serve.schemas import (ChatRequest, Document, RagRequest, RagResponse, RequestError, Timings, chat_chunk,
-                           chat_completion, completion_id, model_list, parse_body)
+                           chat_completion, completion_id, field_error, model_list, parse_body)
 from serve.settings import ServeSettings
+
+log = logging.getLogger("ray.serve")
 
 api = FastAPI(title="clara-ray RAG", description="Answers from a precompressed CLaRa store.")
 
@@ -39,6 +42,20 @@ def _sse(payload: Any) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
+def _input_error(exc: ModelInputError, field: list) -> RequestError:
+    """422 naming the request field whose text the model could not read."""
+    return RequestError(422, [field_error(field, str(exc), "model_input")])
+
+
+async def _model_call(call: Awaitable, field: list):
+    """A Retriever/Generator call; a failure caused by this request's input is a 422 on `field`
+    (server faults propagate: 500)."""
+    try:
+        return await call
+    except ModelInputError as exc:  # Ray re-raises the replica's error as a subclass of its type
+        raise _input_error(exc, field) from None
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 @serve.ingress(api)
 class RagIngress:
@@ -47,6 +64,7 @@ class RagIngress:
         self.token = settings.resolved_token()
         self.retriever = retriever
         self.generator = generator
+        self.control_tokens: list[str] | None = None  # the model's reserved strings, asked for once
 
     # ---------------------------------------------------------------- request checks
     def _authorize(self, request: Request) -> None:
@@ -72,11 +90,17 @@ class RagIngress:
 
     async def _parse(self, request: Request, schema):
         self._authorize(request)
-        return parse_body(await self._read_body(request), schema, self.settings.limits)
+        raw = await self._read_body(request)
+        if self.control_tokens is None:
+            self.control_tokens = await self.generator.control_tokens.remote()
+        return parse_body(raw, schema, self.settings.limits, self.control_tokens)
 
     # ---------------------------------------------------------------- pipeline
-    async def _retrieve(self, question: str, top_k: int | None) -> Retrieved:
-        return await self.retriever.search.remote((question, top_k or self.settings.default_top_k))
+    async def _retrieve(self, question: str, top_k: int | None, field: list) -> Retrieved:
+        return await _model_call(self.retriever.search.remote((question, top_k or self.settings.default_top_k)), field)
+
+    async def _generate(self, question: str, retrieved: Retrieved, budget: int, field: list) -> str:
+        return await _model_call(self.generator.generate.remote((question, retrieved, budget)), field)
 
     def _budget(self, max_new_tokens: int | None) -> int:
         return max_new_tokens or self.settings.default_max_new_tokens
@@ -96,9 +120,9 @@ class RagIngress:
     async def rag(self, request: Request) -> RagResponse:
         body: RagRequest = await self._parse(request, RagRequest)
         start = time.perf_counter()
-        retrieved = await self._retrieve(body.question, body.top_k)
+        retrieved = await self._retrieve(body.question, body.top_k, ["question"])
         retrieved_at = time.perf_counter()
-        answer = await self.generator.generate.remote((body.question, retrieved, self._budget(body.max_new_tokens)))
+        answer = await self._generate(body.question, retrieved, self._budget(body.max_new_tokens), ["question"])
         done = time.perf_counter()
         return RagResponse(answer=answer, documents=_documents(retrieved), timings=Timings(
             retrieve_s=retrieved_at - start, generate_s=done - retrieved_at, total_s=done - start))
@@ -106,19 +130,30 @@ class RagIngress:
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request):
         body: ChatRequest = await self._parse(request, ChatRequest)
-        question, budget = body.question(), self._budget(body.new_tokens())
-        retrieved = await self._retrieve(question, body.top_k)
+        question, budget, field = body.question(), self._budget(body.new_tokens()), body.question_field()
+        retrieved = await self._retrieve(question, body.top_k, field)
         documents, cid = _documents(retrieved), completion_id()
         if not body.stream:
-            answer = await self.generator.generate.remote((question, retrieved, budget))
+            answer = await self._generate(question, retrieved, budget, field)
             return chat_completion(cid, self.settings.model_name, answer, documents)
 
         async def events() -> AsyncIterator[str]:
             name = self.settings.model_name
             # Citations first: the client can show sources while the answer streams in.
             yield _sse(chat_chunk(cid, name, {"role": "assistant", "content": ""}, documents=documents))
-            async for piece in self.generator.options(stream=True).stream.remote(question, retrieved, budget):
-                yield _sse(chat_chunk(cid, name, {"content": piece}))
+            try:
+                async for piece in self.generator.options(stream=True).stream.remote(question, retrieved, budget):
+                    yield _sse(chat_chunk(cid, name, {"content": piece}))
+            # The status line has gone out with the citations: an error is reported the way OpenAI
+            # streams report one, as an event with `error` (the openai client raises it).
+            except ModelInputError as exc:
+                yield _sse({"error": _input_error(exc, field).openai_error()})
+                return
+            except Exception:
+                log.exception("stream %s failed", cid)
+                yield _sse({"error": {"message": "internal error while generating", "type": "server_error",
+                                      "param": None, "code": None}})
+                return
             yield _sse(chat_chunk(cid, name, {}, finish="stop"))
             yield _sse("[DONE]")
 

@@ -6,11 +6,17 @@ call finds many small batches waiting behind it, each cut after `batch_wait_time
 by one they lose most of what batching is for: on CPU, 16 clients ended up in batches of 1-3.
 `BatchCoalescer` runs one model call at a time and hands it everything that is waiting, up to
 `max_items`, then gives each batch its own slice of the results.
+
+Results are outcomes: a value, or the exception raised for that item alone. A merged call that
+fails is retried item by item (clara_ray/batches.py), so one bad request fails only itself, never
+the requests (nor the other batches) that happened to share its model call.
 """
 from __future__ import annotations
 
 import asyncio
 from typing import Any, Callable, Sequence
+
+from clara_ray.batches import run_isolated
 
 
 class BatchCoalescer:
@@ -21,6 +27,7 @@ class BatchCoalescer:
         self._waiting: list[tuple[list, asyncio.Future]] = []
 
     async def __call__(self, items: list) -> list:
+        """One outcome per item: its result, or the exception that item raised on its own."""
         mine = asyncio.get_running_loop().create_future()
         self._waiting.append((list(items), mine))
         async with self.lock:
@@ -39,8 +46,8 @@ class BatchCoalescer:
 
     async def _run(self, taken: list[tuple[list, asyncio.Future]]) -> None:
         try:
-            results = await asyncio.to_thread(self.call, [item for items, _ in taken for item in items])
-        except Exception as exc:  # every batch in the merged call gets the error, not just ours
+            results = await asyncio.to_thread(run_isolated, self.call, [item for items, _ in taken for item in items])
+        except Exception as exc:  # the call broke its contract (wrong result count): nobody has a result
             for _, future in taken:
                 future.set_exception(exc)
             return

@@ -4,11 +4,13 @@ Both batch concurrent requests with `@serve.batch`; the batch size comes from th
 (`batch.max_batch_size: 1` turns batching off, which the load benchmark compares against).
 Batches that queue up while the model is busy are merged into its next call (serve/coalesce.py);
 model calls run in a worker thread so the replica keeps accepting (and batching) requests.
+A merged call that fails is retried request by request, so each request gets its own outcome:
+`ModelInputError` when its input is at fault (the ingress answers 422), the original error else.
 """
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import numpy as np
 from ray import serve
@@ -25,6 +27,32 @@ from serve.settings import ServeSettings
 MAX_BATCH, MAX_ONGOING = 16, 256
 
 
+# What a request's own model call raises when its input is at fault: tokenizers raise TypeError
+# for text they cannot encode, the model and vLLM ValueError for a prompt they cannot build or
+# fit. Anything else (memory, a dead vLLM worker) is the server's fault and stays a 5xx.
+INPUT_FAULTS = (ValueError, TypeError)
+
+
+class ModelInputError(ValueError):
+    """The model could not process this request's input; the other requests were served."""
+
+
+def request_error(exc: Exception) -> Exception:
+    """The error to raise for a request whose own model call raised `exc`."""
+    if isinstance(exc, INPUT_FAULTS) and not isinstance(exc, ModelInputError):
+        error = ModelInputError(f"the model could not read this input ({type(exc).__name__}: {exc})")
+        error.__cause__ = exc
+        return error
+    return exc
+
+
+def outcome(result: Any) -> Any:
+    """A request's result from its batch's outcomes (serve/coalesce.py), or its own error."""
+    if isinstance(result, Exception):
+        raise request_error(result)
+    return result
+
+
 def _batched_calls(handler, call, settings: ServeSettings) -> BatchCoalescer:
     handler.set_max_batch_size(settings.batch.max_batch_size)
     handler.set_batch_wait_timeout_s(settings.batch.batch_wait_timeout_s)
@@ -36,7 +64,7 @@ class Retriever:
     def __init__(self, settings: ServeSettings):
         self.model = load_model(settings, adapter="query_reasoner")
         self.store = open_store(settings)
-        self.calls = _batched_calls(self.search, self._search, settings)
+        self.calls = _batched_calls(self._search_batch, self._search, settings)
 
     def _search(self, requests: list[tuple[str, int]]) -> list[Retrieved]:
         import torch
@@ -56,8 +84,11 @@ class Retriever:
         return out
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.0, max_concurrent_batches=MAX_BATCH)
-    async def search(self, requests: list[tuple[str, int]]) -> list[Retrieved]:
+    async def _search_batch(self, requests: list[tuple[str, int]]) -> list[Retrieved | Exception]:
         return await self.calls(requests)
+
+    async def search(self, request: tuple[str, int]) -> Retrieved:
+        return outcome(await self._search_batch(request))
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=MAX_ONGOING)
@@ -65,8 +96,14 @@ class Generator:
     def __init__(self, settings: ServeSettings):
         from serve.backends import make_backend
 
-        self.backend = make_backend(settings, load_model(settings, adapter="generator"))
-        self.calls = _batched_calls(self.generate, self._generate, settings)
+        model = load_model(settings, adapter="generator")
+        self.control = sorted(model.tokenizer.all_special_tokens)
+        self.backend = make_backend(settings, model)
+        self.calls = _batched_calls(self._generate_batch, self._generate, settings)
+
+    def control_tokens(self) -> list[str]:
+        """The tokenizer's reserved strings, which the ingress refuses in request text."""
+        return self.control
 
     def _generate(self, requests: list[tuple[str, Retrieved, int]]) -> list[str]:
         apply_torch_threads()  # model calls run in a worker thread (see clara_ray/threads.py)
@@ -80,15 +117,22 @@ class Generator:
         return answers
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.0, max_concurrent_batches=MAX_BATCH)
-    async def generate(self, requests: list[tuple[str, Retrieved, int]]) -> list[str]:
+    async def _generate_batch(self, requests: list[tuple[str, Retrieved, int]]) -> list[str | Exception]:
         return await self.calls(requests)
 
+    async def generate(self, request: tuple[str, Retrieved, int]) -> str:
+        return outcome(await self._generate_batch(request))
+
     async def stream(self, question: str, retrieved: Retrieved, max_new_tokens: int) -> AsyncIterator[str]:
-        # One model call at a time: a stream and the batches share the cores.
+        # One model call at a time: a stream and the batches share the cores. A stream is never
+        # batched, so its errors are its own already; they are classified as a batch's are.
         async with self.calls.lock:
             pieces = self.backend.stream(question, retrieved, max_new_tokens)
-            while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
-                yield piece
+            try:
+                while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+                    yield piece
+            except Exception as exc:
+                raise request_error(exc)
 
     def __del__(self):
         backend = getattr(self, "backend", None)

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from clara_ray.unicode import encoding_problem, printable
 from serve.settings import Limits
 
 T = TypeVar("T", bound=BaseModel)
@@ -38,8 +39,21 @@ def _limits(info: ValidationInfo) -> Limits:
     return (info.context or {}).get("limits") or Limits()
 
 
+def _check_text(text: str, info: ValidationInfo) -> str:
+    """Text the model can read: encodable, and free of its control tokens (a memory-token name in
+    a question would give the prompt more memory slots than documents, failing its generation)."""
+    problem = encoding_problem(text)
+    if problem:
+        raise ValueError(f"text {problem}")
+    control = next((t for t in (info.context or {}).get("control_tokens", ()) if t in text), None)
+    if control:
+        raise ValueError(f"text contains {control!r}, a control token of the model")
+    return text
+
+
 def _check_question(question: str, info: ValidationInfo) -> str:
     limit = _limits(info).max_question_chars
+    _check_text(question, info)
     if not question.strip():
         raise ValueError("question is empty")
     if len(question) > limit:
@@ -105,6 +119,20 @@ class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[ContentPart] | None = None
 
+    @field_validator("content")
+    @classmethod
+    def _content(cls, content: str | list[ContentPart] | None, info: ValidationInfo):
+        # Every message, not only the question: whatever the model may ever read must be readable.
+        if isinstance(content, list):
+            for i, part in enumerate(content):
+                try:
+                    _check_text(part.text or "", info)
+                except ValueError as exc:
+                    raise ValueError(f"part {i}: {exc}") from None
+        elif content is not None:
+            _check_text(content, info)
+        return content
+
     def text(self) -> str:
         if isinstance(self.content, list):
             return "\n".join(p.text for p in self.content if p.type == "text" and p.text)
@@ -137,8 +165,15 @@ class ChatRequest(BaseModel):
         _check_question(users[-1].text(), info)
         return messages
 
+    def _question_index(self) -> int:
+        return max(i for i, m in enumerate(self.messages) if m.role == "user")
+
     def question(self) -> str:
-        return [m for m in self.messages if m.role == "user"][-1].text()
+        return self.messages[self._question_index()].text()
+
+    def question_field(self) -> list:
+        """Where the question sits in the body, for errors about it."""
+        return ["messages", self._question_index(), "content"]
 
     def new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -174,17 +209,26 @@ def model_list(name: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------- parsing
-def parse_body(raw: bytes, schema: type[T], limits: Limits) -> T:
-    """Bytes -> validated request; 413 over the size limit, 400 for bad JSON, 422 per field."""
+def parse_body(raw: bytes, schema: type[T], limits: Limits, control_tokens: Sequence[str] = ()) -> T:
+    """Bytes -> validated request; 413 over the size limit, 400 for bad JSON, 422 per field.
+    `control_tokens`: strings the model's tokenizer reserves, refused in any text field."""
     if len(raw) > limits.max_body_bytes:
         raise RequestError(413, f"body has {len(raw)} bytes; the limit is {limits.max_body_bytes}")
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"body is not valid JSON: {exc}") from None
+    # ValueError covers undecodable bytes and integers past Python's digit limit; RecursionError,
+    # arrays nested thousands deep (64 KiB of "[" is enough).
+    except (ValueError, RecursionError) as exc:
+        raise RequestError(400, f"body is not valid JSON: {type(exc).__name__}: {exc}") from None
     try:
-        return schema.model_validate(data, context={"limits": limits})
+        return schema.model_validate(data, context={"limits": limits, "control_tokens": control_tokens})
     except ValidationError as exc:
-        detail = [{"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}
-                  for err in exc.errors(include_url=False, include_input=False)]
-        raise RequestError(422, detail) from None
+        raise RequestError(422, [field_error(err["loc"], err["msg"], err["type"])
+                                 for err in exc.errors(include_url=False, include_input=False)]) from None
+
+
+def field_error(loc: Sequence, msg: str, kind: str) -> dict:
+    """One FastAPI-style error entry; strings made printable, as a field name of the client's
+    (an unknown key) may hold a lone surrogate that no JSON response could encode."""
+    return {"loc": ["body", *(printable(p) if isinstance(p, str) else p for p in loc)],
+            "msg": printable(msg), "type": kind}

@@ -15,9 +15,10 @@ import random
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from clara_ray.data.records import ANSWER_FIELDS, RecordError, check_positions, iter_jsonl
+from clara_ray.unicode import encoding_problem
 
 # The paper's four benchmarks share one JSONL layout (FlashRAG-style); SQuAD has its own JSON.
 PAPER_DATASETS = ("nq", "hotpotqa", "musique", "2wiki")
@@ -34,6 +35,15 @@ class EvalQuestion(BaseModel):
     foreign_docs: list[str] = Field(default_factory=list)
 
     _positions = model_validator(mode="after")(check_positions)
+
+    @field_validator("id", "question", "answers", "docs")
+    @classmethod
+    def _encodable(cls, value: str | list[str]) -> str | list[str]:
+        # Refused here, naming the record: the tokenizer would fail the whole batch it sits in.
+        for i, text in enumerate([value] if isinstance(value, str) else value):
+            if problem := encoding_problem(text):
+                raise ValueError(f"text{'' if isinstance(value, str) else f' {i}'} {problem}")
+        return value
 
 
 def _doc_text(doc: Any) -> Any:

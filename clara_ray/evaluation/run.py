@@ -74,6 +74,9 @@ def _load_model(cfg: EvalConfig):
 class EvalActor:
     """Ray Data actor: loads the checkpoint once, scores batches of JSON-encoded questions.
 
+    A question the model fails on fails alone (its batch is retried one question at a time): the
+    others are scored and kept, and the run ends with an error naming it.
+
     Rows travel as JSON strings so Arrow never has to unify the schemas of nested, ragged
     fields (candidate lists, per-system results) across blocks.
     """
@@ -92,14 +95,23 @@ class EvalActor:
             self.store = CompressedStore.open(cfg.store, expect_checkpoint=cfg.checkpoint)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
-        from clara_ray.evaluation.retrievers import store_candidates
+        """One JSON row per question: its scores, or {"id", "error"} if it failed on its own."""
+        from clara_ray.batches import run_isolated
         from clara_ray.threads import apply_torch_threads
 
         apply_torch_threads(self.torch_threads)  # Ray Data calls this in another thread than __init__
         questions = [EvalQuestion.model_validate_json(text) for text in batch["question"]]
+        rows = [{"id": q.id, "error": f"question {q.id!r}: {type(row).__name__}: {row}"}
+                if isinstance(row, Exception) else row
+                for q, row in zip(questions, run_isolated(self._evaluate, questions))]
+        return {"row": [json.dumps(row) for row in rows]}
+
+    def _evaluate(self, questions: list[EvalQuestion]) -> list[dict[str, Any]]:
+        from clara_ray.evaluation.retrievers import store_candidates
+
         if self.store is not None:
             questions = store_candidates(self.evaluator.model, self.store, questions, self.store_candidates)
-        return {"row": [json.dumps(row) for row in self.evaluator.evaluate(questions)]}
+        return self.evaluator.evaluate(questions)
 
 
 def _score_with_ray(cfg: EvalConfig, todo: list[EvalQuestion]) -> Iterable[str]:
@@ -186,11 +198,20 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     todo = [q for q in questions if q.id not in done]
     log.info("%d questions, %d already scored, %d to go", len(questions), len(questions) - len(todo), len(todo))
     start = time.perf_counter()
+    failed: list[str] = []
     if todo:
         with partial.open("a", encoding="utf-8") as fh:
             for line in _score_with_ray(cfg, todo):
+                error = json.loads(line).get("error")
+                if error:  # kept out of the partial file: a rerun tries it again
+                    log.warning("not scored: %s", error)
+                    failed.append(error)
+                    continue
                 fh.write(line + "\n")
                 fh.flush()
+    if failed:
+        raise ValueError(f"{len(failed)} questions could not be evaluated (first: {failed[0]}); the others are "
+                         f"kept in {partial}: fix or remove these and rerun")
     done = {**done, **read_partial(partial)}
     missing = [q.id for q in questions if q.id not in done]
     if missing:

@@ -3,6 +3,11 @@
 
 Each shard is committed atomically as it arrives, so a killed job loses at most one shard of work;
 the rerun skips every id already in the store (published or staged) and publishes once at the end.
+
+A record that is not a document (bad JSON, no text) stops the job, naming its file and record. A
+document that is one but cannot be compressed (text that is not Unicode, or that the model
+fails on: found by retrying its batch one document at a time) is left out and named in the
+summary's `failed`, every other document is stored; a rerun retries only what is still missing.
 """
 from __future__ import annotations
 
@@ -14,16 +19,19 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from clara_ray.batches import run_isolated
 from clara_ray.store.builder import StoreWriter
 from clara_ray.store.errors import StoreError
 from clara_ray.store.index import IndexConfig
 from clara_ray.store.manifest import CheckpointIdentity, checkpoint_fingerprint
 from clara_ray.store.shards import DocRecord
 from clara_ray.threads import apply_torch_threads
+from clara_ray.unicode import encoding_problem, printable
 
 log = logging.getLogger(__name__)
 
 NO_CHUNK = -1  # Arrow columns cannot mix None and int cheaply inside Ray batches
+COLUMNS = ("id", "text", "source", "chunk", "error")  # error: why the document cannot be stored, "" if it can
 
 
 class PrecompressConfig(BaseModel):
@@ -97,8 +105,20 @@ def normalise_record(record: dict, where: str) -> dict:
     elif not isinstance(chunk, (int, np.integer)) or isinstance(chunk, bool):
         raise StoreError(f"{where}: record id={record.get('id')!r}: field 'chunk' must be an integer, got {chunk!r}")
     rid = record.get("id")
-    rid = str(rid) if rid not in (None, "") else doc_id(text, source, int(chunk))
-    return {"id": rid, "text": text, "source": source, "chunk": int(chunk)}
+    rid = str(rid) if rid not in (None, "") else doc_id(printable(text), source, int(chunk))
+    row = {"id": rid, "text": text, "source": source, "chunk": int(chunk), "error": ""}
+    problems = [f"field {key!r} {problem}" for key in ("id", "text", "source")
+                if (problem := encoding_problem(row[key]))]
+    if problems:
+        # Arrow cannot carry such text to the compressors: the row travels escaped, marked failed.
+        row = {**row, "id": printable(rid), "text": "", "source": printable(source)}
+        row["error"] = document_error(row, "; ".join(problems))
+    return row
+
+
+def document_error(row: dict, reason: str) -> str:
+    """Why one document is not stored, naming its record as the job's other errors do."""
+    return f"{row['source']}: record id={row['id']!r}: {reason}"
 
 
 def _parse_jsonl_lines(batch: dict) -> dict:
@@ -124,8 +144,7 @@ def _normalise_parquet_rows(batch: dict) -> dict:
 
 
 def _columns(rows: list[dict]) -> dict:
-    return {key: np.array([r[key] for r in rows], dtype=object if key != "chunk" else np.int64)
-            for key in ("id", "text", "source", "chunk")}
+    return {key: np.array([r[key] for r in rows], dtype=object if key != "chunk" else np.int64) for key in COLUMNS}
 
 
 def read_corpus(corpus: str | Path, min_blocks: int | None = None):
@@ -170,8 +189,24 @@ class Compressor:
 
     def __call__(self, batch: dict) -> dict:
         apply_torch_threads(self.torch_threads)  # Ray Data calls this in another thread than __init__
-        vectors = self.model.compress_documents(list(batch["text"]))
-        return {**batch, "vectors": vectors.float().cpu().numpy().astype(np.float16)}
+        errors = [str(e) for e in batch["error"]]
+        todo = [i for i, e in enumerate(errors) if not e]
+        outcomes = run_isolated(self._compress, [str(batch["text"][i]) for i in todo])
+        vectors = np.zeros((len(errors), *self.shape), dtype=np.float16)  # a failed document's stay zero
+        for i, result in zip(todo, outcomes):
+            if isinstance(result, Exception):
+                row = {key: batch[key][i] for key in ("id", "source")}
+                errors[i] = document_error(row, f"could not be compressed: {type(result).__name__}: {result}")
+            else:
+                vectors[i] = result
+        return {**batch, "error": np.array(errors, dtype=object), "vectors": vectors}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.model.num_memory_tokens, self.model.hidden_size)
+
+    def _compress(self, texts: list[str]) -> np.ndarray:
+        return self.model.compress_documents(texts).float().cpu().numpy().astype(np.float16)
 
 
 def _init_ray(address: str | None) -> None:
@@ -189,6 +224,7 @@ def run_precompress(checkpoint: str | Path, corpus: str | Path, out: str | Path,
     corpus_files(corpus)  # fail on a bad path before starting Ray
     _init_ray(cfg.ray_address)
     stored = skipped = 0
+    failed: list[str] = []
     with StoreWriter(out, identity, cfg.index) as writer:
         already = len(writer.known_ids)
         pending = read_corpus(corpus, cfg.min_blocks).map_batches(DropKnown(frozenset(writer.known_ids)), batch_format="numpy")
@@ -202,12 +238,18 @@ def run_precompress(checkpoint: str | Path, corpus: str | Path, out: str | Path,
             num_gpus=cfg.num_gpus_per_actor,
         )
         for batch in compressed.iter_batches(batch_size=cfg.shard_size, batch_format="numpy"):
+            ok = np.array([not e for e in batch["error"]], dtype=bool)
+            for error in batch["error"][~ok]:
+                log.warning("not stored: %s", error)
+                failed.append(str(error))
             docs = [DocRecord(id=str(i), text=str(t), source=str(s), chunk=None if c == NO_CHUNK else int(c))
-                    for i, t, s, c in zip(batch["id"], batch["text"], batch["source"], batch["chunk"])]
-            added = writer.add(batch["vectors"], docs)
+                    for i, t, s, c in zip(batch["id"][ok], batch["text"][ok], batch["source"][ok], batch["chunk"][ok])]
+            added = writer.add(batch["vectors"][ok], docs)
             stored, skipped = stored + added, skipped + len(docs) - added
-            log.info("stored %d docs (%d duplicate ids skipped)", stored, skipped)
+            log.info("stored %d docs (%d duplicate ids skipped, %d failed)", stored, skipped, len(failed))
+        if failed and not writer.staged and writer.current is None:
+            raise StoreError(f"no document could be stored; {len(failed)} failed, first: {failed[0]}")
         version = writer.publish()
         total = writer.current.num_docs
     return {"version": version, "new_docs": stored, "duplicates_skipped": skipped,
-            "already_stored": already, "total_docs": total, "index": writer.current.index.kind}
+            "already_stored": already, "total_docs": total, "index": writer.current.index.kind, "failed": failed}

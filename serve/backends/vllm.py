@@ -26,6 +26,11 @@ class VllmBackendError(RuntimeError):
     pass
 
 
+class VllmInputError(VllmBackendError, ValueError):
+    """vLLM refused a prompt (e.g. longer than max_model_len; vLLM's VLLMClientError): the input's
+    fault, so a ValueError like the hf backend's (serve/deployments.py INPUT_FAULTS); the worker stays up."""
+
+
 def default_export_dir(checkpoint: str) -> Path:
     from clara_ray.cache import cache_root
     from clara_ray.store import checkpoint_fingerprint
@@ -96,7 +101,7 @@ class VllmBackend:
         self.proc.stdin.flush()
         reply = self._receive()
         if "error" in reply:
-            raise VllmBackendError(reply["error"])
+            raise (VllmInputError if reply.get("input_error") else VllmBackendError)(reply["error"])
         return reply["token_ids"]
 
     def generate(self, questions: list[str], retrieved: list[Retrieved], max_new_tokens: int) -> list[str]:

@@ -3,7 +3,8 @@
 Standalone on purpose: it imports only vllm/torch/safetensors, never the project.
 Protocol on stdin/stdout, frames of an 8-byte big-endian length + payload:
   request  = safetensors bytes: "max_tokens" (int64 scalar), "prompt_<i>" (seq_i, hidden) embeddings
-  response = JSON {"token_ids": [[...], ...]} or {"error": "..."}; first frame {"ready": true}
+  response = JSON {"token_ids": [[...], ...]} or {"error": "...", "input_error": bool}; first frame {"ready": true}
+  (input_error: vLLM charged the error to the prompt, VLLMClientError or ValueError/TypeError)
 Safetensors, not pickle: the parent never unpickles anything from this process and vice versa.
 """
 import json
@@ -23,6 +24,7 @@ def main(model_dir: str, kv_cache_memory_bytes: int, max_model_len: int, enforce
 
     from safetensors.torch import load
     from vllm import LLM, SamplingParams
+    from vllm.exceptions import VLLMClientError  # what vLLM's own server answers with a 4xx
     from vllm.inputs import EmbedsPrompt
 
     def send(obj) -> None:
@@ -43,7 +45,8 @@ def main(model_dir: str, kv_cache_memory_bytes: int, max_model_len: int, enforce
             outputs = llm.generate(prompts, params, use_tqdm=False)
             send({"token_ids": [list(o.outputs[0].token_ids) for o in outputs]})
         except Exception as exc:  # reported to the caller; the worker stays up for the next request
-            send({"error": f"{type(exc).__name__}: {exc}"})
+            send({"error": f"{type(exc).__name__}: {exc}",
+                  "input_error": isinstance(exc, (VLLMClientError, ValueError, TypeError))})
 
 
 if __name__ == "__main__":

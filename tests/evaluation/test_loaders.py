@@ -35,6 +35,8 @@ def test_paper_jsonl_accepts_every_answer_field_and_doc_shape(tmp_path):
     ({"question": "Q", "docs": ["a"]}, "answers"),
     ({"question": "", "answers": ["x"], "docs": ["a"]}, "question"),
     ({"question": "Q", "answers": ["x"], "docs": ["a"], "pos_index": [3]}, "pos_index"),
+    ({"question": "Q \ud800", "answers": ["x"], "docs": ["a"]}, "question': .*unicode string"),  # pydantic's words
+    ({"question": "Q", "answers": ["x"], "docs": ["a", "b\udfff"]}, "docs': .*text 1 contains a lone surrogate"),
 ])
 def test_paper_jsonl_errors_name_file_line_and_field(tmp_path, bad, field):
     path = _write_jsonl(tmp_path / "nq.jsonl", [{"question": "ok", "answers": ["y"], "docs": ["d"]}, bad])

@@ -139,3 +139,20 @@ def test_actor_with_store_takes_candidates_from_the_store(tmp_path, eval_config,
         assert row["pos_index"] == ([top3.index(gold_text)] if gold_text in top3 else [])
         # CLaRa's ranking over the store's candidates keeps the store's order (same vectors, same score)
         assert row["retrieval"]["clara"]["ranked"] == [0, 1, 2]
+
+
+def test_a_question_the_model_fails_on_fails_alone_and_is_named(eval_config):
+    """A memory-token name in a question gives its prompt one slot too many: generation raises
+    for the whole batch, then for that question alone."""
+    import numpy as np
+
+    from clara_ray.evaluation.run import EvalActor
+
+    texts = ["Who wrote the first published program?", "What is <MEM0>?", "Which mountain is the highest?"]
+    questions = [json.dumps({"id": f"q{i}", "dataset": "nq", "question": t, "answers": ["x"], "docs": DOCS,
+                             "pos_index": [0]}) for i, t in enumerate(texts)]
+    rows = [json.loads(r) for r in EvalActor(eval_config.model_dump_json())({"question": np.array(questions)})["row"]]
+    assert [r["id"] for r in rows] == ["q0", "q1", "q2"]
+    assert "systems" in rows[0] and "systems" in rows[2] and "error" not in rows[0]
+    assert rows[1] == {"id": "q1", "error": rows[1]["error"]}
+    assert rows[1]["error"].startswith("question 'q1': ValueError: prompt has")

@@ -1,6 +1,9 @@
 """HTTP behaviour of the real Serve application (tiny model, real store, loopback)."""
 from __future__ import annotations
 
+import asyncio
+import json
+
 import httpx
 import pytest
 
@@ -82,3 +85,133 @@ def test_auth_required_and_app_still_answers(anonymous, client, auth, docs):
     assert anonymous.get("/v1/models").status_code == 401
     response = client.post("/v1/rag", json={"question": docs["oxygen"]})
     assert response.status_code == 200 and response.json()["documents"][0]["id"] == "oxygen"
+
+
+# ------------------------------------------------------------------ hostile input (issue 26)
+def _json(body) -> bytes:
+    return json.dumps(body).encode()  # ensure_ascii: a lone surrogate travels as the escape \ud800
+
+
+def _post_all(rag_url: str, auth: dict, requests: list[tuple[str, bytes]]) -> list[httpx.Response]:
+    """Send every (path, raw body) at once, so the model batches them together."""
+    async def send():
+        async with httpx.AsyncClient(base_url=rag_url, headers=auth, timeout=300) as client:
+            return await asyncio.gather(*(client.post(path, content=raw, headers={"Content-Type": "application/json"})
+                                          for path, raw in requests))
+
+    return asyncio.run(send())
+
+
+POISON = [
+    ("/v1/rag", {"question": "\ud800"}, ["body", "question"]),
+    ("/v1/rag", {"question": "What is <MEM0> about?"}, ["body", "question"]),  # fails generation: one slot too many
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "tell me \udfff"}]},
+     ["body", "messages", 0, "content"]),
+    ("/v1/chat/completions", {"messages": [{"role": "system", "content": "x\ud800"}, {"role": "user", "content": "q"}]},
+     ["body", "messages", 0, "content"]),
+]
+
+
+def test_poison_requests_get_422_naming_the_field_and_good_ones_sent_with_them_succeed(rag_url, auth, docs):
+    good = [("/v1/rag", _json({"question": text, "max_new_tokens": 2})) for text in list(docs.values()) * 5]
+    for round_ in range(3):
+        sent = [(g, None) for g in good]
+        for i, (path, body, field) in enumerate(POISON):  # spread among the good ones, differently each round
+            sent.insert((5 * i + 3 * round_) % len(sent), ((path, _json(body)), field))
+        responses = _post_all(rag_url, auth, [request for request, _ in sent])
+        assert [r.status_code for r, (_, field) in zip(responses, sent) if field is None] == [200] * len(good), round_
+        for response, (_, field) in zip(responses, sent):
+            if field is not None:
+                assert response.status_code == 422, response.text
+                assert response.json()["detail"][0]["loc"] == field
+
+
+def test_a_request_that_fails_inside_a_model_batch_fails_alone(rag_url, docs):
+    """Past the edge (straight to the deployments): a merged model call that raises is retried per
+    request, so only the culprit gets an error, and it says the input was at fault."""
+    from ray import serve
+
+    from serve.app import _model_call
+    from serve.deployments import ModelInputError
+    from serve.schemas import RequestError
+
+    retriever = serve.get_deployment_handle("Retriever", app_name="clara")
+    generator = serve.get_deployment_handle("Generator", app_name="clara")
+    questions = list(docs.values()) * 3
+    retrieved = retriever.search.remote((docs["nile"], 2)).result()
+    for _ in range(3):
+        searches = [retriever.search.remote((q, 2)) for q in questions[:6]]
+        bad_search = retriever.search.remote(("\ud800", 2))  # the tokenizer refuses it
+        searches += [retriever.search.remote((q, 2)) for q in questions[6:]]
+        answers = [generator.generate.remote((q, retrieved, 2)) for q in questions[:6]]
+        bad_answer = generator.generate.remote(("<MEM0>?", retrieved, 2))  # one memory slot too many
+        answers += [generator.generate.remote((q, retrieved, 2)) for q in questions[6:]]
+        assert [s.result().ids[0] for s in searches] == [list(docs)[i % len(docs)] for i in range(len(questions))]
+        assert all(isinstance(a.result(), str) for a in answers)
+        for bad, cause in ((bad_search, "TypeError"), (bad_answer, "memory slots")):
+            with pytest.raises(ModelInputError, match=cause):
+                bad.result()
+
+        stream = generator.options(stream=True).stream.remote("<MEM0>?", retrieved, 2)
+        with pytest.raises(ModelInputError, match="memory slots"):
+            list(stream)
+    # What the ingress makes of it: 422 naming the field the text came from.
+    with pytest.raises(RequestError) as refused:
+        asyncio.run(_model_call(retriever.search.remote(("\ud800", 2)), ["messages", 3, "content"]))
+    assert refused.value.status == 422 and refused.value.detail[0]["loc"] == ["body", "messages", 3, "content"]
+
+
+def _bodies():
+    """(path, raw body) pairs a hostile or sloppy client might send: mostly the routes' own shapes
+    filled with odd values (any Unicode, lone surrogates, the model's control tokens), some
+    arbitrary JSON, some raw bytes."""
+    from hypothesis import strategies as st
+
+    odd = st.sampled_from(["\ud800", "\udfff", "\x00", "<MEM0>", "<SEP>", "<|im_end|>", "\ufeff", "\u202e", "🙂",
+                           "\U0010ffff", "{{ x }}", "   ", "\r\n"])
+    readable = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=20)  # any but surrogates
+    text = st.lists(st.text(st.characters(exclude_categories=()), max_size=12) | odd, max_size=4).map("".join)
+    scalar = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | text
+    value = st.recursive(scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+                         max_leaves=6)
+    # Repeated branches weigh the choice towards requests that pass validation and reach the model.
+    question = st.one_of(readable, readable, readable, text, value)
+    number = st.one_of(st.integers(1, 3), st.integers(1, 3), st.integers(-3, 12), value)
+    rag = st.fixed_dictionaries({"question": question}, optional={"top_k": number, "max_new_tokens": number,
+                                                                  "extra": value})
+    part = st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]) | text}, optional={"text": question})
+    message = st.fixed_dictionaries({"role": st.sampled_from(["user", "user", "system", "assistant"]) | text},
+                                    optional={"content": st.one_of(question, st.lists(part, max_size=3))})
+    chat = st.fixed_dictionaries({"messages": st.lists(message, min_size=1, max_size=3) | value}, optional={
+        "stream": st.booleans(), "max_tokens": number, "top_k": number, "model": st.one_of(readable, value)})
+    asked = st.fixed_dictionaries({"messages": st.tuples(st.fixed_dictionaries({"role": st.just("user"),
+                                                                                "content": question}))},
+                                  optional={"stream": st.booleans(), "max_tokens": number})
+
+    def posted(path: str, shape):
+        return st.tuples(st.just(path), shape.map(lambda body: json.dumps(body).encode()))
+
+    anything = st.tuples(st.sampled_from(["/v1/rag", "/v1/chat/completions"]),
+                         value.map(lambda body: json.dumps(body).encode()) | st.binary(max_size=64))
+    return st.one_of(posted("/v1/rag", rag), posted("/v1/chat/completions", chat | asked), anything)
+
+
+def test_hundreds_of_generated_bodies_never_get_a_5xx(rag_url, auth):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    sent = []
+
+    # Derandomised: CI sees the same ~350 bodies every run (run with --hypothesis-seed=random to explore).
+    @settings(max_examples=12, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.lists(_bodies(), min_size=25, max_size=35))
+    def no_server_errors(requests):
+        sent.extend(requests)
+        for (path, raw), response in zip(requests, _post_all(rag_url, auth, requests)):
+            assert response.status_code < 500, (path, raw, response.status_code, response.text)
+            # A stream's status is sent before generation: its errors are events in the body.
+            assert "server_error" not in response.text, (path, raw, response.text)
+
+    no_server_errors()
+    assert len(sent) >= 300

@@ -58,7 +58,8 @@ def test_vllm_matches_hf_greedy_tokens(trained_like_checkpoint, tmp_path):
     reason = _vllm_missing()
     if reason:
         pytest.skip(reason)
-    from serve.backends.vllm import VllmBackend
+    from clara_ray.batches import run_isolated
+    from serve.backends.vllm import VllmBackend, VllmInputError
     from serve.settings import ServeSettings
 
     model, checkpoint = trained_like_checkpoint
@@ -78,6 +79,11 @@ def test_vllm_matches_hf_greedy_tokens(trained_like_checkpoint, tmp_path):
             assert vllm.generate_ids([question], [docs], 12)[0] == expected
         both = vllm.generate(questions, retrieved, 12)  # batched inside vLLM
         assert both == [hf.generate([q], [r], 12)[0] for q, r in zip(questions, retrieved)]
+        # A prompt vLLM refuses (past max_model_len) is the input's fault, a ValueError, and the worker
+        # stays up: retried alone, the other question of that batch still gets its answer.
+        outcomes = run_isolated(lambda qs: vllm.generate(qs, retrieved[:1] * len(qs), 12), [questions[0], "why " * 600])
+        assert outcomes[0] == both[0]
+        assert isinstance(outcomes[1], VllmInputError) and isinstance(outcomes[1], ValueError), outcomes[1]
     finally:
         vllm.close()
     assert (tmp_path / "export" / "config.json").exists()

@@ -50,12 +50,14 @@ def test_a_merged_call_never_exceeds_max_items():
     assert results == [[0], [10, 20], [30], [40, 50]]
 
 
-def test_an_error_reaches_every_batch_of_the_failed_call_and_later_calls_still_run():
+def test_a_failed_call_is_retried_per_item_and_only_the_culprit_gets_the_error():
     model = RecordingModel(fail_on=3)
     coalescer = BatchCoalescer(model, max_items=16)
-    results = asyncio.run(_queue_behind_first(coalescer, model, [[1, 2], [3]]))
-    assert results[0] == [0]
-    assert all(isinstance(r, ValueError) and "bad item 3" in str(r) for r in results[1:])
+    results = asyncio.run(_queue_behind_first(coalescer, model, [[1, 2], [3, 4]]))
+    assert model.calls == [[0], [1, 2, 3, 4], [1], [2], [3], [4]]  # the merged call, then each item alone
+    assert results[:2] == [[0], [10, 20]]
+    culprit, neighbour = results[2]
+    assert isinstance(culprit, ValueError) and "bad item 3" in str(culprit) and neighbour == 40
     assert asyncio.run(coalescer([7])) == [70]
     assert model.calls[-1] == [7]
 

@@ -51,6 +51,29 @@ def test_normalise_record_fills_ids_and_names_bad_input():
         normalise_record({"id": "x", "text": "t", "chunk": "two"}, "corpus.jsonl")
 
 
+def test_text_that_is_not_unicode_makes_a_failed_document_not_a_failed_job():
+    row = normalise_record({"id": "d7", "text": json.loads('"bad \\ud800 text"')}, "corpus.jsonl")
+    assert row["text"] == "" and row["error"].startswith("corpus.jsonl: record id='d7': field 'text' contains a lone")
+    escaped = normalise_record({"id": json.loads('"d\\udfff"'), "text": "fine"}, "corpus.jsonl")
+    assert escaped["id"] == "d\\udfff" and "field 'id' contains a lone surrogate U+DFFF" in escaped["error"]
+    assert normalise_record({"id": "ok", "text": "fine \x00 🙂"}, "corpus.jsonl")["error"] == ""
+
+
+def test_compressor_retries_a_failed_batch_per_document_and_names_the_culprit(checkpoint):
+    from clara_ray.store.job import Compressor
+
+    path, model = checkpoint
+    texts = ["The Nile flows north.", "\ud800", "Copper conducts.", "already refused upstream"]
+    batch = {"id": np.array(["a", "b", "c", "d"], dtype=object), "text": np.array(texts, dtype=object),
+             "source": np.array(["s.jsonl"] * 4, dtype=object), "chunk": np.array([-1] * 4),
+             "error": np.array(["", "", "", "s.jsonl: record id='d': earlier"], dtype=object)}
+    out = Compressor(str(path), "cpu", 1)(batch)
+    assert out["error"][0] == out["error"][2] == "" and out["error"][3] == "s.jsonl: record id='d': earlier"
+    assert out["error"][1].startswith("s.jsonl: record id='b': could not be compressed: TypeError")
+    expected = model.compress_documents([texts[0], texts[2]]).numpy().astype(np.float16)
+    np.testing.assert_allclose(out["vectors"][[0, 2]].astype(np.float32), expected.astype(np.float32), atol=2e-3)
+
+
 def test_parquet_rows_are_normalised_and_corpus_files_found(tmp_path):
     from clara_ray.store.job import _normalise_parquet_rows, corpus_files
 
@@ -84,13 +107,20 @@ def test_store_finds_each_doc_by_its_query_reasoner_encoding_then_adds_increment
     exact = model.compress_documents(texts[:4]).numpy().astype(np.float16)
     np.testing.assert_allclose(hits.vectors[:4, 0].astype(np.float32), exact.astype(np.float32), atol=2e-3)
 
-    # incremental: 8 old + 8 new docs -> only the new ones are compressed, the old shards stay
+    # incremental: 8 old + 8 new docs -> only the new ones are compressed, the old shards stay;
+    # two documents that cannot be stored (JSON escapes of lone surrogates) are named, not fatal
     old_shards = set(os.listdir(out / SHARDS_DIR))
     write_corpus(corpus, 16, 16)
+    with corpus.open("a") as fh:
+        fh.write(json.dumps({"id": "bad-text", "text": "broken \ud800 text", "source": "rivers.txt"}) + "\n")
+        fh.write(json.dumps({"id": "bad-\udfff", "text": "fine text"}) + "\n")
     summary = run_precompress(path, corpus, out, small_cfg())
     assert (summary["new_docs"], summary["already_stored"], summary["total_docs"]) == (8, 24, 32)
     assert old_shards < set(os.listdir(out / SHARDS_DIR))
     assert sorted(CompressedStore.open(out).ids) == sorted(f"d{i}" for i in range(32))
+    bad_id, bad_text = sorted(summary["failed"])
+    assert bad_id.startswith(f"{corpus}: record id='bad-\\\\udfff': field 'id' contains a lone surrogate U+DFFF")
+    assert bad_text.startswith("rivers.txt: record id='bad-text': field 'text' contains a lone surrogate U+D800")
 
 
 @pytest.mark.slow
@@ -144,3 +174,4 @@ def test_other_checkpoint_and_bad_records_are_refused(ray_cluster, checkpoint, t
     bad.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "txt": "typo"}\n')
     with pytest.raises(Exception, match=r"bad.jsonl: record .*'text' missing"):
         run_precompress(path, bad, tmp_path / "store2", small_cfg())
+
