@@ -149,7 +149,7 @@ class Plan:
                     f"data.paths=[{self.data_dir / STAGE_DATA[run.stage]}]", f"max_steps={run.steps}",
                     f"checkpoint.every_steps={max(1, min(50, run.steps))}",
                     f"run.name=cr{rate}-{run.stage}", f"run.storage_path={(self.work_dir / 'runs').resolve()}",
-                    *run.overrides]
+                    *self._monitor(run.stage), *run.overrides]
             if previous is None:
                 argv += [f"model.compression_rate={rate}", f"model.doc_max_length={recipe.doc_max_length}",
                          "model.dtype=float32", *recipe.model]
@@ -166,6 +166,12 @@ class Plan:
             "{name: closed_book, kind: closed_book}]"]
         steps.append(self._evaluate(f"cr{rate}", previous, f"CR={rate}", extra))
         return steps
+
+    def _monitor(self, stage: str) -> list[str]:
+        """Stages 1-2 log held-out CE with own vs swapped documents as they train (never trained on)."""
+        if stage not in ("compress_pretrain", "instruct"):
+            return []
+        return [f"monitor.path={self.data_dir / ('heldout_' + STAGE_DATA[stage])}", "monitor.every_steps=20"]
 
     def _checkpoint_diagnostics(self, rate: int, stage: str, export: Path) -> list[Step]:
         """Evaluations of intermediate exports: stage-1 reconstruction, retrieval before stage 3."""

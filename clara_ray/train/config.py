@@ -60,6 +60,14 @@ class DeepSpeedConfig(_Strict):
     extra: dict[str, Any] = Field(default_factory=dict, description="merged into the generated DeepSpeed JSON")
 
 
+class MonitorConfig(_Strict):
+    """Is memory read? Every `every_steps`, rank 0 scores held-out records of the stage twice,
+    with their own documents and with the next record's, and logs both CEs and their gap."""
+    path: Optional[str] = Field(None, description="held-out JSONL of this stage; None = off")
+    every_steps: int = Field(25, gt=0)
+    records: int = Field(16, ge=2)
+
+
 class CheckpointConfig(_Strict):
     every_steps: int = Field(100, gt=0)
     keep: int = Field(2, gt=0, description="checkpoints kept by Ray Train")
@@ -132,6 +140,7 @@ class TrainConfig(_Strict):
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     run: RunConfig
     seed: int = 0
 
@@ -162,7 +171,8 @@ class TrainConfig(_Strict):
         run = self.run.model_copy(update={"storage_path": absolute(self.run.storage_path),
                                           "output_dir": absolute(self.run.output_dir),
                                           "log_dir": absolute(self.run.log_dir)})
-        return self.model_copy(update={"init_from": absolute(self.init_from), "run": run})
+        monitor = self.monitor.model_copy(update={"path": absolute(self.monitor.path)})
+        return self.model_copy(update={"init_from": absolute(self.init_from), "run": run, "monitor": monitor})
 
     @property
     def grad_accum_steps(self) -> int:

@@ -126,6 +126,45 @@ class _StepStats:
         return {name: sums[name] / counts[name] for name in sums}, sum(p[2] for p in parts), sum(p[3] for p in parts)
 
 
+class MemoryMonitor:
+    """Held-out CE with each record's own documents vs the next record's that differ (cfg.monitor):
+    a generator that reads its memory does better with its own; one that ignores it scores both
+    alike, however low its training loss."""
+
+    def __init__(self, cfg: TrainConfig):
+        from clara_ray.data.records import read_records
+
+        self.stage, self.every = cfg.stage, cfg.monitor.every_steps
+        self.records = read_records(cfg.monitor.path, cfg.stage)[: cfg.monitor.records]
+        if len(self.records) < 2:
+            raise ValueError(f"monitor.path {cfg.monitor.path}: needs at least 2 records to swap documents")
+        n = len(self.records)
+        others = [next((self.records[(i + k) % n].docs for k in range(1, n)
+                        if self.records[(i + k) % n].docs != r.docs), None) for i, r in enumerate(self.records)]
+        if any(d is None for d in others):
+            raise ValueError(f"monitor.path {cfg.monitor.path}: the first {n} records share their documents")
+        self.swapped = [r.model_copy(update={"docs": d}) for r, d in zip(self.records, others)]
+
+    def measure(self, model) -> dict[str, float]:
+        import torch
+
+        was_training, rng = model.training, model._rng
+        model.eval()
+        try:
+            with torch.no_grad():
+                own, other = (self._mean_ce(model, records) for records in (self.records, self.swapped))
+        finally:
+            model.train(was_training)
+            model._rng = rng
+        return {"heldout_ce_own": own, "heldout_ce_other": other, "memory_gap": other - own}
+
+    def _mean_ce(self, model, records) -> float:
+        import random
+
+        model._rng = random.Random(0)  # the same paraphrase prompts for own and swapped documents
+        return sum(float(model([r], self.stage).ce) for r in records) / len(records)
+
+
 def _tensorboard(cfg: TrainConfig, start_step: int):
     from torch.utils.tensorboard import SummaryWriter
 
@@ -175,6 +214,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     stream = itertools.islice(stream, start_step * accum, None)
 
     writer = _tensorboard(cfg, start_step) if rank == 0 else None
+    monitor = MemoryMonitor(cfg) if rank == 0 and cfg.monitor.path else None
     engine.train()
     began = time.perf_counter()
     first_step_seconds = None  # includes the data stream's start-up, a one-off cost
@@ -196,6 +236,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         metrics = {"step": step, "lr": lr, "samples_per_s": cfg.batch.global_size / seconds,
                    "tokens_per_s": tokens / seconds, "padding": 1 - tokens / max(positions, 1),
                    "resumed_from_step": start_step, **means}
+        if monitor is not None and (step % monitor.every == 0 or step == total_steps):
+            metrics |= monitor.measure(model)
         if writer is not None:
             _log_progress(writer, metrics, total_steps)
         if due_ckpt:

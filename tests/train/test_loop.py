@@ -45,3 +45,29 @@ def test_gradient_checkpointing_gives_the_gradients_of_the_plain_backward(stage)
              for name, g in expected.items() if not torch.allclose(actual[name], g, rtol=1e-4, atol=1e-6)}
     assert not wrong, f"{len(wrong)}/{len(expected)} gradients differ (max abs diff / max abs grad): " + \
         ", ".join(f"{name} {diff:.3g}" for name, diff in sorted(wrong.items(), key=lambda kv: -kv[1])[:4])
+
+
+@pytest.mark.parametrize("stage", ["compress_pretrain", "instruct"])
+def test_memory_monitor_scores_own_against_swapped_documents(stage, tmp_path):
+    from clara_ray import CLaRa, CLaRaConfig
+    from clara_ray.config import load_config
+    from clara_ray.train.config import TrainConfig
+    from clara_ray.train.loop import MemoryMonitor
+    from tests.train.conftest import REPO
+
+    cfg = load_config(TrainConfig, REPO / "configs" / "train" / "cpu" / "compress_pretrain.yaml", [
+        f"stage={stage}", f"init_from={tmp_path}", f"monitor.path={SAMPLE / STAGE_DATA[stage]}", "monitor.records=4"])
+    monitor = MemoryMonitor(cfg)
+    docs = {tuple(r.docs) for r in monitor.records}
+    assert all(a.docs != b.docs and tuple(b.docs) in docs for a, b in zip(monitor.records, monitor.swapped))
+    torch.manual_seed(0)
+    model = CLaRa.from_config(CLaRaConfig(**TINY_MODEL), device="cpu")
+    model.train()
+    out = monitor.measure(model)
+    assert model.training  # restored
+    assert monitor.measure(model) == out  # deterministic: dropout off, the same prompt templates
+    model.eval()
+    model._rng = __import__("random").Random(0)
+    own = sum(float(model([r], stage).ce) for r in monitor.records) / 4
+    assert out["heldout_ce_own"] == pytest.approx(own, rel=1e-5)
+    assert out["memory_gap"] == pytest.approx(out["heldout_ce_other"] - out["heldout_ce_own"])
