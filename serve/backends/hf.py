@@ -57,7 +57,8 @@ class HFBackend:
                     [prompts.answer_turn(list(r.texts), q) for q, r in zip(questions, retrieved)], None)
                 rows = model._generate_ids(batch, max_new_tokens).tolist()
         else:
-            rows = model.generate_ids_from_compressed(questions, memory_vectors(retrieved, model), max_new_tokens).tolist()
+            vectors = memory_vectors(retrieved, model)
+            rows = model.generate_ids_from_compressed(questions, vectors, max_new_tokens).tolist()
         return [row[: row.index(eos) + 1] if eos in row else row for row in rows]
 
     def stream(self, question: str, retrieved: Retrieved, max_new_tokens: int) -> Iterator[str | list[int]]:
