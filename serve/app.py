@@ -8,22 +8,41 @@ import hmac
 import json
 import logging
 import time
+from importlib import resources
 from typing import Any, AsyncIterator, Awaitable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve.deployments import Generator, ModelInputError, Retriever
 from serve.retrieved import Retrieved
 from serve.schemas import (ChatRequest, Document, RagRequest, RagResponse, RequestError, Timings, chat_chunk,
-                           chat_completion, completion_id, field_error, model_list, parse_body)
+                           chat_completion, completion_id, field_error, footnotes, model_list, openapi_body,
+                           parse_body, request_schemas)
 from serve.settings import ServeSettings
+from serve.usage import Answer
 
 log = logging.getLogger("ray.serve")
 
-api = FastAPI(title="clara-ray RAG", description="Answers from a precompressed CLaRa store.")
+api = FastAPI(title="clara-ray RAG", description="Answers from a precompressed CLaRa store. The chat page is at `/`.")
+
+
+def _openapi() -> dict:
+    """FastAPI's schema plus the request bodies the routes parse themselves: they check the
+    bearer token and the size limit before reading the body, which a body parameter would not."""
+    if api.openapi_schema is None:
+        schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(
+            request_schemas([RagRequest, ChatRequest]))
+        api.openapi_schema = schema
+    return api.openapi_schema
+
+
+api.openapi = _openapi
+CHAT_PAGE = resources.files("serve").joinpath("static/index.html")
 
 
 @api.exception_handler(RequestError)
@@ -99,7 +118,7 @@ class RagIngress:
     async def _retrieve(self, question: str, top_k: int | None, field: list) -> Retrieved:
         return await _model_call(self.retriever.search.remote((question, top_k or self.settings.default_top_k)), field)
 
-    async def _generate(self, question: str, retrieved: Retrieved, budget: int, field: list) -> str:
+    async def _generate(self, question: str, retrieved: Retrieved, budget: int, field: list) -> Answer:
         return await _model_call(self.generator.generate.remote((question, retrieved, budget)), field)
 
     def _budget(self, max_new_tokens: int | None) -> int:
@@ -111,12 +130,17 @@ class RagIngress:
         return {"status": "ok", "model": self.settings.model_name, "backend": self.settings.backend,
                 "reader": self.settings.reader}
 
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        # Open like /healthz: the page holds no data, it asks for the token and sends it itself.
+        return HTMLResponse(CHAT_PAGE.read_text(encoding="utf-8"))
+
     @api.get("/v1/models")
     async def models(self, request: Request) -> dict:
         self._authorize(request)
         return model_list(self.settings.model_name)
 
-    @api.post("/v1/rag", response_model=RagResponse)
+    @api.post("/v1/rag", response_model=RagResponse, openapi_extra=openapi_body(RagRequest))
     async def rag(self, request: Request) -> RagResponse:
         body: RagRequest = await self._parse(request, RagRequest)
         start = time.perf_counter()
@@ -124,40 +148,51 @@ class RagIngress:
         retrieved_at = time.perf_counter()
         answer = await self._generate(body.question, retrieved, self._budget(body.max_new_tokens), ["question"])
         done = time.perf_counter()
-        return RagResponse(answer=answer, documents=_documents(retrieved), timings=Timings(
+        return RagResponse(answer=answer.text, documents=_documents(retrieved), timings=Timings(
             retrieve_s=retrieved_at - start, generate_s=done - retrieved_at, total_s=done - start))
 
-    @api.post("/v1/chat/completions")
+    @api.post("/v1/chat/completions", openapi_extra=openapi_body(ChatRequest))
     async def chat(self, request: Request):
         body: ChatRequest = await self._parse(request, ChatRequest)
         question, budget, field = body.question(), self._budget(body.new_tokens()), body.question_field()
         retrieved = await self._retrieve(question, body.top_k, field)
         documents, cid = _documents(retrieved), completion_id()
+        notes = footnotes(documents) if (self.settings.footnotes if body.footnotes is None else body.footnotes) else ""
         if not body.stream:
             answer = await self._generate(question, retrieved, budget, field)
-            return chat_completion(cid, self.settings.model_name, answer, documents)
+            return chat_completion(cid, self.settings.model_name, answer.text + notes, documents,
+                                   answer.finish_reason, answer.usage())
+        events = self._chat_events(cid, body, (question, retrieved, budget), field, documents, notes)
+        return StreamingResponse(events, media_type="text/event-stream")
 
-        async def events() -> AsyncIterator[str]:
-            name = self.settings.model_name
-            # Citations first: the client can show sources while the answer streams in.
-            yield _sse(chat_chunk(cid, name, {"role": "assistant", "content": ""}, documents=documents))
-            try:
-                async for piece in self.generator.options(stream=True).stream.remote(question, retrieved, budget):
+    async def _chat_events(self, cid: str, body: ChatRequest, ask: tuple[str, Retrieved, int], field: list,
+                           documents: list[Document], notes: str) -> AsyncIterator[str]:
+        """The streamed completion: citations, answer pieces, [footnotes], finish reason, [usage]."""
+        name = self.settings.model_name
+        # Citations first: the client can show sources while the answer streams in.
+        yield _sse(chat_chunk(cid, name, {"role": "assistant", "content": ""}, documents=documents))
+        try:
+            async for piece in self.generator.options(stream=True).stream.remote(*ask):
+                if isinstance(piece, Answer):  # the last item: usage and finish reason
+                    answer = piece
+                else:
                     yield _sse(chat_chunk(cid, name, {"content": piece}))
-            # The status line has gone out with the citations: an error is reported the way OpenAI
-            # streams report one, as an event with `error` (the openai client raises it).
-            except ModelInputError as exc:
-                yield _sse({"error": _input_error(exc, field).openai_error()})
-                return
-            except Exception:
-                log.exception("stream %s failed", cid)
-                yield _sse({"error": {"message": "internal error while generating", "type": "server_error",
-                                      "param": None, "code": None}})
-                return
-            yield _sse(chat_chunk(cid, name, {}, finish="stop"))
-            yield _sse("[DONE]")
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        # The status line has gone out with the citations: an error is reported the way OpenAI
+        # streams report one, as an event with `error` (the openai client raises it).
+        except ModelInputError as exc:
+            yield _sse({"error": _input_error(exc, field).openai_error()})
+            return
+        except Exception:
+            log.exception("stream %s failed", cid)
+            yield _sse({"error": {"message": "internal error while generating", "type": "server_error",
+                                  "param": None, "code": None}})
+            return
+        if notes:
+            yield _sse(chat_chunk(cid, name, {"content": notes}))
+        yield _sse(chat_chunk(cid, name, {}, finish=answer.finish_reason))
+        if body.wants_usage():
+            yield _sse(chat_chunk(cid, name, None, usage=answer.usage()))
+        yield _sse("[DONE]")
 
 
 def bind_app(settings: ServeSettings, deployment_options: dict[str, dict] | None = None):

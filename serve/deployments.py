@@ -16,9 +16,11 @@ import numpy as np
 from ray import serve
 
 from clara_ray.threads import apply_torch_threads
+from serve import usage
 from serve.coalesce import BatchCoalescer
 from serve.loading import load_model, open_store
 from serve.retrieved import Retrieved
+from serve.usage import Answer
 from serve.settings import ServeSettings
 
 
@@ -96,41 +98,50 @@ class Generator:
     def __init__(self, settings: ServeSettings):
         from serve.backends import make_backend
 
-        model = load_model(settings, adapter="generator")
-        self.control = sorted(model.tokenizer.all_special_tokens)
-        self.backend = make_backend(settings, model)
+        self.model = load_model(settings, adapter="generator")
+        self.reader = settings.reader
+        self.control = sorted(self.model.tokenizer.all_special_tokens)
+        self.backend = make_backend(settings, self.model)
         self.calls = _batched_calls(self._generate_batch, self._generate, settings)
 
     def control_tokens(self) -> list[str]:
         """The tokenizer's reserved strings, which the ingress refuses in request text."""
         return self.control
 
-    def _generate(self, requests: list[tuple[str, Retrieved, int]]) -> list[str]:
+    def _generate(self, requests: list[tuple[str, Retrieved, int]]) -> list[Answer]:
         apply_torch_threads()  # model calls run in a worker thread (see clara_ray/threads.py)
-        answers: list[str | None] = [None] * len(requests)
-        # One generate() call per max_new_tokens value, so nobody decodes longer than asked.
+        answers: list[Answer | None] = [None] * len(requests)
+        # One generate call per max_new_tokens value, so nobody decodes longer than asked.
         for budget in sorted({r[2] for r in requests}):
             rows = [i for i, r in enumerate(requests) if r[2] == budget]
-            out = self.backend.generate([requests[i][0] for i in rows], [requests[i][1] for i in rows], budget)
-            for i, answer in zip(rows, out):
-                answers[i] = answer
+            ids = self.backend.generate_ids([requests[i][0] for i in rows], [requests[i][1] for i in rows], budget)
+            for i, row, text in zip(rows, ids, self.model.decode_answers(ids)):
+                answers[i] = self._answer(requests[i][0], requests[i][1], row, text, budget)
         return answers
 
+    def _answer(self, question: str, retrieved: Retrieved, ids: list[int], text: str, budget: int) -> Answer:
+        return usage.answer(self.model, self.reader, question, retrieved, ids, text, budget)
+
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.0, max_concurrent_batches=MAX_BATCH)
-    async def _generate_batch(self, requests: list[tuple[str, Retrieved, int]]) -> list[str | Exception]:
+    async def _generate_batch(self, requests: list[tuple[str, Retrieved, int]]) -> list[Answer | Exception]:
         return await self.calls(requests)
 
-    async def generate(self, request: tuple[str, Retrieved, int]) -> str:
+    async def generate(self, request: tuple[str, Retrieved, int]) -> Answer:
         return outcome(await self._generate_batch(request))
 
-    async def stream(self, question: str, retrieved: Retrieved, max_new_tokens: int) -> AsyncIterator[str]:
+    async def stream(self, question: str, retrieved: Retrieved, max_new_tokens: int) -> AsyncIterator[str | Answer]:
+        """Text pieces as they are decoded, then the whole `Answer` (its usage and finish reason)."""
         # One model call at a time: a stream and the batches share the cores. A stream is never
         # batched, so its errors are its own already; they are classified as a batch's are.
         async with self.calls.lock:
-            pieces = self.backend.stream(question, retrieved, max_new_tokens)
+            pieces, text = self.backend.stream(question, retrieved, max_new_tokens), []
             try:
                 while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
-                    yield piece
+                    if isinstance(piece, str):
+                        text.append(piece)
+                        yield piece
+                    else:  # the backend's last item: the generated ids
+                        yield self._answer(question, retrieved, piece, "".join(text), max_new_tokens)
             except Exception as exc:
                 raise request_error(exc)
 

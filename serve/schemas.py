@@ -11,6 +11,7 @@ import uuid
 from typing import Any, Literal, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic.json_schema import models_json_schema
 
 from clara_ray.unicode import encoding_problem, printable
 from serve.settings import Limits
@@ -139,6 +140,11 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False  # a last chunk, with no choices, carries the request's usage
+
+
 class ChatRequest(BaseModel):
     # The openai client sends many optional fields (temperature, n, ...): accept and ignore them;
     # decoding here is greedy.
@@ -148,7 +154,11 @@ class ChatRequest(BaseModel):
     stream: bool = False
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
+    stream_options: StreamOptions | None = None
     top_k: int | None = None  # extension: how many documents to retrieve
+    # Extension: append the sources to the answer as Markdown footnotes, for clients that show
+    # only the message text (Open WebUI, LibreChat); None: the server's `footnotes` setting.
+    footnotes: bool | None = None
 
     _top_k = field_validator("top_k")(_check_top_k)
     _max_tokens = field_validator("max_tokens", "max_completion_tokens")(_check_new_tokens)
@@ -178,34 +188,72 @@ class ChatRequest(BaseModel):
     def new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def wants_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
 
 def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-def chat_completion(cid: str, model: str, answer: str, documents: list[Document]) -> dict:
+def footnotes(documents: Sequence[Document]) -> str:
+    """The sources as Markdown footnotes, to append to an answer: references, then definitions."""
+    if not documents:
+        return ""
+    marks = "".join(f"[^{i}]" for i in range(1, len(documents) + 1))
+    notes = "\n".join(f"[^{i}]: {_one_line(d.source)} ({_one_line(d.id)}, score {d.score:.3f}): {_one_line(d.text)}"
+                      for i, d in enumerate(documents, 1))
+    return f" {marks}\n\n{notes}"
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """A footnote's text on one line (a newline would end the footnote), shortened."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def chat_completion(cid: str, model: str, answer: str, documents: list[Document], finish: str,
+                    usage: dict) -> dict:
     """A `chat.completion` object; the retrieved documents ride along as `citations`."""
     return {
         "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "finish_reason": "stop",
+        "choices": [{"index": 0, "finish_reason": finish,
                      "message": {"role": "assistant", "content": answer}}],
+        "usage": usage,
         "citations": [d.model_dump() for d in documents],
     }
 
 
-def chat_chunk(cid: str, model: str, delta: dict, finish: str | None = None,
-               documents: list[Document] | None = None) -> dict:
+def chat_chunk(cid: str, model: str, delta: dict | None, finish: str | None = None,
+               documents: list[Document] | None = None, usage: dict | None = None) -> dict:
+    """A `chat.completion.chunk`; `delta` None: the usage chunk, which has no choices."""
     chunk = {
         "id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
     if documents is not None:
         chunk["citations"] = [d.model_dump() for d in documents]
+    if usage is not None:
+        chunk["usage"] = usage
     return chunk
 
 
 def model_list(name: str) -> dict:
     return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "clara-ray"}]}
+
+
+def openapi_body(schema: type[BaseModel]) -> dict:
+    """`openapi_extra` of a route that parses its body itself (`parse_body`): the body is
+    documented as `schema`, whose JSON schema `request_schemas` adds to the components."""
+    ref = {"$ref": f"#/components/schemas/{schema.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def request_schemas(schemas: Sequence[type[BaseModel]]) -> dict[str, dict]:
+    """The JSON schemas of `schemas` and the models they nest, keyed by name, referencing each
+    other as OpenAPI components."""
+    _, top = models_json_schema([(s, "validation") for s in schemas], ref_template="#/components/schemas/{model}")
+    return top["$defs"]
 
 
 # ---------------------------------------------------------------------------------- parsing

@@ -55,6 +55,9 @@ class ServeSettings(BaseModel):
     model_name: str = "clara"
     default_top_k: int = Field(5, ge=1)
     default_max_new_tokens: int = Field(64, ge=1)
+    # Chat answers end with their sources as Markdown footnotes (a request's `footnotes` wins):
+    # for clients that show only the message text, e.g. Open WebUI and LibreChat.
+    footnotes: bool = False
     # Bearer token; None falls back to $CLARA_SERVE_TOKEN; empty/unset everywhere = no auth.
     auth_token: str | None = None
     limits: Limits = Field(default_factory=Limits)

@@ -7,6 +7,7 @@ from typing import Iterator
 import torch
 from transformers import TextIteratorStreamer
 
+from clara_ray.model import prompts
 from clara_ray.threads import apply_torch_threads
 from serve.retrieved import Retrieved, memory_vectors
 
@@ -14,12 +15,18 @@ from serve.retrieved import Retrieved, memory_vectors
 class TokenStreamer(TextIteratorStreamer):
     """Text as each token decodes. transformers' streamers hold text back until a word ends,
     which delays the first piece of an answer by a decode step or more; this one holds back only
-    a character whose bytes have not all arrived yet."""
+    a character whose bytes have not all arrived yet. `generated` keeps every token it was given
+    (the cache is emptied at the end), for the answer's usage."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generated: list[int] = []
 
     def put(self, value: torch.Tensor) -> None:
         if self.skip_prompt and self.next_tokens_are_prompt:
             self.next_tokens_are_prompt = False
             return
+        self.generated.extend(value.reshape(-1).tolist())
         self.token_cache.extend(value.reshape(-1).tolist())
         text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
         if not text.endswith("\ufffd"):
@@ -39,21 +46,26 @@ class HFBackend:
             model.cache_prompt_head()
 
     def generate(self, questions: list[str], retrieved: list[Retrieved], max_new_tokens: int) -> list[str]:
-        if self.reader == "text":
-            return self.model.generate_from_text(questions, [r.texts for r in retrieved], max_new_tokens)
-        return self.model.generate_from_compressed_documents_and_questions(
-            questions, memory_vectors(retrieved, self.model), max_new_tokens)
+        return self.model.decode_answers(self.generate_ids(questions, retrieved, max_new_tokens))
 
     def generate_ids(self, questions: list[str], retrieved: list[Retrieved], max_new_tokens: int) -> list[list[int]]:
-        """Token ids up to and excluding the first end-of-sequence (what vLLM reports too)."""
-        eos = self.model.tokenizer.eos_token_id
-        vectors = memory_vectors(retrieved, self.model)
-        rows = self.model.generate_ids_from_compressed(questions, vectors, max_new_tokens).tolist()
+        """The generated token ids of each answer, up to and including its first end-of-sequence."""
+        model, eos = self.model, self.model.tokenizer.eos_token_id
+        if self.reader == "text":
+            with model._inference():  # CLaRa.generate_from_text without its decoding
+                batch = model._generator_batch(
+                    [prompts.answer_turn(list(r.texts), q) for q, r in zip(questions, retrieved)], None)
+                rows = model._generate_ids(batch, max_new_tokens).tolist()
+        else:
+            vectors = memory_vectors(retrieved, model)
+            rows = model.generate_ids_from_compressed(questions, vectors, max_new_tokens).tolist()
         return [row[: row.index(eos) + 1] if eos in row else row for row in rows]
 
-    def stream(self, question: str, retrieved: Retrieved, max_new_tokens: int) -> Iterator[str]:
+    def stream(self, question: str, retrieved: Retrieved, max_new_tokens: int) -> Iterator[str | list[int]]:
         if self.reader == "text":  # the baseline only needs whole answers
-            yield self.generate([question], [retrieved], max_new_tokens)[0]
+            ids = self.generate_ids([question], [retrieved], max_new_tokens)[0]
+            yield self.model.decode_answers([ids])[0]
+            yield ids
             return
         # skip_prompt drops the (empty) prompt that generate() echoes for inputs_embeds.
         streamer = TokenStreamer(self.model.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
@@ -79,6 +91,7 @@ class HFBackend:
         worker.join()
         if failure:
             raise failure[0]
+        yield streamer.generated
 
     def close(self) -> None:
         pass

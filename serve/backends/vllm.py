@@ -107,9 +107,11 @@ class VllmBackend:
     def generate(self, questions: list[str], retrieved: list[Retrieved], max_new_tokens: int) -> list[str]:
         return self.model.decode_answers(self.generate_ids(questions, retrieved, max_new_tokens))
 
-    def stream(self, question: str, retrieved: Retrieved, max_new_tokens: int) -> Iterator[str]:
-        # The offline LLM engine returns whole completions: one piece.
-        yield self.generate([question], [retrieved], max_new_tokens)[0]
+    def stream(self, question: str, retrieved: Retrieved, max_new_tokens: int) -> Iterator[str | list[int]]:
+        # The offline LLM engine returns whole completions: one piece, then its ids.
+        ids = self.generate_ids([question], [retrieved], max_new_tokens)[0]
+        yield self.model.decode_answers([ids])[0]
+        yield ids
 
     def close(self) -> None:
         if getattr(self, "proc", None) is not None and self.proc.poll() is None:

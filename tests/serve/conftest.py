@@ -27,13 +27,21 @@ def auth() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def checkpoint_and_store(tmp_path_factory, tiny_config):
     """A saved tiny checkpoint whose query reasoner equals its compressor (prepare_stage
-    'end_to_end'), so a question equal to a document's text encodes exactly like that document."""
+    'end_to_end'), so a question equal to a document's text encodes exactly like that document.
+    Its generator adapter is random, not zero: the bare tiny backbone answers only newlines, which
+    strip to an empty answer; these weights write words, as a streamed answer needs."""
+    import torch
+
     from clara_ray import CLaRa
     from clara_ray.store import DocRecord, StoreWriter, checkpoint_identity
 
     root = tmp_path_factory.mktemp("serve")
     model = CLaRa.from_config(tiny_config, device="cpu")
     model.prepare_stage("end_to_end")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in model.adapter_parameters("generator"):
+            param.normal_(0.0, 0.2)
     checkpoint, store = root / "checkpoint", root / "store"
     model.save_pretrained(checkpoint)
     vectors = model.compress_documents(list(DOCS.values())).numpy()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import httpx
 import pytest
@@ -87,6 +88,37 @@ def test_auth_required_and_app_still_answers(anonymous, client, auth, docs):
     assert response.status_code == 200 and response.json()["documents"][0]["id"] == "oxygen"
 
 
+def test_openapi_declares_the_request_bodies(anonymous):
+    spec = anonymous.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    for path, name in (("/v1/rag", "RagRequest"), ("/v1/chat/completions", "ChatRequest")):
+        body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": f"#/components/schemas/{name}"}
+    assert schemas["RagRequest"]["required"] == ["question"]
+    assert {"messages", "stream", "max_tokens", "top_k", "footnotes", "stream_options"} <= set(
+        schemas["ChatRequest"]["properties"])
+    # Nested models resolve inside the document, as Swagger UI (/docs) needs.
+    assert schemas["ChatRequest"]["properties"]["messages"]["items"] == {"$ref": "#/components/schemas/ChatMessage"}
+    assert "ChatMessage" in schemas and "ContentPart" in schemas
+    assert anonymous.get("/docs").status_code == 200
+
+
+def test_footnotes_append_the_sources_to_the_answer(client, docs):
+    ask = {"messages": [{"role": "user", "content": docs["nile"]}], "max_tokens": 2, "top_k": 2}
+    plain = client.post("/v1/chat/completions", json=ask).json()
+    noted = client.post("/v1/chat/completions", json={**ask, "footnotes": True}).json()
+    answer = plain["choices"][0]["message"]["content"]
+    text = noted["choices"][0]["message"]["content"]
+    assert "[^" not in answer
+    assert text.startswith(answer)
+    notes = text[len(answer):]
+    assert notes.startswith(" [^1][^2]\n\n[^1]: nile.md (nile, score ")
+    first, second = notes.split("\n\n", 1)[1].split("\n")
+    assert first.endswith("): " + docs["nile"]) and second.startswith("[^2]: ")
+    streamed = client.post("/v1/chat/completions", json={**ask, "footnotes": True, "stream": True}).text
+    assert "[^1]: nile.md" in streamed
+
+
 # ------------------------------------------------------------------ hostile input (issue 26)
 def _json(body) -> bytes:
     return json.dumps(body).encode()  # ensure_ascii: a lone surrogate travels as the escape \ud800
@@ -147,7 +179,7 @@ def test_a_request_that_fails_inside_a_model_batch_fails_alone(rag_url, docs):
         bad_answer = generator.generate.remote(("<MEM0>?", retrieved, 2))  # one memory slot too many
         answers += [generator.generate.remote((q, retrieved, 2)) for q in questions[6:]]
         assert [s.result().ids[0] for s in searches] == [list(docs)[i % len(docs)] for i in range(len(questions))]
-        assert all(isinstance(a.result(), str) for a in answers)
+        assert all(isinstance(a.result().text, str) for a in answers)
         for bad, cause in ((bad_search, "TypeError"), (bad_answer, "memory slots")):
             with pytest.raises(ModelInputError, match=cause):
                 bad.result()
@@ -215,3 +247,59 @@ def test_hundreds_of_generated_bodies_never_get_a_5xx(rag_url, auth):
 
     no_server_errors()
     assert len(sent) >= 300
+
+
+# ------------------------------------------------------------------ the chat page, in a real browser
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def browser_page(tmp_path):
+    """A page of Debian's Chromium driven by Playwright (not Playwright's own browser builds)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no {CHROMIUM}: `make test-data` installs Debian's chromium (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra / requirements.lock")
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1000, "height": 760})
+        try:
+            yield context.new_page()
+        finally:
+            context.close()
+
+
+def test_chat_page_streams_the_answer_and_shows_the_citations(browser_page, rag_url, auth, docs, tmp_path):
+    page = browser_page
+    page.goto(rag_url + "/")
+    # Every text the answer was given (one per piece appended), with the citations then on show.
+    page.evaluate("""() => { window.seen = []; new MutationObserver((records) => records.forEach((r) =>
+        r.addedNodes.forEach((n) => window.seen.push([n.data, document.querySelectorAll('.doc').length]))))
+        .observe(document.getElementById('answer'), {childList: true}); }""")
+    page.fill("#question", docs["paris"])
+    page.fill("#top_k", "2")
+    page.fill("#max_tokens", "6")
+    page.click("#send")  # no token yet: the server refuses, the page asks for it
+    page.wait_for_selector("#status.error")
+    assert "token" in page.text_content("#status")
+
+    page.fill("#token", auth["Authorization"].split()[1])
+    page.click("#send")
+    page.wait_for_function("['done', 'stopped at max tokens'].some(s => "
+                           "document.getElementById('status').textContent.startsWith(s))", timeout=120_000)
+    shots = os.environ.get("CLARA_RAY_SCREENSHOTS")  # set to docs/images to refresh the README's picture
+    page.screenshot(path=os.path.join(shots or str(tmp_path), "chat.png"), full_page=True)
+    assert "tokens" in page.text_content("#status")  # the usage the page asked for
+    sources = page.locator(".doc .source").all_text_contents()
+    assert sources[0] == "paris.md" and len(sources) == 2
+    assert page.locator(".doc p").first.text_content() == docs["paris"]
+    assert page.locator(".doc .score").first.text_content().startswith("score ")
+    answer = page.text_content("#answer")
+    plain = httpx.post(rag_url + "/v1/chat/completions", headers=auth, timeout=120, json={
+        "messages": [{"role": "user", "content": docs["paris"]}], "max_tokens": 6, "top_k": 2}).json()
+    assert answer.strip() == plain["choices"][0]["message"]["content"]
+    seen = [text for text, _ in page.evaluate("window.seen") if text]
+    assert len(set(seen)) >= 2 and seen[-1] == answer, seen  # the answer grew piece by piece
+    assert all(n == 2 for text, n in page.evaluate("window.seen") if text)  # citations came first

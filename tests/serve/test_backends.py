@@ -36,13 +36,13 @@ def trained_like_checkpoint(tmp_path_factory, tiny_config):
     return model, str(path)
 
 
-def _hf_backend(model):
+def _hf_backend(model, reader: str = "compressed"):
     """The hf backend as a Generator replica runs it: on its own copy, generator merged."""
     from serve.backends.hf import HFBackend
 
     served = copy.deepcopy(model)
     served.merge_adapter("generator")
-    return HFBackend(served, "compressed")
+    return HFBackend(served, reader)
 
 
 def _retrieved(model, docs):
@@ -118,12 +118,25 @@ def test_vllm_backend_refuses_the_text_reader(trained_like_checkpoint, tmp_path)
         VllmBackend(model, settings)
 
 
-def test_hf_stream_pieces_join_to_the_answer(trained_like_checkpoint):
+def test_hf_stream_pieces_join_to_the_answer_and_end_with_its_ids(trained_like_checkpoint):
     model, _ = trained_like_checkpoint
     docs = _retrieved(model, ["Oxygen has atomic number 8."])
     hf = _hf_backend(model)
-    pieces = list(hf.stream("What is oxygen's atomic number?", docs, 10))
-    assert "".join(pieces).strip() == hf.generate(["What is oxygen's atomic number?"], [docs], 10)[0]
+    question = "What is oxygen's atomic number?"
+    *pieces, ids = list(hf.stream(question, docs, 10))
+    assert "".join(pieces).strip() == hf.generate([question], [docs], 10)[0]
+    assert ids == hf.generate_ids([question], [docs], 10)[0]  # what the usage is counted from
+
+
+def test_hf_text_reader_ids_decode_to_the_text_rag_answer(trained_like_checkpoint):
+    model, _ = trained_like_checkpoint
+    docs = _retrieved(model, ["Oxygen has atomic number 8.", "Paris is in France."])
+    hf = _hf_backend(model, reader="text")
+    questions = ["What is oxygen's atomic number?", "Where is Paris?"]
+    ids = hf.generate_ids(questions, [docs, docs], 6)
+    assert hf.model.decode_answers(ids) == hf.model.generate_from_text(questions, [docs.texts] * 2, 6)
+    *pieces, last = list(hf.stream(questions[0], docs, 6))
+    assert (pieces, last) == (hf.model.decode_answers(ids[:1]), ids[0])
 
 
 def test_token_streamer_yields_each_token_and_holds_back_a_split_character(tiny_model):
@@ -143,3 +156,4 @@ def test_token_streamer_yields_each_token_and_holds_back_a_split_character(tiny_
     assert pieces[0] == tokenizer.decode(ids[:1])  # the first token, before its word is complete
     assert not any("\ufffd" in p for p in pieces)  # the emoji's bytes come over several tokens
     assert "".join(pieces) == text
+    assert streamer.generated == ids  # every token, for the usage, though end() empties the cache

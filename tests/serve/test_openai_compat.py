@@ -23,7 +23,10 @@ def test_chat_completion_answers_with_citations(openai_client, docs):
     )
     assert completion.choices[0].message.role == "assistant"
     assert isinstance(completion.choices[0].message.content, str)
-    assert completion.choices[0].finish_reason == "stop"
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    usage = completion.usage
+    assert usage.prompt_tokens > 0 and 1 <= usage.completion_tokens <= 3
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     citations = completion.model_extra["citations"]
     assert citations[0]["id"] == "tokyo" and citations[0]["source"] == "tokyo.md"
 
@@ -33,9 +36,21 @@ def test_streaming_matches_the_plain_answer(openai_client, docs):
     plain = openai_client.chat.completions.create(model="clara", messages=messages, max_tokens=6)
     chunks = list(openai_client.chat.completions.create(model="clara", messages=messages, max_tokens=6, stream=True))
     assert chunks[0].model_extra["citations"][0]["id"] == "paris"
-    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices[0].finish_reason == plain.choices[0].finish_reason
+    assert chunks[-1].usage is None  # only when asked for
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert streamed.strip() == plain.choices[0].message.content
+
+
+def test_finish_reason_says_whether_the_budget_cut_the_answer(openai_client, docs):
+    """The served tiny model writes on without ending (tests/serve/conftest.py): one token is a cut answer."""
+    messages = [{"role": "user", "content": docs["oxygen"]}]
+    cut = openai_client.chat.completions.create(model="clara", messages=messages, max_tokens=1)
+    assert (cut.choices[0].finish_reason, cut.usage.completion_tokens) == ("length", 1)
+    chunks = list(openai_client.chat.completions.create(model="clara", messages=messages, max_tokens=1, stream=True,
+                                                        stream_options={"include_usage": True}))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == cut.usage.model_dump()
 
 
 def test_bad_chat_requests_are_client_errors(openai_client):
