@@ -84,10 +84,11 @@ def test_store_finds_each_doc_by_its_query_reasoner_encoding_then_adds_increment
     exact = model.compress_documents(texts[:4]).numpy().astype(np.float16)
     np.testing.assert_allclose(hits.vectors[:4, 0].astype(np.float32), exact.astype(np.float32), atol=2e-3)
 
-    # incremental: 8 old + 8 new docs -> only the new ones are compressed, the old shards stay
+    # incremental: 8 old + 8 new docs -> only the new ones are compressed, the old shards stay; the index
+    # is extended in a Ray task this time (on a cluster: a GPU node, see cluster/jobs/precompress.yaml)
     old_shards = set(os.listdir(out / SHARDS_DIR))
     write_corpus(corpus, 16, 16)
-    summary = run_precompress(path, corpus, out, small_cfg())
+    summary = run_precompress(path, corpus, out, small_cfg(index_task={"run_in": "task", "num_cpus": 0.5}))
     assert (summary["new_docs"], summary["already_stored"], summary["total_docs"]) == (8, 24, 32)
     assert old_shards < set(os.listdir(out / SHARDS_DIR))
     assert sorted(CompressedStore.open(out).ids) == sorted(f"d{i}" for i in range(32))
