@@ -67,6 +67,15 @@ def test_parquet_rows_are_normalised_and_corpus_files_found(tmp_path):
         corpus_files(tmp_path / "notes.txt")
 
 
+def test_index_task_on_gpus_must_be_a_task():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="index_task.num_gpus > 0 needs index_task.run_in=task"):
+        PrecompressConfig(index_task={"num_gpus": 1})
+    task = PrecompressConfig(index_task={"run_in": "task", "num_gpus": 1, "memory": 1 << 30}).index_task
+    assert task.remote_options() == {"num_gpus": 1, "num_cpus": 1, "max_retries": 0, "memory": 1 << 30}
+
+
 @pytest.mark.slow
 def test_store_finds_each_doc_by_its_query_reasoner_encoding_then_adds_incrementally(ray_cluster, checkpoint, tmp_path):
     path, model = checkpoint
