@@ -85,8 +85,9 @@ def resolve(name: str, exclude_newer: str, platform: dict[str, str] | None = Non
         req.write_text("\n".join(requirements) + "\n")
         con.write_text("\n".join(constraints) + "\n")
         # No local wheel directories (the CPU torch of this machine): PyPI's builds are what the image gets.
+        # --refresh: a cached index page could hide releases that exclude-newer admits (not reproducible).
         argv = [uv_binary(), "pip", "compile", str(req), "-c", str(con), "-o", str(out), "-q", "--no-header",
-                "--no-annotate", "--no-config", "--no-python-downloads", "--exclude-newer", exclude_newer,
+                "--no-annotate", "--no-config", "--no-python-downloads", "--refresh", "--exclude-newer", exclude_newer,
                 "--python-platform", platform["PYTHON_PLATFORM"], "--python-version", platform["PYTHON_VERSION"]]
         done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode != 0:
