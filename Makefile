@@ -9,7 +9,7 @@ export RAY_AUTH_MODE := disabled
 export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast test-data env vllm-env vllm-lock clean bench
+.PHONY: demo test test-fast test-data env vllm-env vllm-lock gpu-lock clean bench
 
 env: $(VENV)/.installed
 
@@ -64,6 +64,11 @@ vllm-lock: env
 	$(UV) pip uninstall -q --python $(VLLM_LOCK_VENV)/bin/python torchvision torchaudio torchcodec
 	{ sed -n '1,2p' requirements-vllm.lock; $(UV) pip freeze --python $(VLLM_LOCK_VENV)/bin/python | sed 's/+cpu$$//'; } > requirements-vllm.lock.new
 	mv requirements-vllm.lock.new requirements-vllm.lock && rm -rf $(VLLM_LOCK_VENV)
+
+# The GPU image's two locks (requirements-gpu.lock, requirements-vllm-gpu.lock), re-resolved against PyPI for
+# the platform in cluster/gpu.env (Linux x86_64, CUDA builds); resolution only, so no GPU or Docker needed.
+gpu-lock: env
+	$(PY) -m cluster.gpu_platform
 
 test: env test-data vllm-env
 	$(PY) -m pytest -q -rs --durations=15

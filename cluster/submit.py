@@ -9,7 +9,8 @@
 
 `${VAR}` in a spec's entrypoint is filled from --set, else the environment, else the spec's
 `variables`; each -o/--override is appended as a config override. The equivalent plain
-`ray job submit` line is printed, so a spec and its CLI line never drift apart.
+`ray job submit` line is printed, so a spec and its CLI line never drift apart (secrets such as
+HF_TOKEN, passed from the environment in runtime_env env_vars, are shown as <redacted>).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from clara_ray.jobs.spec import JobSpecError, cli_line, load_job_spec
+from clara_ray.jobs.spec import SECRET_ENV_VARS, JobSpecError, cli_line, load_job_spec, redacted
 
 
 def parse_variables(items: list[str]) -> dict[str, str]:
@@ -44,7 +45,10 @@ def main(
         job = load_job_spec(spec, parse_variables(set_ or []), override or [])
     except JobSpecError as exc:
         raise typer.BadParameter(str(exc), param_hint="SPEC") from None
-    typer.echo(cli_line(job, address))
+    typer.echo(cli_line(redacted(job), address))
+    passed = SECRET_ENV_VARS & set(job.get("runtime_env", {}).get("env_vars", {}))
+    if passed:
+        typer.echo(f"({', '.join(sorted(passed))} passed to the job from the environment; <redacted> above)")
     if dry_run:
         return
     from clara_ray.jobs import submit

@@ -12,7 +12,7 @@ def load_model(settings: ServeSettings, adapter: str):
 
     torch.set_num_threads(settings.torch_threads)
     overrides = {"dtype": settings.dtype} if settings.dtype else {}
-    model = CLaRa.from_pretrained(settings.checkpoint, device=settings.device, **overrides)
+    model = CLaRa.from_pretrained(settings.checkpoint, device=settings.model_device(adapter), **overrides)
     model.eval()
     model.merge_adapter(adapter)
     return model

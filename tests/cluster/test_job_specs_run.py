@@ -28,7 +28,9 @@ def plan(api_url: str, shared: str) -> list[tuple[str, list[str]]]:
         ("train_compress_pretrain", [f"model={json.dumps(TINY_MODEL)}", *TINY_TRAINING]),
         ("train_instruct", TINY_TRAINING),
         ("train_end_to_end", TINY_TRAINING),
-        ("precompress", ["device=cpu", "num_gpus_per_actor=0", "num_cpus_per_actor=0.5", "actors=1", "batch_size=4"]),
+        # the index still builds in a Ray task (the spec's run_in=task), on CPUs here
+        ("precompress", ["device=cpu", "num_gpus_per_actor=0", "num_cpus_per_actor=0.5", "actors=1", "batch_size=4",
+                         "index_task.num_gpus=0", "index_task.num_cpus=0.5", "index_task.memory=null"]),
         ("evaluate", [f"data.path={shared}/data/end_to_end_data.jsonl", "device=cpu", "model_overrides.dtype=float32", "ray.num_gpus=0", "ray.num_cpus=1",
                       "ray.batch_size=4", "harness.max_new_tokens=4", "harness.retrievers=[clara]",
                       "harness.systems=[{name: clara, kind: clara}]"]),

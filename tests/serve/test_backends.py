@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,7 @@ def test_vllm_matches_hf_greedy_tokens(trained_like_checkpoint, tmp_path):
                              vllm={"kv_cache_memory_bytes": 128 << 20, "max_model_len": 512,
                                    "export_dir": str(tmp_path / "export")})
     hf = _hf_backend(model)
-    vllm = VllmBackend(model, settings)
+    vllm = VllmBackend(copy.deepcopy(model), settings)  # keeps only the embedding of the model it is given
     try:
         # One question per call: no left padding on the hf side, exactly the vLLM prompts.
         for question, docs in zip(questions, retrieved):
@@ -106,6 +107,53 @@ def test_generator_export_is_a_complete_entry_with_the_adapter_merged(trained_li
     assert any(not torch.equal(merged[k], plain[k]) for k in plain), "the generator adapter was not merged"
     built = (export / "model.safetensors").stat().st_mtime_ns
     assert export_generator(checkpoint, export) == export and (export / "model.safetensors").stat().st_mtime_ns == built
+
+
+def test_vllm_generator_loads_on_the_cpu_and_keeps_only_the_input_embedding(trained_like_checkpoint, tmp_path):
+    """A vLLM Generator on a GPU node: the engine holds the weights on the GPU, the replica's CLaRa stays on
+    the CPU (`cuda` here, where there is no GPU, would fail to load) and shrinks to the input embedding, which
+    still builds exactly the prompt embeddings the full model builds."""
+    from serve.backends.vllm import keep_input_embedding_only
+    from serve.loading import load_model
+    from serve.retrieved import memory_vectors
+    from serve.settings import ServeSettings
+
+    model, checkpoint = trained_like_checkpoint
+    settings = ServeSettings(checkpoint=checkpoint, store=str(tmp_path), backend="vllm", device="cuda:0")
+    assert settings.model_device("query_reasoner") == "cuda:0"
+    assert ServeSettings(checkpoint=checkpoint, store="s", device="cuda:0").model_device("generator") == "cuda:0"
+    served = load_model(settings, adapter="generator")
+    assert served.device.type == "cpu"
+    questions = ["Which river flows north?", "Where is Paris?"]
+    retrieved = [_retrieved(model, ["The Nile flows north.", "Paris is in France."]), _retrieved(model, ["Paris."])]
+    with torch.no_grad():
+        expected = served.generator_inputs(questions, memory_vectors(retrieved, served))
+        keep_input_embedding_only(served)
+        embeds, mask = served.generator_inputs(questions, memory_vectors(retrieved, served))
+    assert torch.equal(embeds, expected[0]) and torch.equal(mask, expected[1])
+    kept = {id(p) for p in served.parameters() if not p.is_meta}
+    assert kept == {id(p) for p in served.embeddings.parameters()}  # (the tied output head is that table)
+    assert any(p.is_meta for p in served.parameters())  # transformer layers and LoRA weights freed
+    assert served.decode_answers([[served.tokenizer.encode("Paris")[0]]]) == ["Paris"]
+
+
+def test_vllm_worker_python_is_an_installed_vllm_else_the_configured_venv(tmp_path, monkeypatch):
+    from serve.backends.vllm import VllmBackendError, vllm_python
+    from serve.settings import VLLM_PYTHON_ENV, VllmSettings
+
+    venv_python = tmp_path / "venv" / "bin" / "python"
+    monkeypatch.setenv(VLLM_PYTHON_ENV, str(venv_python))  # as the GPU image sets it
+    settings = VllmSettings()
+    assert settings.python == str(venv_python)
+    with pytest.raises(VllmBackendError, match=f"vLLM python {venv_python} not found"):
+        vllm_python(settings)
+    venv_python.parent.mkdir(parents=True)
+    venv_python.touch()
+    assert vllm_python(settings) == venv_python
+    (tmp_path / "site" / "vllm").mkdir(parents=True)  # a vllm package importable by this interpreter
+    (tmp_path / "site" / "vllm" / "__init__.py").touch()
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert vllm_python(settings) == Path(sys.executable)
 
 
 def test_vllm_backend_refuses_the_text_reader(trained_like_checkpoint, tmp_path):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from clara_ray.store import IndexConfig, VectorIndex, normalize
+from clara_ray.store import IndexConfig, StoreError, VectorIndex, normalize
 from clara_ray.store.index import resolve_kind
 from clara_ray.store.synthetic import noisy_queries, synthetic_docs
 
@@ -48,3 +48,53 @@ def test_normalize_does_not_modify_its_input():
     out = normalize(raw)
     assert (raw == 3.0).all()
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-6)
+
+
+def test_replicated_index_is_written_as_one_cpu_copy(corpus, tmp_path):
+    """index_cpu_to_all_gpus over several GPUs returns an IndexReplicas, which write_index refuses; the
+    store writes one copy. A CPU IndexReplicas takes the same path (no GPU here)."""
+    import faiss
+
+    docs, flat_docs, queries, exact_scores, exact_rows = corpus
+    replicas = faiss.IndexReplicas(flat_docs.shape[1])
+    copies = [faiss.IndexFlatIP(flat_docs.shape[1]) for _ in range(2)]
+    for copy in copies:
+        replicas.addIndex(copy)
+    replicas.add(flat_docs)
+    with pytest.raises(RuntimeError):
+        faiss.write_index(replicas, str(tmp_path / "raw.index"))
+    VectorIndex(replicas, {"kind": "flat"}).save(tmp_path / "index.faiss")
+    loaded = VectorIndex.load(tmp_path / "index.faiss", {"kind": "flat"})
+    assert type(faiss.downcast_index(loaded._index)).__name__ == "IndexFlatIP" and loaded.ntotal == len(docs)
+    scores, rows = loaded.search(queries, 5)
+    np.testing.assert_array_equal(rows, exact_rows)
+    np.testing.assert_allclose(scores, exact_scores, rtol=1e-6)
+
+
+def test_gpu_cloner_options_use_float16_lookup_tables_for_pq_only():
+    from types import SimpleNamespace  # faiss-cpu has no GpuMultipleClonerOptions; the same fields are set
+
+    from clara_ray.store.index import gpu_cloner_options
+
+    ivfpq = gpu_cloner_options("ivfpq", SimpleNamespace())
+    assert ivfpq.useFloat16 is True and ivfpq.shard is False  # -> GpuIndexIVFPQConfig.useFloat16LookupTables
+    assert gpu_cloner_options("flat", SimpleNamespace()).useFloat16 is False  # exact vectors stay float32
+
+
+def test_pca_trains_on_a_gram_sized_sample(corpus):
+    """Fewer PCA rows than dimensions: FAISS takes the Gram-matrix path (at 32,768 dims the covariance path
+    costs hours); the re-ranked search still finds the exact top 5."""
+    import faiss
+
+    from clara_ray.store.index import pca_train_rows
+
+    assert pca_train_rows(IndexConfig(), 8 * 4096, 256, 65_536) == 4096  # a 7B backbone, n = 8 memory tokens
+    docs, flat_docs, queries, _, exact_rows = corpus
+    dim = flat_docs.shape[1]
+    index = VectorIndex.from_vectors(IndexConfig(kind="ivfpq", reduce_dim=32, threads=1), docs)
+    pca = faiss.downcast_VectorTransform(faiss.downcast_index(index._index).chain.at(0))
+    assert faiss.vector_to_array(pca.PCAMat).size == dim * (dim - 1)  # dim - 1 rows: Gram path
+    _, rows = index.search(queries, 5, exact=lambda r: flat_docs[r])
+    assert same_top(rows, exact_rows) >= 0.95
+    with pytest.raises(StoreError, match="index.reduce_dim=32 dimensions needs >= 32 training rows, got 16"):
+        VectorIndex.from_vectors(IndexConfig(kind="ivfpq", reduce_dim=32, pca_train_size=16, threads=1), docs)

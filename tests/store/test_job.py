@@ -90,6 +90,15 @@ def test_parquet_rows_are_normalised_and_corpus_files_found(tmp_path):
         corpus_files(tmp_path / "notes.txt")
 
 
+def test_index_task_on_gpus_must_be_a_task():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="index_task.num_gpus > 0 needs index_task.run_in=task"):
+        PrecompressConfig(index_task={"num_gpus": 1})
+    task = PrecompressConfig(index_task={"run_in": "task", "num_gpus": 1, "memory": 1 << 30}).index_task
+    assert task.remote_options() == {"num_gpus": 1, "num_cpus": 1, "max_retries": 0, "memory": 1 << 30}
+
+
 @pytest.mark.slow
 def test_store_finds_each_doc_by_its_query_reasoner_encoding_then_adds_incrementally(ray_cluster, checkpoint, tmp_path):
     path, model = checkpoint
@@ -107,14 +116,15 @@ def test_store_finds_each_doc_by_its_query_reasoner_encoding_then_adds_increment
     exact = model.compress_documents(texts[:4]).numpy().astype(np.float16)
     np.testing.assert_allclose(hits.vectors[:4, 0].astype(np.float32), exact.astype(np.float32), atol=2e-3)
 
-    # incremental: 8 old + 8 new docs -> only the new ones are compressed, the old shards stay;
+    # incremental: 8 old + 8 new docs -> only the new ones are compressed, the old shards stay; the index
+    # is extended in a Ray task this time (on a cluster: a GPU node, see cluster/jobs/precompress.yaml);
     # two documents that cannot be stored (JSON escapes of lone surrogates) are named, not fatal
     old_shards = set(os.listdir(out / SHARDS_DIR))
     write_corpus(corpus, 16, 16)
     with corpus.open("a") as fh:
         fh.write(json.dumps({"id": "bad-text", "text": "broken \ud800 text", "source": "rivers.txt"}) + "\n")
         fh.write(json.dumps({"id": "bad-\udfff", "text": "fine text"}) + "\n")
-    summary = run_precompress(path, corpus, out, small_cfg())
+    summary = run_precompress(path, corpus, out, small_cfg(index_task={"run_in": "task", "num_cpus": 0.5}))
     assert (summary["new_docs"], summary["already_stored"], summary["total_docs"]) == (8, 24, 32)
     assert old_shards < set(os.listdir(out / SHARDS_DIR))
     assert sorted(CompressedStore.open(out).ids) == sorted(f"d{i}" for i in range(32))
