@@ -13,6 +13,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from clara_ray.config import InputError
+from pipelines.cli_step import cli_step
+
 # Order: cheapest first, so a user who interrupts still has figures.
 BENCHMARKS: dict[str, list[str]] = {
     "store_search": ["--sizes", "100000"],
@@ -33,15 +36,23 @@ def _selected(only: Optional[str], skip: Optional[str]) -> list[str]:
     names, skipped = _names(only) or list(BENCHMARKS), _names(skip)
     unknown = [n for n in names + skipped if n not in BENCHMARKS]
     if unknown:
-        raise typer.BadParameter(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
+        raise InputError(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
     return [n for n in names if n not in skipped]
 
 
+@cli_step
 def main(
     squad: Annotated[Optional[Path], typer.Option(help="SQuAD v1.1 JSON for the serving benchmarks")] = None,
     only: Annotated[Optional[str], typer.Option(help="comma-separated subset to run")] = None,
     skip: Annotated[Optional[str], typer.Option(help="comma-separated benchmarks to leave out")] = None,
 ) -> None:
+    """Run the benchmarks one after another, each in its own process; a table of exit codes closes.
+
+    Each benchmark prints its own timings and ratios. The cheapest one alone
+    (FAISS search over 100k synthetic documents):
+
+      clara bench --only store_search
+    """
     results: dict[str, tuple[int, float]] = {}
     for name in _selected(only, skip):
         argv = [sys.executable, "-m", f"bench.{name}", *BENCHMARKS[name]]

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from clara_ray.resources import shipped
+
 MICRO, ACCUMULATION = 4, 2  # global batch 8, as the reproduction's stage-1 profile
 
 
@@ -108,7 +110,7 @@ def stage3(data: Path, questions: int, doc_max_length: int, threads: int) -> tup
 def main(squad: Path | None, steps: int, questions: int, doc_max_length: int, threads: int) -> None:
     from clara_ray.data.squad import TokenWindow, build_squad_data
 
-    source = squad or Path(__file__).resolve().parents[1] / "examples" / "data" / "sample_squad.json"
+    source = squad or shipped("examples/data/sample_squad.json")
     with tempfile.TemporaryDirectory(prefix="clara-speedups-") as tmp:
         data = Path(tmp)
         candidates = 20 if squad else 8  # the bundled sample has 16 paragraphs

@@ -28,9 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "examples" / "data" / "pretrain_data.jsonl"
-CONFIG = REPO / "configs" / "train" / "cpu" / "compress_pretrain.yaml"
+from clara_ray.resources import shipped
+
+DATA = shipped("examples/data/pretrain_data.jsonl")
+CONFIG = shipped("configs/train/cpu/compress_pretrain.yaml")
 ACCUMULATION = 2  # micro batches per optimizer step on one worker (the 2-worker arm: 1 each)
 
 

@@ -15,6 +15,7 @@ import importlib.util
 from pathlib import Path
 
 from clara_ray.cache import cache_root, ensure_built, in_clean_process
+from clara_ray.config import InputError
 
 SMOLLM2 = "smollm2-135m"
 TINY_RANDOM = "tiny-random"
@@ -24,7 +25,7 @@ TINY_LLAMA = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048)
 
 
-class BackboneError(RuntimeError):
+class BackboneError(InputError, RuntimeError):
     pass
 
 

@@ -11,10 +11,17 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from clara_ray.resources import resolve_path
+
 T = TypeVar("T", bound=BaseModel)
 
 
-class ConfigError(ValueError):
+class InputError(ValueError):
+    """Input the user can fix (a config file, an override, a data file, a path). Entry points print
+    the message, which names the file and the field, on one line and exit with code 2."""
+
+
+class ConfigError(InputError):
     """A config file or override that does not fit its stage's schema."""
 
 
@@ -29,7 +36,10 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            node[leaf] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc.problem})") from None
     return tree
 
 
@@ -44,26 +54,34 @@ def merge_dicts(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML file holds; `path` may name a shipped config (clara_ray.resources)."""
+    try:
+        with resolve_path(path).open(encoding="utf-8") as fh:  # a stream: YAML errors then give line and column
+            loaded = yaml.safe_load(fh)
+    except (FileNotFoundError, IsADirectoryError):
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+    return loaded or {}
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Build `cls` from a YAML file (optional) plus overrides; errors name the file and field."""
-    data: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
-        data = loaded or {}
+    data = read_yaml_mapping(path) if path is not None else {}
+    source = str(path) if path is not None else "defaults"
     data = merge_dicts(data, parse_overrides(overrides))
+    return validate_config(cls, data, f"{source} (with overrides {overrides or []})")
+
+
+def validate_config(cls: type[T], data: dict[str, Any], source: str) -> T:
+    """`cls` from `data`; a ConfigError names `source` and every bad field on one line."""
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
         )
-        raise ConfigError(f"{source} (with overrides {overrides or []}): {problems}") from None
+        raise ConfigError(f"{source}: {problems}") from None

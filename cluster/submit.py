@@ -21,6 +21,8 @@ from typing import Annotated, List, Optional
 import typer
 
 from clara_ray.jobs.spec import SECRET_ENV_VARS, JobSpecError, cli_line, load_job_spec, redacted
+from clara_ray.resources import resolve_path
+from pipelines.cli_step import cli_step
 
 
 def parse_variables(items: list[str]) -> dict[str, str]:
@@ -28,11 +30,12 @@ def parse_variables(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise typer.BadParameter(f"{item!r} is not NAME=value", param_hint="--set")
+            raise JobSpecError(f"--set {item!r} is not NAME=value")
         variables[name] = value
     return variables
 
 
+@cli_step
 def main(
     spec: Annotated[Path, typer.Argument(help="a file in cluster/jobs/")],
     address: Annotated[str, typer.Option(help="Ray dashboard address")] = "http://127.0.0.1:8265",
@@ -40,11 +43,16 @@ def main(
     override: Annotated[Optional[List[str]], typer.Option("--override", "-o", help="key.sub=value config override")] = None,
     dry_run: Annotated[bool, typer.Option(help="print the equivalent `ray job submit` line only")] = False,
 ) -> None:
-    """Submit one job spec; print its id and the equivalent CLI line."""
-    try:
-        job = load_job_spec(spec, parse_variables(set_ or []), override or [])
-    except JobSpecError as exc:
-        raise typer.BadParameter(str(exc), param_hint="SPEC") from None
+    """Submit one job spec (cluster/jobs/*.yaml) to a Ray cluster; print its id and the CLI line.
+
+    The ingest step of a cluster whose shared volume holds documents/; --dry-run
+    prints the equivalent `ray job submit` line and submits nothing, --address
+    names the cluster's dashboard:
+
+      clara submit cluster/jobs/ingest.yaml --dry-run \\
+        --set CLARA_SHARED=/mnt/cluster_storage/clara-ray
+    """
+    job = load_job_spec(resolve_path(spec), parse_variables(set_ or []), override or [])
     typer.echo(cli_line(redacted(job), address))
     passed = SECRET_ENV_VARS & set(job.get("runtime_env", {}).get("env_vars", {}))
     if passed:

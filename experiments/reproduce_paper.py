@@ -29,6 +29,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipelines.cli_step import cli_step
+
 STAGE_DATA = {"compress_pretrain": "pretrain_data.jsonl", "instruct": "instruction_data.jsonl",
               "retrieval_warmup": "end_to_end_data.jsonl", "end_to_end": "end_to_end_data.jsonl"}
 
@@ -246,6 +248,7 @@ def _relative_to_cwd(path: Path) -> str:
         return path.name
 
 
+@cli_step
 def main(
     squad: Annotated[Path, typer.Option(help="SQuAD v1.1 JSON (split by article into train / evaluation)")],
     profile: Annotated[str, typer.Option(help=f"one of {', '.join(PROFILES)}")] = "quick",
@@ -257,7 +260,15 @@ def main(
     dry_run: Annotated[bool, typer.Option(help="print the plan, run nothing")] = False,
     only_report: Annotated[bool, typer.Option(help="rebuild the report from finished evaluations")] = False,
 ) -> None:
-    """Run (or resume) the whole reproduction and write the report."""
+    """Run (or resume) the whole reproduction and write the report.
+
+    Every step is a `python -m pipelines.*` subprocess, skipped once its output
+    exists. The plan of the quick profile on the bundled SQuAD sample (the
+    reported runs use SQuAD v1.1 dev instead):
+
+      clara reproduce --profile quick --squad examples/data/sample_squad.json \\
+        --train-articles 3 --dry-run
+    """
     if profile not in PROFILES:
         raise typer.BadParameter(f"{profile!r} is not one of {', '.join(PROFILES)}", param_hint="--profile")
     for name, path in (("--squad", squad), ("--eval-squad", eval_squad)):

@@ -10,7 +10,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipelines.cli_step import cli_step
 
+
+@cli_step
 def main(
     squad: Annotated[Path, typer.Option(help="SQuAD-format JSON (data -> paragraphs -> qas)")],
     out: Annotated[Path, typer.Option(help="output directory")],
@@ -25,16 +28,20 @@ def main(
     backbone: Annotated[str, typer.Option(help="whose tokenizer measures --doc-max-length")] = "smollm2-135m",
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Build the three training stages' JSONL from SQuAD-format paragraphs and questions."""
-    from clara_ray.data.squad import SquadFormatError, TokenWindow, build_squad_data
+    """Build the three training stages' JSONL from SQuAD-format paragraphs and questions.
+
+    Splits by article: training stages from the first --train-articles, held-out
+    files from the rest. From the bundled SQuAD sample (any SQuAD v1.1 JSON works):
+
+      clara build-squad-data --squad examples/data/sample_squad.json \\
+        --out runs/squad-data
+    """
+    from clara_ray.data.squad import TokenWindow, build_squad_data
+    from clara_ray.resources import resolve_path
 
     window = TokenWindow(backbone, doc_max_length) if doc_max_length else None
-    try:
-        stats = build_squad_data(squad, out, train_articles, instruct_docs, end_to_end_docs, max_questions, seed,
-                                 window, reconstruction)
-    except SquadFormatError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    stats = build_squad_data(resolve_path(squad), out, train_articles, instruct_docs, end_to_end_docs, max_questions,
+                             seed, window, reconstruction)
     for name, count in stats.files.items():
         typer.echo(f"{out / name}: {count} records")
     if window:

@@ -13,31 +13,36 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from pipelines.cli_step import cli_step
 
+
+@cli_step
 def main(
-    config: Annotated[Optional[Path], typer.Option(help="evaluation YAML, e.g. configs/eval/squad_cpu.yaml")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        help="evaluation YAML, e.g. experiments/configs/eval_squad_cpu.yaml")] = None,
     overrides: Annotated[Optional[List[str]], typer.Argument(help="key.sub=value overrides")] = None,
 ) -> None:
-    """Evaluate a CLaRa checkpoint against the baselines; print the summary."""
-    from clara_ray.config import ConfigError, load_config
-    from clara_ray.data.records import RecordError
+    """Evaluate a CLaRa checkpoint against the baselines; print the summary.
+
+    The stage-3 model that `clara train --stage end_to_end` exports (CPU profile)
+    on the bundled SQuAD sample (a SQuAD v1.1 JSON of your own works the same):
+
+      clara eval --config experiments/configs/eval_squad_cpu.yaml \\
+        checkpoint=runs/cpu-end-to-end/model output_dir=runs/eval \\
+        data.path=examples/data/sample_squad.json \\
+        data.article_range=null data.per_article=3
+    """
+    from clara_ray.config import load_config
     from clara_ray.evaluation.config import EvalConfig
 
-    try:
-        cfg = load_config(EvalConfig, config, overrides)
-    except ConfigError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--config") from None
+    cfg = load_config(EvalConfig, config, overrides)
     import ray
 
     from clara_ray.evaluation.run import run_evaluation
 
     if not ray.is_initialized():
         ray.init()  # joins the job's cluster under `ray job submit`, else starts a local one
-    try:
-        summary = run_evaluation(cfg)
-    except (RecordError, FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    summary = run_evaluation(cfg)
     typer.echo(json.dumps({k: summary[k] for k in ("label", "num_questions", "generation", "retrieval")}, indent=2))
     typer.echo(f"report: {Path(cfg.output_dir) / 'report.md'}")
 

@@ -12,41 +12,48 @@ from typing import Annotated, Optional
 
 import typer
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "serve" / "config.yaml"
+from clara_ray.resources import shipped
+from pipelines.cli_step import cli_step
+
+SERVE_CONFIG = "serve/config.yaml"
+DEFAULT_CONFIG = shipped(SERVE_CONFIG)
 
 
 def load_serve_config(config: Path, overrides: list[str]):
     """(settings, deployment options, app entry) from a Serve config file + overrides."""
-    import yaml
-
-    from clara_ray.config import ConfigError, merge_dicts, parse_overrides
+    from clara_ray.config import ConfigError, merge_dicts, parse_overrides, read_yaml_mapping, validate_config
     from serve.settings import ServeSettings
 
+    raw = read_yaml_mapping(config)
     try:
-        raw = yaml.safe_load(config.read_text())
         app = raw["applications"][0]
-    except FileNotFoundError:
-        raise ConfigError(f"serve config not found: {config}") from None
-    except (KeyError, IndexError, TypeError, yaml.YAMLError) as exc:
+    except (KeyError, IndexError, TypeError) as exc:
         raise ConfigError(f"{config}: not a Serve config with an `applications` list ({exc})") from None
     args = merge_dicts(app.get("args") or {}, parse_overrides(overrides))
-    try:
-        settings = ServeSettings.model_validate(args)
-    except ValueError as exc:
-        raise ConfigError(f"{config} applications[0].args (with overrides {overrides}): {exc}") from None
+    settings = validate_config(ServeSettings, args, f"{config} applications[0].args (with overrides {overrides})")
     options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments") or []}
     return settings, options, app, raw
 
 
+@cli_step
 def main(
     checkpoint: Annotated[str, typer.Option(help="CLaRa checkpoint directory (query reasoner + generator).")],
     store: Annotated[str, typer.Option(help="Compressed store built from that checkpoint.")],
-    config: Annotated[Path, typer.Option(help="Serve config YAML (as for `serve deploy`).")] = DEFAULT_CONFIG,
+    config: Annotated[Path, typer.Option(help="Serve config YAML (as for `serve deploy`).")] = Path(SERVE_CONFIG),
     host: Annotated[str, typer.Option(help="Bind address; keep 127.0.0.1 unless auth is on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
     override: Annotated[Optional[list[str]], typer.Argument(help="ServeSettings overrides key=value.")] = None,
 ) -> None:
-    """Serve CLaRa RAG over HTTP: /v1/rag, /v1/chat/completions, /v1/models, /healthz."""
+    """Serve CLaRa RAG over HTTP: /v1/rag, /v1/chat/completions, /v1/models, /healthz.
+
+    The stage-3 model that `clara train --stage end_to_end` exports (CPU
+    profile) with the store of `clara precompress ... --out runs/store`:
+
+      clara serve --checkpoint runs/cpu-end-to-end/model --store runs/store
+
+      curl -s localhost:8000/v1/rag -H 'Content-Type: application/json' \\
+        -d '{"question": "How many workers can a honey bee colony have?"}'
+    """
     import ray
     from ray import serve
 

@@ -12,25 +12,38 @@ from typing import Annotated, List, Optional
 import typer
 
 from clara_ray.data.records import STAGES
+from pipelines.cli_step import cli_step
 
 
+@cli_step
 def main(
     stage: Annotated[str, typer.Option(help=" | ".join(STAGES))],
     config: Annotated[Path, typer.Option(help="stage YAML, e.g. configs/train/cpu/compress_pretrain.yaml")],
     overrides: Annotated[Optional[List[str]], typer.Argument(help="key.sub=value overrides")] = None,
 ) -> None:
-    """Train one CLaRa stage and export the model directory the next stage reads."""
+    """Train one CLaRa stage and export the model directory the next stage reads.
+
+    The CPU profiles train SmolLM2-135M on the bundled sample data; a stage
+    exports to <run.storage_path>/<run.name>/model (runs/cpu-compress-pretrain/
+    model, ...), where the next stage's init_from points. The three stages in
+    order (for your own data, set data.paths to the ingest outputs
+    pretrain_data.jsonl, instruction_data.jsonl, end_to_end_data.jsonl):
+
+      clara train --stage compress_pretrain \\
+        --config configs/train/cpu/compress_pretrain.yaml
+
+      clara train --stage instruct --config configs/train/cpu/instruct.yaml
+
+      clara train --stage end_to_end --config configs/train/cpu/end_to_end.yaml
+    """
     from clara_ray.config import ConfigError, load_config
     from clara_ray.train.config import TrainConfig
 
     if stage not in STAGES:
-        raise typer.BadParameter(f"{stage!r} is not one of {', '.join(STAGES)}", param_hint="--stage")
-    try:
-        cfg = load_config(TrainConfig, config, overrides)
-    except ConfigError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--config") from None
+        raise ConfigError(f"--stage {stage!r} is not one of {', '.join(STAGES)}")
+    cfg = load_config(TrainConfig, config, overrides)
     if cfg.stage != stage:  # a stage-1 YAML run as stage 2 would train the wrong adapters
-        raise typer.BadParameter(f"{config} is a {cfg.stage} config, not {stage}", param_hint="--stage")
+        raise ConfigError(f"{config} is a {cfg.stage} config, not {stage}")
     from clara_ray.train.trainer import train_stage
 
     summary = train_stage(cfg)

@@ -11,13 +11,15 @@ from typing import Any, Iterator, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from clara_ray.config import InputError
+
 Stage = Literal["compress_pretrain", "instruct", "retrieval_warmup", "end_to_end"]
 # retrieval_warmup: the optional query-reasoner warm-up before stage 3 (SPEC section 4).
 STAGES: tuple[str, ...] = ("compress_pretrain", "instruct", "retrieval_warmup", "end_to_end")
 ANSWER_FIELDS = ("answer", "answers", "golden_answers", "gold_answer")
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     def __init__(self, source: str, line: int | None, message: str):
         where = f"{source}:{line}" if line is not None else source
         super().__init__(f"{where}: {message}")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from clara_ray.config import InputError
 from clara_ray.data.records import parse_record
 
 STAGE_FILES = {
@@ -38,7 +39,7 @@ STAGE_FILES = {
 HELDOUT_PREFIX = "heldout_"
 
 
-class SquadFormatError(ValueError):
+class SquadFormatError(InputError):
     pass
 
 

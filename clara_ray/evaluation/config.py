@@ -6,6 +6,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clara_ray.evaluation.harness import HarnessConfig
+from clara_ray.resources import ShippedPathStr
 
 
 class _Strict(BaseModel):
@@ -14,7 +15,7 @@ class _Strict(BaseModel):
 
 class DataSpec(_Strict):
     format: Literal["squad", "jsonl"]
-    path: str
+    path: ShippedPathStr  # may name the bundled sample (examples/data/sample_squad.json)
     dataset: Optional[str] = Field(None, description="jsonl: dataset label (default: file stem)")
     # squad: article indices, or [start, stop) in article_range (train/eval splits are by article)
     articles: Optional[list[int]] = None

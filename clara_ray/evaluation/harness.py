@@ -23,6 +23,7 @@ from typing import Any, Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from clara_ray.config import InputError
 from clara_ray.evaluation.loaders import EvalQuestion
 from clara_ray.evaluation.metrics import answer_scores, mean_scores, retrieval_scores
 from clara_ray.evaluation.retrievers import ClaraRetriever, Retriever, build_retriever
@@ -95,12 +96,12 @@ def check_foreign_docs(q: EvalQuestion, needed: int) -> list[str]:
     candidates may include one); an error naming the question if it has fewer than `needed`
     or no gold document to replace."""
     if not q.pos_index:
-        raise ValueError(f"question {q.id!r} has no gold document (pos_index) for the wrong_memory setting "
+        raise InputError(f"question {q.id!r} has no gold document (pos_index) for the wrong_memory setting "
                          "or the answer_loss diagnostic to replace")
     candidates = set(q.docs)
     foreign = [d for d in q.foreign_docs if d not in candidates]
     if len(foreign) < needed:
-        raise ValueError(f"question {q.id!r} has {len(foreign)} foreign document(s) (not among its candidates) "
+        raise InputError(f"question {q.id!r} has {len(foreign)} foreign document(s) (not among its candidates) "
                          f"but {needed} gold to replace; wrong_memory and answer_loss need one per gold document "
                          "(the loader takes them from other SQuAD articles or other JSONL questions' gold documents)")
     return foreign
@@ -137,7 +138,7 @@ class Evaluator:
             return []
         if any(not q.docs for q in questions) and any(s.kind != "closed_book" for s in self.config.systems):
             bad = next(q.id for q in questions if not q.docs)
-            raise ValueError(f"question {bad!r} has no candidate documents")
+            raise InputError(f"question {bad!r} has no candidate documents")
         texts, candidates = [q.question for q in questions], [q.docs for q in questions]
         rankings, seconds = {}, {}
         for name, retriever in self.retrievers.items():

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from clara_ray.config import InputError
 from clara_ray.evaluation.config import EvalConfig
 from clara_ray.evaluation.loaders import EvalQuestion, load_questions
 
@@ -54,7 +55,7 @@ def questions_for(cfg: EvalConfig) -> list[EvalQuestion]:
     seen: set[str] = set()
     for q in questions:
         if q.id in seen:
-            raise ValueError(f"{d.path}: question id {q.id!r} occurs twice; ids must be unique")
+            raise InputError(f"{d.path}: question id {q.id!r} occurs twice; ids must be unique")
         seen.add(q.id)
         if cfg.harness.needs_foreign_docs:  # fail before any model loads, not in an actor
             check_foreign_docs(q, min(len(set(q.pos_index)), cfg.harness.top_k))
@@ -153,7 +154,7 @@ def _reconstruction(cfg: EvalConfig, questions: list[EvalQuestion], out: Path) -
     else:
         paragraphs = held_out_paragraphs(questions, cfg.harness.reconstruction)
         if not paragraphs:
-            raise ValueError(f"{cfg.data.path}: no gold paragraph (pos_index) among the questions to reconstruct")
+            raise InputError(f"{cfg.data.path}: no gold paragraph (pos_index) among the questions to reconstruct")
         log.info("reconstructing %d paragraphs", len(paragraphs))
         task = ray.remote(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)(_reconstruct_task)
         results = ray.get(task.remote(cfg.model_dump_json(), paragraphs))
@@ -174,7 +175,7 @@ def _claim_output_dir(cfg: EvalConfig, out: Path) -> None:
     identity = json.dumps(cfg.model_dump(include={"checkpoint", "model_overrides", "store", "store_candidates", "data", "harness"}), sort_keys=True)
     marker = out / "run_config.json"
     if marker.exists() and marker.read_text() != identity:
-        raise ValueError(f"{out} holds results of a different evaluation (see {marker}); "
+        raise InputError(f"{out} holds results of a different evaluation (see {marker}); "
                          "choose another output_dir or delete it")
     if not marker.exists():
         write_atomic(marker, identity)

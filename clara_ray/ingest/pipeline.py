@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
+from clara_ray.config import InputError
 from clara_ray.ingest.captions import Captioner, insert_captions
 from clara_ray.ingest.chunking import chunk_text
 from clara_ray.ingest.config import ApiConfig, IngestConfig
@@ -29,7 +30,7 @@ from clara_ray.ingest.synthesis import Synthesizer
 log = logging.getLogger(__name__)
 
 
-class IngestError(RuntimeError):
+class IngestError(InputError, RuntimeError):
     """A run that cannot start (missing input, no API endpoint)."""
 
 

@@ -21,6 +21,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from clara_ray.config import InputError
+
 SUBMIT_KEYS = {"entrypoint", "runtime_env", "entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
                "entrypoint_resources", "metadata"}
 SPEC_KEYS = SUBMIT_KEYS | {"variables"}
@@ -31,7 +33,7 @@ FORBIDDEN_RUNTIME_ENV = {"pip", "uv", "conda", "container", "image_uri", "py_exe
 SECRET_ENV_VARS = {"HF_TOKEN"}
 
 
-class JobSpecError(ValueError):
+class JobSpecError(InputError):
     pass
 
 

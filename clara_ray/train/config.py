@@ -11,6 +11,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clara_ray.data.records import Stage
+from clara_ray.resources import ShippedPathStr
 
 
 class _Strict(BaseModel):
@@ -18,7 +19,8 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    paths: list[str] = Field(min_length=1, description="JSONL files (or directories of them) in the stage's format")
+    paths: list[ShippedPathStr] = Field(min_length=1,
+                                        description="JSONL files (or directories of them) in the stage's format")
     shuffle_buffer: int = Field(0, ge=0, description="local shuffle buffer per worker, 0 = file order")
     # Length bucketing: each run of `length_buckets` micro-batches is formed from records sorted
     # by length (then the micro-batches are shuffled), so a forward pass pads little. 0 = every
