@@ -201,8 +201,12 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     start = time.perf_counter()
     failed: list[str] = []
     if todo:
-        with partial.open("a", encoding="utf-8") as fh:
+        from tqdm import tqdm
+
+        with partial.open("a", encoding="utf-8") as fh, tqdm(total=len(questions), initial=len(questions) - len(todo),
+                                                            desc="evaluate", unit="question") as bar:
             for line in _score_with_ray(cfg, todo):
+                bar.update()
                 error = json.loads(line).get("error")
                 if error:  # kept out of the partial file: a rerun tries it again
                     log.warning("not scored: %s", error)
@@ -211,7 +215,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
                 fh.write(line + "\n")
                 fh.flush()
     if failed:
-        raise ValueError(f"{len(failed)} questions could not be evaluated (first: {failed[0]}); the others are "
+        raise InputError(f"{len(failed)} questions could not be evaluated (first: {failed[0]}); the others are "
                          f"kept in {partial}: fix or remove these and rerun")
     done = {**done, **read_partial(partial)}
     missing = [q.id for q in questions if q.id not in done]

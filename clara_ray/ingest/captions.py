@@ -25,13 +25,14 @@ def caption_image(client: ChatClient, jpeg: bytes, cfg: CaptionConfig) -> str:
     return " ".join(text.split())
 
 
+def caption_text(caption: str) -> str:
+    """How a picture's caption reads in the text ("" for a picture without one)."""
+    return f"[Image: {caption}]" if caption else ""
+
+
 def insert_captions(text: str, captions: dict[str, str]) -> str:
     """Put each caption at its marker; images without a caption leave no trace in the text."""
-    def replace(match) -> str:
-        caption = captions.get(match.group(1))
-        return f"[Image: {caption}]" if caption else ""
-
-    return MARKER_RE.sub(replace, text).strip()
+    return MARKER_RE.sub(lambda match: caption_text(captions.get(match.group(1), "")), text).strip()
 
 
 class Captioner:

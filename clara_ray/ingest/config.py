@@ -101,15 +101,12 @@ class CaptionConfig(_Strict):
 
 
 class ChunkConfig(_Strict):
-    target_chars: int = Field(1000, ge=100)
-    max_chars: int = Field(1500, ge=100)
-    min_chars: int = Field(80, ge=1)
+    """Chunks of at most `max_tokens` tokens of `tokenizer`: the model's document window.
 
-    @model_validator(mode="after")
-    def _order(self):
-        if self.max_chars < self.target_chars:
-            raise ValueError(f"max_chars ({self.max_chars}) must be >= target_chars ({self.target_chars})")
-        return self
+    tokenizer: the training config's model.backbone (a backbone name or a Hugging Face model dir);
+    max_tokens: its model.doc_max_length (the compressor drops the tokens past it)."""
+    tokenizer: str = "smollm2-135m"
+    max_tokens: int = Field(96, ge=8)
 
 
 class SynthesisConfig(_Strict):

@@ -26,6 +26,28 @@ def image_marker(image_id: str) -> str:
     return f"<<image:{image_id}>>"
 
 
+def picture_id(key: str, number: int) -> str:
+    """The id of a file's `number`-th picture (reading order): its image file and caption are keyed by it."""
+    return f"{key[:16]}-{number:03d}"
+
+
+def document_pictures(doc) -> list:
+    """A DoclingDocument's pictures in reading order (the order picture_id numbers them)."""
+    from docling_core.types.doc import PictureItem
+
+    return [item for item, _ in doc.iterate_items() if isinstance(item, PictureItem)]
+
+
+def document_json(doc) -> str:
+    """The DoclingDocument without picture or page bitmaps (saved as files already): what the
+    chunker reads later, when captions exist, to cut it along its sections and tables."""
+    for picture in document_pictures(doc):
+        picture.image = None
+    for page in doc.pages.values():
+        page.image = None
+    return doc.model_dump_json(exclude_none=True)
+
+
 def build_converter(cfg: ExtractConfig):
     """A docling converter for the document formats; PDF pipeline chosen by artifact availability.
 
@@ -91,10 +113,10 @@ def _image_error(kind: str, reason: str) -> dict[str, str]:
 
 def _document_text(result, key: str, out_dir: Path, cfg: ExtractConfig):
     """Markdown text with one marker per picture (reading order), pictures saved as files."""
-    from docling_core.types.doc import ImageRefMode, PictureItem
+    from docling_core.types.doc import ImageRefMode
 
     doc = result.document
-    pictures = [item for item, _ in doc.iterate_items() if isinstance(item, PictureItem)]
+    pictures = document_pictures(doc)
     text = doc.export_to_markdown(image_mode=ImageRefMode.PLACEHOLDER, image_placeholder=_PLACEHOLDER)
     pieces = text.split(_PLACEHOLDER)
     # Pictures refused while docling decoded them reach us without data (or not at all, as in PPTX):
@@ -103,7 +125,7 @@ def _document_text(result, key: str, out_dir: Path, cfg: ExtractConfig):
     images, without_data, out = [], [], [pieces[0]]
     image_errors = [_image_error("image_too_large", f"embedded picture left out: {reason}") for reason in refused]
     for number, piece in enumerate(pieces[1:]):
-        image_id = f"{key[:16]}-{number:03d}"
+        image_id = picture_id(key, number)
         marker = ""
         try:
             pil = pictures[number].get_image(doc) if number < len(pictures) else None
@@ -129,7 +151,7 @@ def _extract(converter, path: Path, key: str, out_dir: Path, cfg: ExtractConfig)
         raise ItemError("empty_file", "file is empty")
     take_refusals()  # left over from an earlier file
     if sniff_image(data) or path.suffix.lower() in IMAGE_SUFFIXES:
-        image_id = f"{key[:16]}-000"
+        image_id = picture_id(key, 0)
         images = [_save_image(data, image_id, out_dir, cfg)]
         return {"format": "image", "text": image_marker(image_id), "pages": 1, "images": json.dumps(images)}
     result = _convert_document(converter, path, cfg)
@@ -137,7 +159,7 @@ def _extract(converter, path: Path, key: str, out_dir: Path, cfg: ExtractConfig)
     if not text:
         raise ItemError("no_text", "no text or pictures found in the document")
     return {"format": result.input.format.value, "text": text, "pages": pages, "images": json.dumps(images),
-            "image_errors": json.dumps(image_errors)}
+            "image_errors": json.dumps(image_errors), "document": document_json(result.document)}
 
 
 def extract_file(converter, path: Path, key: str, out_dir: Path, cfg: ExtractConfig) -> dict[str, Any]:
@@ -157,8 +179,9 @@ class Extractor:
     @staticmethod
     def empty_row(key: str) -> dict[str, Any]:
         """A row's fields before extraction (also the base of a failed row)."""
+        # document: the DoclingDocument as JSON ("" for standalone images, which have no structure)
         return {"key": key, "format": "", "status": "ok", "error_kind": "", "error": "", "pages": 0, "text": "",
-                "images": "[]", "image_errors": "[]"}
+                "images": "[]", "image_errors": "[]", "document": ""}
 
     def __call__(self, batch: dict) -> dict:
         rows = [extract_file(self.converter, Path(path), key, self.out_dir, self.cfg)

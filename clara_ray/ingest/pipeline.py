@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from clara_ray.config import InputError
 from clara_ray.ingest.captions import Captioner, insert_captions
-from clara_ray.ingest.chunking import chunk_text
+from clara_ray.ingest.chunking import chunk_documents
 from clara_ray.ingest.config import ApiConfig, IngestConfig
 from clara_ray.ingest.extract import Extractor
 from clara_ray.ingest.hashing import content_key
@@ -111,15 +111,17 @@ def run_stage(name: str, parts: StageParts, todo: list[dict[str, Any]], worker: 
     return {r["key"]: done[r["key"]] for r in todo if r["key"] in done}
 
 
-def _chunk_documents(docs: list[dict[str, Any]], cfg: IngestConfig) -> list[dict[str, Any]]:
-    """Documents (captions already in) -> chunks, ordered by source.
+def _chunk_documents(docs: list[dict[str, Any]], captions: dict[str, str], cfg: IngestConfig) -> list[dict[str, Any]]:
+    """Documents (text with captions in, DoclingDocument JSON) -> chunks, ordered by source.
 
-    Runs on the driver: splitting text costs microseconds per document, far less than starting
-    Ray workers for it, and the result feeds the next stage's keys directly.
+    Runs on the driver: chunking costs milliseconds per document, less than starting Ray workers
+    (and loading a tokenizer in each) for it, and the result feeds the next stage's keys directly.
     """
+    docs = sorted(docs, key=lambda d: d["source"])
+    chunked = chunk_documents(docs, captions, cfg.chunk)
     unique: dict[str, dict] = {}
-    for doc in sorted(docs, key=lambda d: d["source"]):
-        for i, text in enumerate(chunk_text(doc["text"], cfg.chunk)):
+    for doc in docs:
+        for i, text in enumerate(chunked[doc["key"]]):
             # The same passage twice (in one or two documents) would make duplicate records.
             unique.setdefault(content_key(text), {"key": content_key(text), "doc_key": doc["key"],
                                                   "source": doc["source"], "index": i, "text": text})
@@ -222,7 +224,8 @@ def _run(cfg: IngestConfig, api: ApiConfig, input_dir: Path, out_dir: Path, work
             errors.append(error_row("extract", f["source"], f["key"], row["error_kind"], row["error"]))
         else:
             docs.append({"key": f["key"], "source": f["source"], "text": row["text"],
-                         "images": json.loads(row["images"]), "pages": row["pages"], "format": row["format"]})
+                         "images": json.loads(row["images"]), "pages": row["pages"], "format": row["format"],
+                         "document": row.get("document") or ""})  # parts cached before documents were kept: ""
     summary.update(files=len(files), documents=len(docs), documents_failed=len(files) - len(docs),
                    pages=sum(d["pages"] for d in docs), images=sum(len(d["images"]) for d in docs),
                    formats=dict(sorted(Counter(d["format"] for d in docs).items())))
@@ -265,8 +268,8 @@ def _caption_and_chunk(cfg: IngestConfig, api: ApiConfig, docs: list[dict], out_
             uncaptioned_docs.add(image["doc_key"])
             errors.append(error_row("caption", f"{image['source']} ({image['image_id']})", image["key"],
                                     row["error_kind"], row["error"]))
-    texts = [{"key": d["key"], "source": d["source"], "text": insert_captions(d["text"], captions)} for d in docs]
-    chunks = _chunk_documents([t for t in texts if t["text"]], cfg)
+    texts = [{**d, "text": insert_captions(d["text"], captions)} for d in docs]
+    chunks = _chunk_documents([t for t in texts if t["text"]], captions, cfg)
     for text in texts:
         if not text["text"] and text["key"] not in uncaptioned_docs:  # else already reported
             reason = "no text left after captioning" if cfg.caption.enabled else "only images, and captioning is off"

@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
-from typing import Literal
+from typing import Iterable, Iterator, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -81,8 +82,20 @@ class PrecompressConfig(BaseModel):
     device: str = "cpu"
     torch_threads: int = Field(0, ge=0)  # per actor; 0 = torch default
     ray_address: str | None = None  # None: connect to a running cluster if any, else start one
+    progress: bool = True  # a progress bar (documents/s, ETA) on stderr
     index: IndexConfig = Field(default_factory=IndexConfig)
     index_task: IndexTask = Field(default_factory=IndexTask)
+
+
+def checkpoint_config(checkpoint: str | Path):
+    """The CLaRaConfig a checkpoint directory was saved with (no weights loaded)."""
+    from clara_ray.model import CLaRaConfig
+    from clara_ray.model.modeling import CONFIG_FILE
+
+    config_file = Path(checkpoint) / CONFIG_FILE
+    if not config_file.is_file():
+        raise StoreError(f"{checkpoint} is not a CLaRa checkpoint (no {CONFIG_FILE})")
+    return CLaRaConfig.model_validate_json(config_file.read_text())
 
 
 def checkpoint_identity_from_dir(checkpoint: str | Path) -> CheckpointIdentity:
@@ -90,14 +103,9 @@ def checkpoint_identity_from_dir(checkpoint: str | Path) -> CheckpointIdentity:
     from transformers import AutoConfig
 
     from clara_ray.backbones import resolve_backbone
-    from clara_ray.model import CLaRaConfig
-    from clara_ray.model.modeling import CONFIG_FILE
 
     path = Path(checkpoint)
-    config_file = path / CONFIG_FILE
-    if not config_file.is_file():
-        raise StoreError(f"{path} is not a CLaRa checkpoint (no {CONFIG_FILE})")
-    config = CLaRaConfig.model_validate_json(config_file.read_text())
+    config = checkpoint_config(path)
     hidden = AutoConfig.from_pretrained(resolve_backbone(config.backbone)).hidden_size
     return CheckpointIdentity(
         fingerprint=checkpoint_fingerprint(path), backbone=config.backbone,
@@ -224,6 +232,10 @@ class Compressor:
     def __call__(self, batch: dict) -> dict:
         apply_torch_threads(self.torch_threads)  # Ray Data calls this in another thread than __init__
         errors = [str(e) for e in batch["error"]]
+        # The compressor reads doc_max_length tokens of a document: what lies past them is lost.
+        lengths = [len(ids) for ids in self.model.tokenizer([str(t) for t in batch["text"]],
+                                                             add_special_tokens=False)["input_ids"]]
+        truncated = np.array([n > self.model.config.doc_max_length for n in lengths], dtype=bool)
         todo = [i for i, e in enumerate(errors) if not e]
         outcomes = run_isolated(self._compress, [str(batch["text"][i]) for i in todo])
         vectors = np.zeros((len(errors), *self.shape), dtype=np.float16)  # a failed document's stay zero
@@ -233,7 +245,7 @@ class Compressor:
                 errors[i] = document_error(row, f"could not be compressed: {type(result).__name__}: {result}")
             else:
                 vectors[i] = result
-        return {**batch, "error": np.array(errors, dtype=object), "vectors": vectors}
+        return {**batch, "error": np.array(errors, dtype=object), "vectors": vectors, "truncated": truncated}
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -250,18 +262,50 @@ def _init_ray(address: str | None) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
 
 
+def _shards(batches: Iterable[dict], size: int) -> Iterator[dict]:
+    """Compressed batches regrouped into shards of at least `size` documents (the last: the rest)."""
+    held, count = [], 0
+    for batch in batches:
+        held.append(batch)
+        count += len(batch["id"])
+        if count >= size:
+            yield {key: np.concatenate([b[key] for b in held]) for key in held[0]}
+            held, count = [], 0
+    if held:
+        yield {key: np.concatenate([b[key] for b in held]) for key in held[0]}
+
+
+def _counted(batches: Iterable[dict], bar) -> Iterator[dict]:
+    for batch in batches:
+        bar.update(len(batch["id"]))
+        yield batch
+
+
+def _log_progress(done: int, todo: int, failed: int, seconds: float) -> None:
+    """One line per committed shard: what a batch job's log shows where a progress bar cannot redraw."""
+    from tqdm import tqdm
+
+    rate = done / seconds if seconds > 0 else 0.0
+    left = tqdm.format_interval((todo - done) / rate) if rate else "?"
+    log.info("compressed %d of %d docs (%d failed), %.1f docs/s, %s to go", done, todo, failed, rate, left)
+
+
 def run_precompress(checkpoint: str | Path, corpus: str | Path, out: str | Path, cfg: PrecompressConfig) -> dict:
     """Compress every corpus document the store does not hold yet and publish a new version."""
     import ray
+    from tqdm import tqdm
 
     identity = checkpoint_identity_from_dir(checkpoint)
+    window = checkpoint_config(checkpoint).doc_max_length
     corpus_files(corpus)  # fail on a bad path before starting Ray
     _init_ray(cfg.ray_address)
-    stored = skipped = 0
+    stored = skipped = truncated = 0
     failed: list[str] = []
     with StoreWriter(out, identity, cfg.index) as writer:
         already = len(writer.known_ids)
         pending = read_corpus(corpus, cfg.min_blocks).map_batches(DropKnown(frozenset(writer.known_ids)), batch_format="numpy")
+        todo = pending.count()  # a pass over the corpus without the model: cheap next to compressing it
+        log.info("%d documents to compress (%d already stored)", todo, already)
         compressed = pending.map_batches(
             Compressor,
             fn_constructor_kwargs=dict(checkpoint=str(checkpoint), device=cfg.device, torch_threads=cfg.torch_threads),
@@ -271,19 +315,29 @@ def run_precompress(checkpoint: str | Path, corpus: str | Path, out: str | Path,
             num_cpus=cfg.num_cpus_per_actor,
             num_gpus=cfg.num_gpus_per_actor,
         )
-        for batch in compressed.iter_batches(batch_size=cfg.shard_size, batch_format="numpy"):
-            ok = np.array([not e for e in batch["error"]], dtype=bool)
-            for error in batch["error"][~ok]:
-                log.warning("not stored: %s", error)
-                failed.append(str(error))
-            docs = [DocRecord(id=str(i), text=str(t), source=str(s), chunk=None if c == NO_CHUNK else int(c))
-                    for i, t, s, c in zip(batch["id"][ok], batch["text"][ok], batch["source"][ok], batch["chunk"][ok])]
-            added = writer.add(batch["vectors"][ok], docs)
-            stored, skipped = stored + added, skipped + len(docs) - added
-            log.info("stored %d docs (%d duplicate ids skipped, %d failed)", stored, skipped, len(failed))
+        batches = compressed.iter_batches(batch_size=cfg.batch_size, batch_format="numpy")
+        started = time.monotonic()
+        with tqdm(total=todo, desc="precompress", unit="doc", disable=not cfg.progress) as bar:
+            for batch in _shards(_counted(batches, bar), cfg.shard_size):
+                ok = np.array([not e for e in batch["error"]], dtype=bool)
+                for error in batch["error"][~ok]:
+                    log.warning("not stored: %s", error)
+                    failed.append(str(error))
+                docs = [DocRecord(id=str(i), text=str(t), source=str(s), chunk=None if c == NO_CHUNK else int(c))
+                        for i, t, s, c in zip(batch["id"][ok], batch["text"][ok], batch["source"][ok],
+                                              batch["chunk"][ok])]
+                added = writer.add(batch["vectors"][ok], docs)
+                stored, skipped = stored + added, skipped + len(docs) - added
+                truncated += int(batch["truncated"][ok].sum())
+                _log_progress(stored + skipped + len(failed), todo, len(failed), time.monotonic() - started)
         if failed and not writer.staged and writer.current is None:
             raise StoreError(f"no document could be stored; {len(failed)} failed, first: {failed[0]}")
         version = writer.publish(build_index=cfg.index_task.builder())
         total = writer.current.num_docs
+    if truncated:
+        log.warning("%d of %d documents were longer than the model's window (doc_max_length=%d tokens) and were "
+                    "truncated: the store cites text the model never read. Chunk the corpus to at most %d tokens "
+                    "(ingest: chunk.max_tokens).", truncated, stored + skipped, window, window)
     return {"version": version, "new_docs": stored, "duplicates_skipped": skipped,
-            "already_stored": already, "total_docs": total, "index": writer.current.index.kind, "failed": failed}
+            "already_stored": already, "total_docs": total, "index": writer.current.index.kind, "failed": failed,
+            "truncated": truncated, "doc_max_length": window}

@@ -49,7 +49,8 @@ def test_every_stage_spec_succeeds_in_sequence_on_a_local_cluster(tmp_path):
         shutil.copy(REPO / "examples" / "documents" / name, shared / "documents")
     api = ScriptedOpenAI(bad_pair=False).start()
     variables = {"CLARA_SHARED": str(shared), "CLARA_RUNS": str(shared / "runs"),
-                 "TRAIN_CONFIGS": "configs/train/cpu", "EVAL_CONFIG": "experiments/configs/eval_gpu.yaml"}
+                 "TRAIN_CONFIGS": "configs/train/cpu", "EVAL_CONFIG": "experiments/configs/eval_gpu.yaml",
+                 "CHUNK_TOKENIZER": "tiny-random", "CHUNK_TOKENS": str(TINY_MODEL["doc_max_length"])}
     try:
         run_in_sequence(api.base_url, variables)
     finally:

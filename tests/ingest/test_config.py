@@ -5,9 +5,27 @@ from clara_ray.ingest.config import ApiConfig, IngestConfig
 
 
 def test_yaml_loads_and_overrides_apply(tmp_path):
-    cfg = load_config(IngestConfig, "configs/ingest.yaml", ["chunk.target_chars=500", "until=caption"])
-    assert cfg.chunk.target_chars == 500
+    cfg = load_config(IngestConfig, "configs/ingest.yaml", ["chunk.max_tokens=64", "until=caption"])
+    assert cfg.chunk.max_tokens == 64
     assert cfg.runs("extract") and cfg.runs("caption") and not cfg.runs("synthesize")
+
+
+@pytest.mark.parametrize("chunking, stage1", [
+    (("configs/ingest.yaml", []), "configs/train/cpu/compress_pretrain.yaml"),  # the demo and CPU runs
+    (("configs/ingest.yaml", "cluster/jobs/ingest.yaml"), "configs/train/compress_pretrain.yaml"),  # GPU cluster
+])
+def test_chunks_are_cut_to_the_window_of_the_model_trained_on_them(chunking, stage1):
+    import shlex
+
+    from clara_ray.jobs import load_job_spec
+    from clara_ray.train.config import TrainConfig
+
+    config, spec = chunking
+    overrides = [a for a in shlex.split(load_job_spec(spec, {"CLARA_SHARED": "/s"})["entrypoint"])
+                 if a.startswith("chunk.")] if spec else []
+    chunk = load_config(IngestConfig, config, overrides).chunk
+    model = load_config(TrainConfig, stage1).model
+    assert (chunk.tokenizer, chunk.max_tokens) == (model["backbone"], model["doc_max_length"])
 
 
 def test_bad_fields_name_the_field():
