@@ -18,14 +18,14 @@ from clara_ray.ingest.extract import document_pictures, picture_id
 
 
 def _picture_serializer(captions: dict[str, str]):
-    """Serializes a picture as its caption from the vision model (after the document's own caption)."""
+    """Serializes a picture as its caption from the vision model, then the document's own caption."""
     from docling_core.transforms.serializer.base import BasePictureSerializer
     from docling_core.transforms.serializer.common import create_ser_result
 
     class CaptionedPictures(BasePictureSerializer):
         def serialize(self, *, item, doc_serializer, doc, **kwargs):
             own = doc_serializer.serialize_captions(item=item, **kwargs).text
-            parts = [own, caption_text(captions.get(item.self_ref, ""))]
+            parts = [caption_text(captions.get(item.self_ref, "")), own]
             return create_ser_result(text="\n".join(p for p in parts if p), span_source=item)
 
     return CaptionedPictures()

@@ -39,6 +39,11 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _joined(texts) -> str:
+    """Chunk texts as one line: items within a chunk are separated by newlines, chunks by spaces."""
+    return " ".join(" ".join(texts).split())
+
+
 def _snapshot(out: Path) -> dict[str, bytes]:
     return {name: (out / name).read_bytes() for name in OUTPUTS}
 
@@ -105,12 +110,12 @@ def test_records_are_valid_stage_files_with_gold_and_negatives(reference):
 
 def test_captions_land_at_their_markers(reference):
     out = reference[0]
-    text = " ".join(c["text"] for c in _jsonl(out / RAW) if c["source"] == "rivers.md")
+    text = _joined(c["text"] for c in _jsonl(out / RAW) if c["source"] == "rivers.md")
     assert "drop sediment. [Image: A 320x200 picture, mostly red.] a figure" in text
     assert "<<image:" not in (out / RAW).read_text()
     photo = [c["text"] for c in _jsonl(out / RAW) if c["source"] == "large-photo.jpg"]
     assert photo == ["[Image: A 2048x683 picture, mostly green.]"]  # downscaled before captioning
-    scan = " ".join(c["text"] for c in _jsonl(out / RAW) if c["source"] == "scan-bomb.docx")
+    scan = _joined(c["text"] for c in _jsonl(out / RAW) if c["source"] == "scan-bomb.docx")
     assert "The map below shows the soundings. [Image: A 2048x2048 picture" in scan  # 13400 px, decoded at 1/4
 
 
@@ -125,7 +130,7 @@ def test_without_captioning_images_leave_no_trace(reference, corpus, tmp_path):
     server.stop()
     assert server.requests["caption"] == 0 and summary["images_captioned"] == 0
     assert "[Image:" not in (out / RAW).read_text()
-    assert "drop sediment. a figure" in " ".join(c["text"] for c in _jsonl(out / RAW) if c["source"] == "rivers.md")
+    assert "drop sediment. a figure" in _joined(c["text"] for c in _jsonl(out / RAW) if c["source"] == "rivers.md")
     photo = [e for e in _jsonl(out / ERRORS) if e["source"] == "large-photo.jpg"]
     assert [(e["kind"], e["reason"]) for e in photo] == [("no_text", "only images, and captioning is off")]
 
