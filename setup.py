@@ -16,7 +16,7 @@ WHEEL_COPY = Path("clara_ray") / "_shipped"  # clara_ray.resources.WHEEL_COPY
 class BuildPyWithShipped(build_py):
     def run(self):
         super().run()
-        if self.editable_mode:  # an editable install reads them from the checkout
+        if getattr(self, "editable_mode", False):  # an editable install reads them from the checkout
             return
         for relative in SHIPPED:
             source, target = ROOT / relative, Path(self.build_lib) / WHEEL_COPY / relative

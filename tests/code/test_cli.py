@@ -1,0 +1,153 @@
+"""The `clara` command as a user meets it: every step, a real example in each --help, input errors
+on one line with exit code 2, and logging that lets progress messages through."""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pipelines.cli import STEPS, app
+from pipelines.cli_step import LOG_LEVEL_ENV
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = ("configs/", "examples/", "cluster/", "experiments/", "serve/")
+OUTPUT_OVERRIDES = ("output_dir", "workdir")
+
+
+def _help(step: str) -> str:
+    result = CliRunner().invoke(app, [step, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def examples(step: str) -> list[list[str]]:
+    """The `clara ...` commands shown in a step's --help, continuation lines joined."""
+    text = re.sub(r"\\\s*\n\s*", " ", _help(step))
+    return [shlex.split(line.strip()) for line in text.splitlines() if line.strip().startswith("clara ")]
+
+
+def _paths(argv: list[str]) -> list[str]:
+    """Path-like arguments (option values and key=value overrides)."""
+    values = [a.split("=", 1)[1] if "=" in a and not a.startswith("-") else a for a in argv]
+    return [v for v in values if "/" in v and not v.startswith(("-", "/", "http"))]
+
+
+def _outputs(argv: list[str]) -> list[str]:
+    """What a documented command writes: --out / output_dir= / workdir=, and a training stage's export."""
+    found = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"]
+    found += [a.split("=", 1)[1] for a in argv if "=" in a and a.split("=", 1)[0] in OUTPUT_OVERRIDES]
+    if argv[1] == "train":
+        run = yaml.safe_load((REPO / argv[argv.index("--config") + 1]).read_text())["run"]
+        found.append(f"{run['storage_path']}/{run['name']}/model")
+    return found
+
+
+def test_clara_lists_every_step():
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for step in ("ingest", "train", "precompress", "serve", "eval", "demo", "submit", "bench", "reproduce"):
+        assert step in STEPS and re.search(rf"│ {step} ", result.output), step
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_help_shows_an_example_whose_paths_exist_or_come_from_a_documented_step(step):
+    documented = [out for other in STEPS for argv in examples(other) for out in _outputs(argv)]
+    commands = examples(step)
+    assert commands and all(argv[1] == step for argv in commands), commands
+    for argv in commands:
+        mine = _outputs(argv)
+        for path in _paths(argv):
+            if path.startswith(SHIPPED):
+                assert (REPO / path).exists(), f"`{shlex.join(argv)}` names {path}, which is not in the repository"
+            elif path not in mine:
+                assert any(path == out or path.startswith(out.rstrip("/") + "/") for out in documented), \
+                    f"`{shlex.join(argv)}` reads {path}, which no documented step writes (outputs: {documented})"
+
+
+def test_a_help_example_runs_as_shown():
+    """The commands that run in seconds: a job spec's dry run and the reproduction's plan."""
+    for step in ("submit", "reproduce"):
+        for argv in examples(step):
+            result = CliRunner().invoke(app, argv[1:])
+            assert result.exit_code == 0, f"{shlex.join(argv)}: {result.output}"
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    (tmp_path / "bad.yaml").write_text("stage: instruct\n  optim: [\n")
+    (tmp_path / "unknown.yaml").write_text("chunk:\n  max_chars: 1500\n")
+    return tmp_path
+
+
+CASES = {
+    "invalid YAML": (["train", "--stage", "instruct", "--config", "{tmp}/bad.yaml"], ["{tmp}/bad.yaml", "line 2"]),
+    "unknown field": (["ingest", "--config", "{tmp}/unknown.yaml"], ["{tmp}/unknown.yaml", "chunk.max_chars"]),
+    "missing file": (["demo", "--config", "{tmp}/none.yaml"], ["{tmp}/none.yaml", "not found"]),
+    "invalid override": (["train", "--stage", "instruct", "--config", "configs/train/cpu/instruct.yaml",
+                          "optim.lr=[1,"], ["optim.lr=[1,"]),
+    "bad value": (["precompress", "--checkpoint", "c", "--corpus", "c", "--out", "o", "index.kind=nope"],
+                  ["index.kind"]),
+    "eval field": (["eval", "--config", "experiments/configs/eval_squad_cpu.yaml", "harness.top_k=0"],
+                   ["experiments/configs/eval_squad_cpu.yaml", "harness.top_k"]),
+    "serve setting": (["serve", "--checkpoint", "c", "--store", "s", "limits.max_top_k=0"],
+                      ["serve/config.yaml", "limits.max_top_k"]),
+    "wrong stage": (["train", "--stage", "instruct", "--config", "configs/train/cpu/compress_pretrain.yaml"],
+                    ["configs/train/cpu/compress_pretrain.yaml", "not instruct"]),
+    "job variable": (["submit", "cluster/jobs/ingest.yaml"], ["cluster/jobs/ingest.yaml", "CLARA_SHARED"]),
+    "missing data": (["build-squad-data", "--squad", "{tmp}/none.json", "--out", "{tmp}/o"], ["{tmp}/none.json"]),
+    "unknown benchmark": (["bench", "--only", "nope"], ["nope"]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_input_errors_exit_2_with_one_line_naming_file_and_field(case, bad_files):
+    argv, expected = CASES[case]
+    result = CliRunner().invoke(app, [a.format(tmp=bad_files) for a in argv])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for part in expected:
+        assert part.format(tmp=bad_files) in lines[0], lines[0]
+
+
+def test_the_installed_command_reports_input_errors_without_traceback(bad_files):
+    clara = Path(sys.executable).with_name("clara")
+    done = subprocess.run([str(clara), "train", "--stage", "instruct", "--config", str(bad_files / "bad.yaml")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and done.stderr.startswith("error: ")
+
+
+EMIT = ("from pipelines.cli_step import configure_logging; import logging; configure_logging(); "
+        "logging.getLogger('clara_ray.store.job').info('ours at info'); "
+        "logging.getLogger('clara_ray.cache').debug('ours at debug'); "
+        "logging.getLogger('docling').info('theirs at info'); logging.getLogger('docling').warning('theirs at warning')")
+
+
+@pytest.mark.parametrize("level, shown, hidden", [
+    (None, ["ours at info", "theirs at warning"], ["ours at debug", "theirs at info"]),
+    ("DEBUG", ["ours at info", "ours at debug", "theirs at warning"], ["theirs at info"]),
+    ("WARNING", ["theirs at warning"], ["ours at info", "ours at debug"]),
+])
+def test_progress_messages_reach_the_user_at_info_and_third_parties_only_warn(level, shown, hidden):
+    env = {k: v for k, v in os.environ.items() if k != LOG_LEVEL_ENV}
+    if level:
+        env[LOG_LEVEL_ENV] = level
+    stderr = subprocess.run([sys.executable, "-c", EMIT], capture_output=True, text=True, env=env, cwd=REPO,
+                            check=True).stderr
+    assert all(m in stderr for m in shown) and not any(m in stderr for m in hidden), stderr
+
+
+@pytest.mark.parametrize("options, level", [(["-v"], "DEBUG"), (["--log-level", "warning"], "WARNING")])
+def test_clara_verbosity_options_set_the_level_for_the_step_and_what_it_starts(options, level, monkeypatch):
+    monkeypatch.delenv(LOG_LEVEL_ENV, raising=False)
+    CliRunner().invoke(app, [*options, "bench", "--only", "nope"])
+    assert os.environ[LOG_LEVEL_ENV] == level
+    result = CliRunner().invoke(app, ["--log-level", "loud", "bench"])
+    assert result.exit_code == 2 and "loud" in result.output
