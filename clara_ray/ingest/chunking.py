@@ -41,7 +41,8 @@ def _serializer_provider(captions: dict[str, str]):
         def get_serializer(self, doc):
             # Markdown tables: HybridChunker splits those by rows and repeats the header row in
             # each piece (its default "row, column = value" triplets are cut mid-row instead).
-            return ChunkingDocSerializer(doc=doc, picture_serializer=pictures, table_serializer=MarkdownTableSerializer())
+            return ChunkingDocSerializer(doc=doc, picture_serializer=pictures,
+                                         table_serializer=MarkdownTableSerializer())
 
     return CaptionedProvider()
 

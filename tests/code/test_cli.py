@@ -127,7 +127,8 @@ def test_the_installed_command_reports_input_errors_without_traceback(bad_files)
 EMIT = ("from pipelines.cli_step import configure_logging; import logging; configure_logging(); "
         "logging.getLogger('clara_ray.store.job').info('ours at info'); "
         "logging.getLogger('clara_ray.cache').debug('ours at debug'); "
-        "logging.getLogger('docling').info('theirs at info'); logging.getLogger('docling').warning('theirs at warning')")
+        "logging.getLogger('docling').info('theirs at info'); "
+        "logging.getLogger('docling').warning('theirs at warning')")
 
 
 @pytest.mark.parametrize("level, shown, hidden", [

@@ -134,7 +134,8 @@ inputs = [demo.documents, demo.ingest_config, demo.serve_config, *demo.train_con
           *(p for paths in demo.extra_training_data.values() for p in paths)]
 stage1 = load_config(TrainConfig, "configs/train/cpu/compress_pretrain.yaml")
 inputs += [Path(p) for p in stage1.data.paths]
-evaluation = load_config(EvalConfig, "experiments/configs/eval_squad_cpu.yaml", ["data.path=examples/data/sample_squad.json"])
+evaluation = load_config(EvalConfig, "experiments/configs/eval_squad_cpu.yaml",
+                         ["data.path=examples/data/sample_squad.json"])
 inputs.append(Path(evaluation.data.path))
 missing = [str(p) for p in inputs if not p.exists()]
 assert not missing, missing
