@@ -232,27 +232,27 @@ class Compressor:
     def __call__(self, batch: dict) -> dict:
         apply_torch_threads(self.torch_threads)  # Ray Data calls this in another thread than __init__
         errors = [str(e) for e in batch["error"]]
-        # The compressor reads doc_max_length tokens of a document: what lies past them is lost.
-        lengths = [len(ids) for ids in self.model.tokenizer([str(t) for t in batch["text"]],
-                                                             add_special_tokens=False)["input_ids"]]
-        truncated = np.array([n > self.model.config.doc_max_length for n in lengths], dtype=bool)
         todo = [i for i, e in enumerate(errors) if not e]
         outcomes = run_isolated(self._compress, [str(batch["text"][i]) for i in todo])
         vectors = np.zeros((len(errors), *self.shape), dtype=np.float16)  # a failed document's stay zero
+        truncated = np.zeros(len(errors), dtype=bool)
         for i, result in zip(todo, outcomes):
             if isinstance(result, Exception):
                 row = {key: batch[key][i] for key in ("id", "source")}
                 errors[i] = document_error(row, f"could not be compressed: {type(result).__name__}: {result}")
             else:
-                vectors[i] = result
+                vectors[i], truncated[i] = result
         return {**batch, "error": np.array(errors, dtype=object), "vectors": vectors, "truncated": truncated}
 
     @property
     def shape(self) -> tuple[int, int]:
         return (self.model.num_memory_tokens, self.model.hidden_size)
 
-    def _compress(self, texts: list[str]) -> np.ndarray:
-        return self.model.compress_documents(texts).float().cpu().numpy().astype(np.float16)
+    def _compress(self, texts: list[str]) -> list[tuple[np.ndarray, bool]]:
+        """(vectors, truncated) per text: the compressor reads doc_max_length tokens and drops the rest."""
+        lengths = [len(ids) for ids in self.model.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        vectors = self.model.compress_documents(texts).float().cpu().numpy().astype(np.float16)
+        return [(v, n > self.model.config.doc_max_length) for v, n in zip(vectors, lengths)]
 
 
 def _init_ray(address: str | None) -> None:
