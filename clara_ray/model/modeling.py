@@ -587,7 +587,7 @@ class CLaRa(nn.Module):
         """Per question: stage 2's teacher-forced CE (nats per target token, end-of-turn included)
         of `answers` given its compressed documents (a list of (k_i, n, hidden)). Diagnostics only."""
         with self._inference():  # one question per forward, so each mean is over its own tokens
-            return [self._generator_ce(self._answer_turns([q], [len(c)]), [a], [c])[0].item()
+            return [self._generator_ce(self._answer_turns([q], [len(c)]), [a], [c]).item()
                     for q, c, a in zip(questions, compressed, answers)]
 
     # ------------------------------------------------------------------ save / load

@@ -86,7 +86,7 @@ def test_each_paragraph_is_best_explained_by_its_own_memory_tokens(trained):
     with torch.no_grad():
         memory = model.compress_documents(docs).unsqueeze(1)
         turn = prompts.paraphrase_turn(model._slot())
-        ce = torch.tensor([[model._generator_ce([turn], [target], memory[i:i + 1])[0].item() for target in docs]
+        ce = torch.tensor([[model._generator_ce([turn], [target], memory[i:i + 1]).item() for target in docs]
                            for i in range(len(docs))])
     print("CE (row: memory of, column: target)\n", ce)
     assert ce.argmin(dim=0).tolist() == list(range(len(docs)))
