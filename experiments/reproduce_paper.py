@@ -37,10 +37,21 @@ STAGE_DATA = {"compress_pretrain": "pretrain_data.jsonl", "instruct": "instructi
 
 @dataclass(frozen=True)
 class StageRun:
-    """One training stage of a profile: its optimizer steps and config overrides."""
+    """One training stage of a profile: its optimizer steps and config overrides; `name` and
+    `data` tell apart two runs of one stage (a curriculum: stage 1 on short windows first)."""
     stage: str
     steps: int
     overrides: tuple[str, ...] = ()
+    name: str = ""  # defaults to the stage
+    data: str = ""  # file of the data directory; defaults to the stage's
+
+    @property
+    def label(self) -> str:
+        return self.name or self.stage
+
+    @property
+    def data_file(self) -> str:
+        return self.data or STAGE_DATA[self.stage]
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,7 @@ class Recipe:
     stages: tuple[StageRun, ...]
     model: tuple[str, ...] = ()  # CLaRaConfig overrides at stage 1 (model.*)
     reconstruction: bool = False  # stage-1 data reconstructs every paragraph
+    reconstruction_window: int = 0  # also write pretrain_windows.jsonl of N-token windows (0: none)
     eval_per_article: int = 5
     reconstruction_eval: int = 0  # held-out paragraphs the stage-1 export reconstructs
     retrieval_checkpoints: bool = False  # Recall@k of the stage-2 (and warm-up) exports too
@@ -60,19 +72,26 @@ class Recipe:
 
 _FAST = ("data.length_buckets=8",)
 _MINIATURE_MODEL = ("model.memory_norm=embedding",)
+_FROZEN_COMPRESSOR = ("generator_init=previous", "train_compressor=false")
+WINDOWS_DATA = "pretrain_windows.jsonl"
 PROFILES: dict[str, Recipe] = {
     # The paper's recipe (reset generator, lr 1e-4 / 5e-6, QA-only stage 1) at the first run's budget.
     "reference": Recipe(rates=(16,), doc_max_length=128, eval_per_article=5, stages=(
         StageRun("compress_pretrain", 50), StageRun("instruct", 50), StageRun("end_to_end", 40))),
+    # Miniature recipe (docs/results/squad-mini/README.md): stage 1 first reconstructs short
+    # windows (where a small generator starts reading memory), then whole paragraphs + QA; stage 2
+    # keeps stage 1's generator and trains it alone on cached vectors (compressor frozen), so it
+    # sees many more questions per CPU-hour; a contrastive warm-up gives the query reasoner a start.
     "quick": Recipe(
-        rates=(16,), doc_max_length=192, model=_MINIATURE_MODEL, reconstruction=True, eval_per_article=5,
-        reconstruction_eval=16, text_rag_systems=False,
-        text_rag_lora=False,
+        rates=(16,), doc_max_length=192, model=_MINIATURE_MODEL, reconstruction=True, reconstruction_window=48,
+        eval_per_article=5, reconstruction_eval=16, text_rag_systems=False, text_rag_lora=False,
         stages=(
-            StageRun("compress_pretrain", 60, ("optim.lr=1e-3", "batch.global_size=8", "batch.micro_size=4", *_FAST)),
-            StageRun("instruct", 15, ("generator_init=previous", "optim.lr=5e-4", "batch.global_size=8",
-                                      "batch.micro_size=4", *_FAST)),
-            StageRun("retrieval_warmup", 40, ("optim.lr=5e-4", "batch.global_size=16", "batch.micro_size=8")),
+            StageRun("compress_pretrain", 40, ("optim.lr=1e-3", "batch.global_size=16", "batch.micro_size=8", *_FAST),
+                     name="compress_windows", data=WINDOWS_DATA),
+            StageRun("compress_pretrain", 20, ("optim.lr=1e-3", "batch.global_size=8", "batch.micro_size=4", *_FAST)),
+            StageRun("instruct", 60, (*_FROZEN_COMPRESSOR, "optim.lr=5e-4", "batch.global_size=16",
+                                      "batch.micro_size=8", *_FAST)),
+            StageRun("retrieval_warmup", 30, ("optim.lr=5e-4", "batch.global_size=16", "batch.micro_size=8")),
             StageRun("end_to_end", 20, ("optim.lr=1e-4", "batch.global_size=8", "batch.micro_size=4")),
         )),
     "full": Recipe(
@@ -134,8 +153,11 @@ class Plan:
         recipe, data = self.recipe, self.data_dir
         build = [sys.executable, "-m", "pipelines.build_squad_data", "--squad", str(self.squad), "--out", str(data),
                  "--train-articles", str(self.train_articles), "--doc-max-length", str(recipe.doc_max_length)]
-        steps = [Step("build_data", build + (["--reconstruction"] if recipe.reconstruction else []),
-                      data / STAGE_DATA["end_to_end"])]
+        if recipe.reconstruction:
+            build.append("--reconstruction")
+        if recipe.reconstruction_window:
+            build += ["--reconstruction-window", str(recipe.reconstruction_window)]
+        steps = [Step("build_data", build, data / STAGE_DATA["end_to_end"])]
         for rate in recipe.rates:
             steps += self._rate_steps(rate)
             if rate == recipe.rates[0] and recipe.text_rag_lora:
@@ -145,20 +167,20 @@ class Plan:
     def _rate_steps(self, rate: int) -> list[Step]:
         recipe, steps, previous = self.recipe, [], None
         for run in recipe.stages:
-            export = self.export_dir(rate, run.stage)
+            export = self.export_dir(rate, run.label)
             argv = [sys.executable, "-m", "pipelines.train", "--stage", run.stage,
                     "--config", f"configs/train/cpu/{run.stage}.yaml",
-                    f"data.paths=[{self.data_dir / STAGE_DATA[run.stage]}]", f"max_steps={run.steps}",
+                    f"data.paths=[{self.data_dir / run.data_file}]", f"max_steps={run.steps}",
                     f"checkpoint.every_steps={max(1, min(50, run.steps))}",
-                    f"run.name=cr{rate}-{run.stage}", f"run.storage_path={(self.work_dir / 'runs').resolve()}",
-                    *self._monitor(run.stage), *run.overrides]
+                    f"run.name=cr{rate}-{run.label}", f"run.storage_path={(self.work_dir / 'runs').resolve()}",
+                    *self._monitor(run), *run.overrides]
             if previous is None:
                 argv += [f"model.compression_rate={rate}", f"model.doc_max_length={recipe.doc_max_length}",
                          "model.dtype=float32", *recipe.model]
             else:
                 argv.append(f"init_from={previous}")
-            steps.append(Step(f"train_cr{rate}_{run.stage}", argv, export / "clara_config.json"))
-            steps += self._checkpoint_diagnostics(rate, run.stage, export)
+            steps.append(Step(f"train_cr{rate}_{run.label}", argv, export / "clara_config.json"))
+            steps += self._checkpoint_diagnostics(rate, run.label, export)
             previous = export
         # The evaluation YAML's systems: CLaRa (normal, oracle, wrong_memory, answer CE own vs other),
         # text RAG over MiniLM's and CLaRa's top-k, closed book; `text_rag_systems` off drops the
@@ -169,14 +191,14 @@ class Plan:
         steps.append(self._evaluate(f"cr{rate}", previous, f"CR={rate}", extra))
         return steps
 
-    def _monitor(self, stage: str) -> list[str]:
+    def _monitor(self, run: StageRun) -> list[str]:
         """Stages 1-2 log held-out CE with own vs swapped documents as they train (never trained on)."""
-        if stage not in ("compress_pretrain", "instruct"):
+        if run.stage not in ("compress_pretrain", "instruct"):
             return []
-        return [f"monitor.path={self.data_dir / ('heldout_' + STAGE_DATA[stage])}", "monitor.every_steps=20"]
+        return [f"monitor.path={self.data_dir / ('heldout_' + run.data_file)}", "monitor.every_steps=20"]
 
     def _checkpoint_diagnostics(self, rate: int, stage: str, export: Path) -> list[Step]:
-        """Evaluations of intermediate exports: stage-1 reconstruction, retrieval before stage 3."""
+        """Evaluations of intermediate exports (by run label): stage-1 reconstruction, retrieval before stage 3."""
         recipe, none = self.recipe, ["harness.systems=[]"]
         if stage == "compress_pretrain" and recipe.reconstruction_eval:
             return [self._evaluate(f"cr{rate}-stage1", export, f"CR={rate} stage 1",

@@ -23,6 +23,9 @@ def main(
     max_questions: Annotated[int, typer.Option(help="questions used per paragraph")] = 5,
     reconstruction: Annotated[bool, typer.Option(
         help="stage 1 also reconstructs every paragraph (target: the paragraph as the compressor reads it)")] = False,
+    reconstruction_window: Annotated[Optional[int], typer.Option(
+        help="also write pretrain_windows.jsonl: every N-token window of each paragraph to reconstruct "
+             "(a stage-1 warm-up; needs --doc-max-length)")] = None,
     doc_max_length: Annotated[Optional[int], typer.Option(
         help="the model's document window in tokens: questions answered only past it are left out")] = None,
     backbone: Annotated[str, typer.Option(help="whose tokenizer measures --doc-max-length")] = "smollm2-135m",
@@ -39,9 +42,12 @@ def main(
     from clara_ray.data.squad import TokenWindow, build_squad_data
     from clara_ray.resources import resolve_path
 
+    if reconstruction_window and not doc_max_length:
+        raise typer.BadParameter("needs --doc-max-length (the windows cover what the compressor reads)",
+                                 param_hint="--reconstruction-window")
     window = TokenWindow(backbone, doc_max_length) if doc_max_length else None
     stats = build_squad_data(resolve_path(squad), out, train_articles, instruct_docs, end_to_end_docs, max_questions,
-                             seed, window, reconstruction)
+                             seed, window, reconstruction, reconstruction_window)
     for name, count in stats.files.items():
         typer.echo(f"{out / name}: {count} records")
     if window:

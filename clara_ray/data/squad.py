@@ -3,6 +3,10 @@
 - Stage 1 (`pretrain_data.jsonl`): one record per paragraph, the paragraph with its QA pairs
   (plus a paraphrase record where a paragraph carries a non-standard `paraphrase` field, and,
   with `reconstruction`, one whose target is the paragraph itself as the compressor sees it).
+- Stage 1 warm-up (`pretrain_windows.jsonl`, with `reconstruction_window` W): every W-token
+  window of what the compressor reads of each paragraph, to be reconstructed from its memory.
+  Short targets that every memory vector can carry are where a small generator first learns
+  to read its memory (docs/results/squad-mini); a curriculum trains on them before stage 1.
 - Stage 2 (`instruction_data.jsonl`): one record per question, the gold paragraph among
   `instruct_docs - 1` negatives.
 - Stage 3 (`end_to_end_data.jsonl`): one record per question, the gold paragraph among
@@ -36,6 +40,7 @@ STAGE_FILES = {
     "instruct": "instruction_data.jsonl",
     "end_to_end": "end_to_end_data.jsonl",
 }
+WINDOWS_FILE = "pretrain_windows.jsonl"
 HELDOUT_PREFIX = "heldout_"
 
 
@@ -77,6 +82,12 @@ class TokenWindow:
     def cut(self, text: str) -> str:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return text if len(ids) <= self.doc_max_length else self.tokenizer.decode(ids[: self.doc_max_length]).strip()
+
+    def windows(self, text: str, size: int) -> list[str]:
+        """Consecutive `size`-token pieces of what the compressor reads of `text` (the last may be shorter)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.doc_max_length]
+        pieces = (self.tokenizer.decode(ids[i:i + size]).strip() for i in range(0, len(ids), size))
+        return [p for p in pieces if p]
 
 
 def _distinct(texts: Iterable[str]) -> list[str]:
@@ -140,12 +151,18 @@ def _with_gold(gold: str, negatives: list[str], rng: random.Random) -> tuple[lis
 def stage_records(articles: list[list[Paragraph]], instruct_docs: int, end_to_end_docs: int,
                   max_questions_per_paragraph: int, seed: int, window: TokenWindow | None = None,
                   reconstruction: bool = False, keep_past_window: bool = False,
+                  reconstruction_window: int | None = None,
                   ) -> tuple[dict[str, list[dict[str, Any]]], int]:
-    """The three stages' records (as JSON objects) for a set of articles, and the number of
-    questions whose answers lie past `window` (left out unless `keep_past_window`)."""
+    """The stages' records (as JSON objects, by stage; `windows`: the stage-1 warm-up's) for a
+    set of articles, and the number of questions whose answers lie past `window` (left out
+    unless `keep_past_window`)."""
+    if reconstruction_window and window is None:
+        raise ValueError("reconstruction_window needs the model's TokenWindow (doc_max_length and tokenizer)")
     rng = random.Random(seed)
     everything = [p for article in articles for p in article]
     out: dict[str, list[dict[str, Any]]] = {stage: [] for stage in STAGE_FILES}
+    if reconstruction_window:
+        out["windows"] = []
     past_window = 0
     for article in articles:
         others = [p for p in everything if p.article != article[0].article] if article else []
@@ -154,6 +171,9 @@ def stage_records(articles: list[list[Paragraph]], instruct_docs: int, end_to_en
             if reconstruction:
                 out["compress_pretrain"].append({"data_type": "paraphrase", "question": [], "answers": [seen],
                                                  "docs": [par.context]})
+            if reconstruction_window:
+                out["windows"] += [{"data_type": "paraphrase", "question": [], "answers": [piece], "docs": [piece]}
+                                   for piece in window.windows(par.context, reconstruction_window)]
             questions = par.questions[:max_questions_per_paragraph]
             readable = [q for q in questions if any(a in seen for a in q.answers)]
             past_window += len(questions) - len(readable)
@@ -169,10 +189,11 @@ def stage_records(articles: list[list[Paragraph]], instruct_docs: int, end_to_en
                 out["instruct"].append({"question": q.text, "docs": docs, "answer": q.answers[0]})
                 docs, gold = _with_gold(par.context, _negatives(par, article, others, end_to_end_docs - 1, rng), rng)
                 out["end_to_end"].append({"question": q.text, "docs": docs, "answers": q.answers, "pos_index": [gold]})
-    for stage, records in out.items():
+    for name, records in out.items():
         rng.shuffle(records)
+        stage = "compress_pretrain" if name == "windows" else name
         for i, record in enumerate(records):
-            parse_record(record, stage, f"<built {stage}>", i + 1)  # a builder bug must not ship bad data
+            parse_record(record, stage, f"<built {name}>", i + 1)  # a builder bug must not ship bad data
     return out, past_window
 
 
@@ -192,7 +213,8 @@ def write_jsonl(records: list[dict[str, Any]], path: Path) -> None:
 
 def build_squad_data(squad_path: str | Path, out_dir: str | Path, train_articles: int | None = None,
                      instruct_docs: int = 5, end_to_end_docs: int = 20, max_questions_per_paragraph: int = 5,
-                     seed: int = 0, window: TokenWindow | None = None, reconstruction: bool = False) -> BuildStats:
+                     seed: int = 0, window: TokenWindow | None = None, reconstruction: bool = False,
+                     reconstruction_window: int | None = None) -> BuildStats:
     """Write the stage files for the first `train_articles` articles, and held-out files for the rest."""
     articles = load_squad(squad_path)
     cut = len(articles) if train_articles is None else train_articles
@@ -204,9 +226,9 @@ def build_squad_data(squad_path: str | Path, out_dir: str | Path, train_articles
     for prefix, split in splits:
         records_by_stage, stats.answers_past_window[prefix or "train"] = stage_records(
             split, instruct_docs, end_to_end_docs, max_questions_per_paragraph, seed, window, reconstruction,
-            keep_past_window=bool(prefix))
+            keep_past_window=bool(prefix), reconstruction_window=reconstruction_window)
         for stage, records in records_by_stage.items():
-            name = prefix + STAGE_FILES[stage]
+            name = prefix + (WINDOWS_FILE if stage == "windows" else STAGE_FILES[stage])
             write_jsonl(records, out_dir / name)
             stats.files[name] = len(records)
     return stats

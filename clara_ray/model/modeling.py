@@ -80,6 +80,7 @@ class CLaRa(nn.Module):
         self._head_cache: PromptHeadCache | None = None  # see cache_prompt_head
         self._candidate_cache: dict[str, torch.Tensor] | None = None  # see cache_candidates
         self._counted: list[int] | None = None  # [real tokens, positions] of the loss being computed
+        self._prepared: tuple[str, list[str]] | None = None  # (stage, adapters it trains), see prepare_stage
         # Training computes logits only where a label is predicted (see _generator_ce); off, every
         # position gets logits as in a plain `labels=` forward (the reference cost).
         self.label_logits_only = True
@@ -221,16 +222,21 @@ class CLaRa(nn.Module):
         if source in self.config.trained:
             self.config.trained[target] = f"copied from {source}"
 
-    def prepare_stage(self, stage: str, generator_init: str = "reset") -> None:
+    def prepare_stage(self, stage: str, generator_init: str = "reset", train_compressor: bool = True) -> None:
         """Initialise adapters and set what trains for a stage (SPEC section 5).
 
         generator_init (stage 2 only): "reset" re-initialises the generator as the reference
         does; "previous" keeps the one stage 1 trained (a miniature-recipe option).
+        train_compressor=False (stage 2 only, a miniature-recipe option): the compressor stays as
+        stage 1 left it and only the generator learns to answer, so each document is compressed
+        once (see cache_candidates) instead of forward and backward for every question.
         The query reasoner starts as a copy of the compressor unless a stage already trained it
         (a retrieval warm-up before stage 3).
         """
         if generator_init not in ("reset", "previous"):
             raise ValueError(f"generator_init must be 'reset' or 'previous', got {generator_init!r}")
+        if not train_compressor and stage != "instruct":
+            raise ValueError(f"train_compressor=False applies to the instruct stage only, not {stage}")
         self.requires_grad_(False)
         if stage == "compress_pretrain":
             self.embeddings.new_rows.requires_grad_(True)
@@ -242,12 +248,18 @@ class CLaRa(nn.Module):
                 self.copy_adapter("compressor", "query_reasoner")
         else:
             raise ValueError(f"unknown stage {stage!r}")
-        for name in self.trained_by(stage):
+        self._prepared = (stage, [a for a in self.trained_by(stage) if train_compressor or a != "compressor"])
+        for name in self._prepared[1]:
             for p in self.adapter_parameters(name):
                 p.requires_grad_(True)
 
+    def trains(self, adapter: str) -> bool:
+        """Whether the prepared stage trains `adapter`."""
+        return self._prepared is not None and adapter in self._prepared[1]
+
     def mark_trained(self, stage: str) -> None:
-        for name in self.trained_by(stage):
+        prepared = self._prepared is not None and self._prepared[0] == stage
+        for name in self._prepared[1] if prepared else self.trained_by(stage):
             self.config.trained[name] = stage
 
     @staticmethod
@@ -426,10 +438,14 @@ class CLaRa(nn.Module):
 
     def instruct_loss(self, records: Sequence[InstructRecord]) -> StageLoss:
         docs = [d for r in records for d in r.docs]
-        compressed, mse = self._encode(docs, "compressor", with_mse=True)
+        if self.trains("compressor"):
+            compressed, mse = self._encode(docs, "compressor", with_mse=True)
+        else:  # the MSE term only trains the compressor: nothing to add when it is frozen
+            compressed, mse = self._frozen_compress(docs), None
         per_record = list(compressed.split([len(r.docs) for r in records]))
         turns = self._answer_turns([r.question for r in records], [len(r.docs) for r in records])
-        return self._with_mse(self._generator_ce(turns, [r.answer for r in records], per_record), mse)
+        ce = self._generator_ce(turns, [r.answer for r in records], per_record)
+        return StageLoss(ce, ce.detach()) if mse is None else self._with_mse(ce, mse)
 
     def _candidate_scores(self, records: Sequence[EndToEndRecord]) -> tuple[torch.Tensor, torch.Tensor]:
         """Query-reasoner cosine scores over each record's compressed candidates: ((B, Nmax)
@@ -462,8 +478,8 @@ class CLaRa(nn.Module):
         return StageLoss(ce, ce.detach(), recall=_recall_at(topk, [r.pos_index for r in records]))
 
     def cache_candidates(self) -> None:
-        """Keep every candidate's compressed vectors once computed (stage 3, retrieval warm-up).
-        Valid only while the compressor is frozen: a training stage that trains it must not."""
+        """Keep every candidate's compressed vectors once computed (stage 3, retrieval warm-up,
+        stage 2 with a frozen compressor). Valid only while the compressor is frozen."""
         if any(p.requires_grad for p in self.adapter_parameters("compressor")):
             raise RuntimeError("cache_candidates needs a frozen compressor (this stage trains it)")
         self._candidate_cache = {}

@@ -116,7 +116,8 @@ class RunConfig(_Strict):
 
 class SpeedConfig(_Strict):
     """Exact speed-ups (results unchanged); off reproduces the reference's cost, for benchmarks."""
-    # Stages whose compressor is frozen (retrieval warm-up, end-to-end) compress each candidate
+    # Stages whose compressor is frozen (retrieval warm-up, end-to-end, stage 2 with
+    # train_compressor=false) compress each candidate
     # once and reuse its vectors instead of recompressing it for every question that lists it.
     candidate_cache: bool = True
     # The generator's vocabulary projection only where a label is predicted.
@@ -134,6 +135,9 @@ class TrainConfig(_Strict):
     # Stage 2 only: "reset" re-initialises the generator (the reference); "previous" keeps the
     # one stage 1 trained, which has already learned to read memory tokens.
     generator_init: Literal["reset", "previous"] = "reset"
+    # Stage 2 only: false keeps stage 1's compressor frozen (a miniature-recipe deviation: the
+    # reference trains it); each document is then compressed once, not once per question.
+    train_compressor: bool = True
     optim: OptimConfig
     batch: BatchConfig
     epochs: float = Field(1.0, gt=0)
@@ -155,6 +159,8 @@ class TrainConfig(_Strict):
             raise ValueError(f"{self.stage} starts from the previous stage: set init_from=<exported model dir>")
         if self.generator_init != "reset" and self.stage != "instruct":
             raise ValueError(f"generator_init applies to the instruct stage only, not {self.stage}")
+        if not self.train_compressor and self.stage != "instruct":
+            raise ValueError(f"train_compressor=false applies to the instruct stage only, not {self.stage}")
         per_step = self.batch.micro_size * self.resources.num_workers
         if self.batch.global_size % per_step:
             raise ValueError(

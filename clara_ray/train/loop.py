@@ -28,9 +28,9 @@ def build_model(cfg: TrainConfig, device: str):
         model = CLaRa.from_pretrained(cfg.init_from, device=device, **(cfg.model or {}))
     else:
         model = CLaRa.from_config(CLaRaConfig(**cfg.model), device=device)
-    model.prepare_stage(cfg.stage, generator_init=cfg.generator_init)
+    model.prepare_stage(cfg.stage, generator_init=cfg.generator_init, train_compressor=cfg.train_compressor)
     model.label_logits_only = cfg.speed.label_logits_only
-    if cfg.speed.candidate_cache and cfg.stage in ("retrieval_warmup", "end_to_end"):
+    if cfg.speed.candidate_cache and not model.trains("compressor"):
         model.cache_candidates()
     return model
 

@@ -113,3 +113,29 @@ def test_reconstruction_records_and_answers_past_the_window(tmp_path):
     assert ins and all(r.answer.startswith("early") for r in ins)
     held = read_records(tmp_path / "out" / "heldout_instruction_data.jsonl", "instruct")
     assert {r.answer[:4] for r in held} == {"earl", "late"}
+
+
+def test_reconstruction_windows_cover_what_the_compressor_reads(tmp_path):
+    from clara_ray.data.squad import TokenWindow
+
+    path = tmp_path / "squad.json"
+    data = [{"title": f"A{a}", "paragraphs": [
+        {"context": " ".join(f"w{a}{p}x{i}" for i in range(40)),
+         "qas": [{"id": f"{a}{p}", "question": "Q?", "answers": [{"text": f"w{a}{p}x0", "answer_start": 0}]}]}
+        for p in range(3)]} for a in range(3)]
+    path.write_text(json.dumps({"data": data}))
+    window = TokenWindow("tiny-random", 40)
+    build_squad_data(path, tmp_path / "out", train_articles=2, instruct_docs=2, end_to_end_docs=3,
+                     window=window, reconstruction=True, reconstruction_window=16)
+    pieces = read_records(tmp_path / "out" / "pretrain_windows.jsonl", "compress_pretrain")
+    held = read_records(tmp_path / "out" / "heldout_pretrain_windows.jsonl", "compress_pretrain")
+    assert (len(pieces), len(held)) == (6 * 3, 3 * 3)  # 40 tokens read -> 16 + 16 + 8 per paragraph
+    squash = lambda text: text.replace(" ", "")
+    seen = {(a, p): squash(window.cut(par["context"]))
+            for a, article in enumerate(data) for p, par in enumerate(article["paragraphs"])}
+    for records, articles in ((pieces, {0, 1}), (held, {2})):
+        for r in records:
+            assert r.data_type == "paraphrase" and r.answers == r.docs
+            assert len(window.tokenizer(r.docs[0], add_special_tokens=False)["input_ids"]) <= 17
+            owners = [key for key, text in seen.items() if squash(r.docs[0]) in text]
+            assert len(owners) == 1 and owners[0][0] in articles  # one paragraph's, of its own split

@@ -104,3 +104,37 @@ def test_candidate_cache_refuses_a_stage_that_trains_the_compressor(tiny_model):
     model.prepare_stage("instruct")
     with pytest.raises(RuntimeError, match="frozen compressor"):
         model.cache_candidates()
+
+
+def test_stage2_with_a_frozen_compressor_trains_the_generator_only_on_cached_vectors(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    randomise_adapters(model)
+    model.prepare_stage("instruct", generator_init="previous", train_compressor=False)
+    assert not model.trains("compressor") and model.trains("generator")
+    model.cache_candidates()
+    model.eval()
+    first = model(_instruct_records(), "instruct")
+    first.loss.backward()
+    assert all(p.grad is None for p in model.adapter_parameters("compressor"))
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.adapter_parameters("generator"))
+    again = model(_instruct_records(), "instruct")
+    assert again.num_tokens < first.num_tokens  # documents came from the cache
+    torch.testing.assert_close(again.loss, first.loss)
+    # the same generator reading the compressor's vectors computed with gradient (no MSE term)
+    model.prepare_stage("instruct", generator_init="previous")
+    with torch.no_grad():
+        trained = model(_instruct_records(), "instruct")
+    torch.testing.assert_close(first.loss, trained.ce)
+    model.mark_trained("instruct")
+    assert model.config.trained["generator"] == "instruct"
+
+
+def test_frozen_compressor_stage2_does_not_mark_the_compressor_trained(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    model.prepare_stage("compress_pretrain")
+    model.mark_trained("compress_pretrain")
+    model.prepare_stage("instruct", generator_init="previous", train_compressor=False)
+    model.mark_trained("instruct")
+    assert model.config.trained["compressor"] == "compress_pretrain"
+    with pytest.raises(ValueError, match="instruct stage only"):
+        model.prepare_stage("end_to_end", train_compressor=False)
