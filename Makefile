@@ -35,7 +35,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 demo: env
 	$(PY) -m pipelines.demo
 
-# A real PDF for the extraction tests: Debian's libtasn1-doc ships one (see PLATFORM-NOTES).
+# A real PDF for the extraction tests: Debian's libtasn1-doc ships one.
 # Debian's Chromium for the chat page's browser test (driven by Playwright, without its own browsers).
 test-data:
 	@dpkg -s libtasn1-doc >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq libtasn1-doc) \

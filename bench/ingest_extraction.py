@@ -3,8 +3,8 @@
     python -m bench.ingest_extraction [--pdf-copies 8] [--out /tmp/clara-bench-ingest]
 
 Corpus: copies of the Debian PDF (libtasn1-doc, 36 pages; each copy made unique by a trailing PDF
-comment so content hashing does not fold them) plus one generated DOCX, PPTX, HTML and Markdown
-file with pictures. Every arm does the same work with the same function (`extract_file`: docling
+comment so content hashing does not fold them) plus the shipped example documents (one DOCX, PPTX,
+HTML and Markdown file with pictures; `examples/documents`). Every arm does the same work with the same function (`extract_file`: docling
 conversion, pictures saved as JPEG) and includes its docling import and converter set-up; the
 Ray arms also pay for actor start-up, scheduling and Parquet checkpoints. Ray start-up itself is
 excluded. Target (issue 6): Ray overhead <= 15% over direct docling with 1 worker.
@@ -18,15 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 PDF = Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf")
 
 
 def build_corpus(folder: Path, pdf_copies: int) -> None:
-    sys.path.insert(0, str(REPO / "tests" / "ingest"))
-    from ingest_helpers import make_documents  # the test corpus generator: DOCX, PPTX, HTML, MD
+    from clara_ray.resources import shipped
 
-    make_documents(folder, with_pdf=False, with_bad=False)
+    shutil.copytree(shipped("examples/documents"), folder)
     data = PDF.read_bytes()
     for i in range(pdf_copies):
         (folder / f"libtasn1-{i}.pdf").write_bytes(data + f"\n%clara-bench-copy-{i}\n".encode())
@@ -37,14 +35,14 @@ def direct_docling(folder: Path, out: Path) -> tuple[float, int]:
     start = time.perf_counter()
     from clara_ray.ingest.config import ExtractConfig
     from clara_ray.ingest.extract import build_converter, extract_file
-    from clara_ray.ingest.hashing import content_key
+    from clara_ray.ingest.inputs import discover
 
     cfg = ExtractConfig()
     converter = build_converter(cfg)
     pages = 0
-    for path in sorted(folder.iterdir()):
-        row = extract_file(converter, path, content_key(path.read_bytes()), out, cfg)
-        assert row["status"] == "ok", (path, row["error"])
+    for item in discover(folder)[0]:  # the files the Ray arms read, in the same order
+        row = extract_file(converter, Path(item["path"]), item["key"], out, cfg)
+        assert row["status"] == "ok", (item["source"], row["error"])
         pages += row["pages"]
     return time.perf_counter() - start, pages
 

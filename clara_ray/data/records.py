@@ -1,4 +1,4 @@
-"""The three training stages' JSONL records (SPEC section 6) as validated types.
+"""The three training stages' JSONL records (docs/design.md section 6) as validated types.
 
 A record that lacks what its stage needs raises `RecordError` naming file, line and field, at
 read time, instead of failing deep inside a training step.
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from clara_ray.config import InputError
 
 Stage = Literal["compress_pretrain", "instruct", "retrieval_warmup", "end_to_end"]
-# retrieval_warmup: the optional query-reasoner warm-up before stage 3 (SPEC section 4).
+# retrieval_warmup: the optional query-reasoner warm-up before stage 3 (docs/design.md section 4).
 STAGES: tuple[str, ...] = ("compress_pretrain", "instruct", "retrieval_warmup", "end_to_end")
 ANSWER_FIELDS = ("answer", "answers", "golden_answers", "gold_answer")
 

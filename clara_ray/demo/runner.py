@@ -10,7 +10,7 @@ from pathlib import Path
 from ray.job_submission import JobStatus
 
 from clara_ray.demo.config import DemoConfig
-from clara_ray.demo.steps import Step, pipeline_steps, serve_step
+from clara_ray.demo.steps import Step, pipeline_steps, serve_again, serve_step
 from clara_ray.jobs import JobFailed, LocalRayCluster, save_log, submit, submit_and_wait
 
 
@@ -95,4 +95,5 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
         answers = ask_questions(cfg, cluster.address)
     (cfg.workdir / "answers.json").write_text(json.dumps(answers, indent=1))
     say(f"done; answers in {cfg.workdir / 'answers.json'}; cluster stopped")
+    say(f"serve it again: {serve_again(cfg)}\n  then open the chat page at http://127.0.0.1:8000/")
     return answers

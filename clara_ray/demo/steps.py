@@ -59,3 +59,9 @@ def serve_step(cfg: DemoConfig) -> Step:
     return Step("serve", ["python", "-m", "pipelines.serve", "--checkpoint", str(model_dir(cfg, "end_to_end")),
                           "--store", str(store_dir(cfg)), "--config", str(cfg.serve_config.resolve()),
                           "--port", str(cfg.serve_port)])
+
+
+def serve_again(cfg: DemoConfig) -> str:
+    """The command that serves what the demo built once the demo has stopped its cluster."""
+    return shlex.join(["clara", "serve", "--checkpoint", str(model_dir(cfg, "end_to_end")),
+                       "--store", str(store_dir(cfg))])

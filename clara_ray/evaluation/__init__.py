@@ -1,1 +1,1 @@
-"""Evaluation: SPEC section 8 metrics, dataset loaders, baseline retrievers, harness, report."""
+"""Evaluation: docs/design.md section 8 metrics, dataset loaders, baseline retrievers, harness, report."""

@@ -1,4 +1,4 @@
-"""Answer and retrieval metrics exactly as SPEC section 8 (the reference's QA evaluation).
+"""Answer and retrieval metrics exactly as docs/design.md section 8 (the reference's QA evaluation).
 
 Answer metrics compare one prediction with every gold answer and keep the best score:
 - `acc` (cover-EM): every normalised gold token occurs among the normalised prediction tokens;

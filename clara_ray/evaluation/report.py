@@ -216,7 +216,7 @@ def write_report(summaries: Sequence[dict[str, Any]], out_dir: str | Path, title
     has_diagnostics = any(_has_diagnostics(diagnostics(s)) for s in summaries)
     text = "\n\n".join(part for part in [
         f"# {title}", preamble, "## Runs", runs,
-        "## Answers (acc = cover-EM, EM, F1; SPEC section 8)", generation_table(summaries),
+        "## Answers (acc = cover-EM, EM, F1; docs/design.md section 8)", generation_table(summaries),
         *(["## Diagnostics: is memory read?", DIAGNOSTICS_NOTE, diagnostics_table(summaries),
            reconstruction_examples(summaries)] if has_diagnostics else []),
         "## Retrieval over each question's candidates", retrieval_table(summaries),

@@ -106,7 +106,7 @@ class MiniLMRetriever(_CosineRetriever):
 
 
 class ClaraRetriever(_CosineRetriever):
-    """CLaRa's query reasoner against compressed documents (SPEC section 4's cosine score)."""
+    """CLaRa's query reasoner against compressed documents (docs/design.md section 4's cosine score)."""
 
     name = "clara"
 
@@ -151,7 +151,7 @@ def build_retriever(name: str, model=None, **options) -> Retriever:
 
 def store_candidates(model, store, questions: Sequence, n: int) -> list:
     """Replace each question's candidates with the store's top-n for it (first-stage retrieval at
-    corpus scale: the query reasoner's vector against the FAISS index, SPEC section 4).
+    corpus scale: the query reasoner's vector against the FAISS index, docs/design.md section 4).
 
     Gold documents are the retrieved ones whose text equals one of the question's own gold
     documents; a question whose gold was not retrieved keeps no gold (Recall counts it as a miss

@@ -1,4 +1,4 @@
-"""Training records from chunks + synthesis results + negatives (SPEC section 6).
+"""Training records from chunks + synthesis results + negatives (docs/design.md section 6).
 
 Every record is validated with `clara_ray.data.records.parse_record` before it is written, and
 every file is written whole (temp + rename).

@@ -1,4 +1,4 @@
-"""FAISS index over L2-normalised flattened (n*hidden) vectors: cosine = inner product (SPEC section 4).
+"""FAISS index over L2-normalised flattened (n*hidden) vectors: cosine = inner product (docs/design.md section 4).
 
 Kinds: `flat` (exact IndexFlatIP), `hnsw` (IndexHNSWFlat, inner product) and `ivfpq` (optionally
 PCA-reduced IVF-PQ whose candidates are re-ranked with the exact vectors). Full-vector kinds hold

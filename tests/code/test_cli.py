@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from pipelines.cli import STEPS, app
 from pipelines.cli_step import LOG_LEVEL_ENV
+from tests.code.cli_commands import clara_commands, path_args
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = ("configs/", "examples/", "cluster/", "experiments/", "serve/")
@@ -28,15 +29,8 @@ def _help(step: str) -> str:
 
 
 def examples(step: str) -> list[list[str]]:
-    """The `clara ...` commands shown in a step's --help, continuation lines joined."""
-    text = re.sub(r"\\\s*\n\s*", " ", _help(step))
-    return [shlex.split(line.strip()) for line in text.splitlines() if line.strip().startswith("clara ")]
-
-
-def _paths(argv: list[str]) -> list[str]:
-    """Path-like arguments (option values and key=value overrides)."""
-    values = [a.split("=", 1)[1] if "=" in a and not a.startswith("-") else a for a in argv]
-    return [v for v in values if "/" in v and not v.startswith(("-", "/", "http"))]
+    """The `clara ...` commands shown in a step's --help."""
+    return clara_commands(_help(step))
 
 
 def _outputs(argv: list[str]) -> list[str]:
@@ -63,7 +57,7 @@ def test_help_shows_an_example_whose_paths_exist_or_come_from_a_documented_step(
     assert commands and all(argv[1] == step for argv in commands), commands
     for argv in commands:
         mine = _outputs(argv)
-        for path in _paths(argv):
+        for path in path_args(argv):
             if path.startswith(SHIPPED):
                 assert (REPO / path).exists(), f"`{shlex.join(argv)}` names {path}, which is not in the repository"
             elif path not in mine:

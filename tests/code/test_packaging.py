@@ -19,9 +19,8 @@ from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("clara_ray", "pipelines", "serve", "bench", "experiments", "cluster")
-# Imported but not a dependency to declare: vLLM runs in a venv of its own (serve/backends/vllm_worker.py);
-# bench/ingest_extraction.py borrows the test-document generator from tests/ingest.
-NOT_DECLARED = {"vllm", "ingest_helpers"}
+# Imported but not a dependency to declare: vLLM runs in a venv of its own (serve/backends/vllm_worker.py).
+NOT_DECLARED = {"vllm"}
 # Extras that pin on purpose: the FAISS builds (the CPU and the GPU lock each hold one), the test runner.
 PINNED_EXTRAS = {"cpu", "gpu", "test"}
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from clara_ray.config import load_config
 from clara_ray.demo.config import DemoConfig
-from clara_ray.demo.steps import model_dir, pipeline_steps, serve_step
+from clara_ray.demo.steps import model_dir, pipeline_steps, serve_again, serve_step, store_dir
 from clara_ray.ingest.config import IngestConfig
 from clara_ray.train.config import TrainConfig
 
@@ -40,3 +40,5 @@ def test_every_step_parses_with_its_own_config(tmp_path, monkeypatch):
     final = str(model_dir(cfg, "end_to_end"))
     assert option(steps["precompress"], "--checkpoint") == final
     assert option(serve_step(cfg).argv, "--checkpoint") == final
+    # what the demo prints at the end to serve its outputs again (the chat page at /)
+    assert serve_again(cfg).split() == ["clara", "serve", "--checkpoint", final, "--store", str(store_dir(cfg))]

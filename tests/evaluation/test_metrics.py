@@ -1,4 +1,4 @@
-"""Metric values computed by hand from SPEC section 8's definitions."""
+"""Metric values computed by hand from docs/design.md section 8's definitions."""
 import pytest
 
 from clara_ray.evaluation.metrics import (
