@@ -44,8 +44,15 @@ def _request_id(request: Request) -> str:
 
 
 def _finish(request: Request, status: int, started: float) -> None:
+    try:
+        _report(request, status, time.perf_counter() - started)
+    except Exception:  # reporting must never fail a request that was served
+        log.exception("could not report a request")
+
+
+def _report(request: Request, status: int, total: float) -> None:
     facts = getattr(request.state, "clara", {})
-    route, total = _route(request), time.perf_counter() - started
+    route = _route(request)
     m = metrics()
     tags = {"route": route}
     m.requests.inc(tags={**tags, "status": str(status)})

@@ -7,6 +7,7 @@ store; the tests run in file order, the metrics test first, while its counters s
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 import time
@@ -243,8 +244,10 @@ def test_documents_added_under_load_are_cited_within_one_watch_interval_and_remo
         assert (removed["removed"], removed["version"]) == (1, old + 2)
         gone = _seconds_until(lambda: _top_document(client, text)[0] != chunk["id"], WATCH_S + 5)
         time.sleep(1)  # the clients see the last version too
-    print(f"cited {cited:.2f} s after the publish, gone {gone:.2f} s after the removal; "
-          f"{len(clients.outcomes)} requests by 8 clients meanwhile")
+    swaps = re.findall(r"now serving v\d+ .* in ([\d.]+) s", "\n".join(_replica_log_lines("Retriever")))
+    print(f"cited {cited:.2f} s after the publish, gone {gone:.2f} s after the removal; versions opened and "
+          f"verified in {', '.join(swaps)} s; {len(clients.outcomes)} requests by 8 clients meanwhile")
+    assert len(swaps) == 2
     failed = [o for o in clients.outcomes if o[0] != 200]
     assert not failed and len(clients.outcomes) >= 16, failed[:5]
     assert {version for _, version in clients.outcomes} == {old, old + 1, old + 2}
