@@ -24,6 +24,8 @@ STEPS = {
     "train": "pipelines.train",
     "precompress": "pipelines.precompress",
     "serve": "pipelines.serve",
+    "add": "pipelines.add",
+    "remove": "pipelines.remove",
     "eval": "pipelines.evaluate",
     "submit": "cluster.submit",
     "bench": "bench.__main__",

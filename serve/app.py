@@ -18,6 +18,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve.deployments import Generator, ModelInputError, Retriever
+from serve.request_log import note, observe_requests
 from serve.retrieved import Retrieved
 from serve.schemas import (ChatRequest, Document, RagRequest, RagResponse, RequestError, Timings, chat_chunk,
                            chat_completion, completion_id, field_error, footnotes, model_list, openapi_body,
@@ -26,6 +27,8 @@ from serve.settings import ServeSettings
 from serve.usage import Answer
 
 log = logging.getLogger("ray.serve")
+# A replica opens and verifies (checksums) a new version within its reload call: minutes for a large store.
+RELOAD_TIMEOUT_S = 600.0
 
 api = FastAPI(title="clara-ray RAG", description="Answers from a precompressed CLaRa store. The chat page is at `/`.")
 
@@ -42,6 +45,7 @@ def _openapi() -> dict:
 
 
 api.openapi = _openapi
+api.middleware("http")(observe_requests)
 CHAT_PAGE = resources.files("serve").joinpath("static/index.html")
 
 
@@ -115,11 +119,19 @@ class RagIngress:
         return parse_body(raw, schema, self.settings.limits, self.control_tokens)
 
     # ---------------------------------------------------------------- pipeline
-    async def _retrieve(self, question: str, top_k: int | None, field: list) -> Retrieved:
-        return await _model_call(self.retriever.search.remote((question, top_k or self.settings.default_top_k)), field)
+    async def _retrieve(self, request: Request, question: str, top_k: int | None, field: list) -> Retrieved:
+        top_k, started = top_k or self.settings.default_top_k, time.perf_counter()
+        retrieved = await _model_call(self.retriever.search.remote((question, top_k)), field)
+        note(request, top_k=top_k, store_version=retrieved.store_version, retrieve_s=time.perf_counter() - started,
+             **({"question": question} if self.settings.log_questions else {}))
+        return retrieved
 
-    async def _generate(self, question: str, retrieved: Retrieved, budget: int, field: list) -> Answer:
-        return await _model_call(self.generator.generate.remote((question, retrieved, budget)), field)
+    async def _generate(self, request: Request, question: str, retrieved: Retrieved, budget: int,
+                        field: list) -> Answer:
+        started = time.perf_counter()
+        answer = await _model_call(self.generator.generate.remote((question, retrieved, budget)), field)
+        note(request, generate_s=time.perf_counter() - started, completion_tokens=answer.completion_tokens)
+        return answer
 
     def _budget(self, max_new_tokens: int | None) -> int:
         return max_new_tokens or self.settings.default_max_new_tokens
@@ -140,37 +152,47 @@ class RagIngress:
         self._authorize(request)
         return model_list(self.settings.model_name)
 
+    @api.post("/v1/admin/reload")
+    async def reload(self, request: Request) -> dict:
+        """Every Retriever replica checks for a newly published store version now, as its watcher does
+        every `store_watch_s`; the answer lists what each one serves after its check."""
+        self._authorize(request)
+        return {"replicas": await self.retriever.broadcast("reload").results_async(timeout_s=RELOAD_TIMEOUT_S)}
+
     @api.post("/v1/rag", response_model=RagResponse, openapi_extra=openapi_body(RagRequest))
     async def rag(self, request: Request) -> RagResponse:
         body: RagRequest = await self._parse(request, RagRequest)
         start = time.perf_counter()
-        retrieved = await self._retrieve(body.question, body.top_k, ["question"])
+        retrieved = await self._retrieve(request, body.question, body.top_k, ["question"])
         retrieved_at = time.perf_counter()
-        answer = await self._generate(body.question, retrieved, self._budget(body.max_new_tokens), ["question"])
+        answer = await self._generate(request, body.question, retrieved, self._budget(body.max_new_tokens),
+                                      ["question"])
         done = time.perf_counter()
-        return RagResponse(answer=answer.text, documents=_documents(retrieved), timings=Timings(
-            retrieve_s=retrieved_at - start, generate_s=done - retrieved_at, total_s=done - start))
+        return RagResponse(answer=answer.text, documents=_documents(retrieved), store_version=retrieved.store_version,
+                           timings=Timings(retrieve_s=retrieved_at - start, generate_s=done - retrieved_at,
+                                           total_s=done - start))
 
     @api.post("/v1/chat/completions", openapi_extra=openapi_body(ChatRequest))
     async def chat(self, request: Request):
         body: ChatRequest = await self._parse(request, ChatRequest)
         question, budget, field = body.question(), self._budget(body.new_tokens()), body.question_field()
-        retrieved = await self._retrieve(question, body.top_k, field)
+        retrieved = await self._retrieve(request, question, body.top_k, field)
         documents, cid = _documents(retrieved), completion_id()
         notes = footnotes(documents) if (self.settings.footnotes if body.footnotes is None else body.footnotes) else ""
         if not body.stream:
-            answer = await self._generate(question, retrieved, budget, field)
+            answer = await self._generate(request, question, retrieved, budget, field)
             return chat_completion(cid, self.settings.model_name, answer.text + notes, documents,
-                                   answer.finish_reason, answer.usage())
-        events = self._chat_events(cid, body, (question, retrieved, budget), field, documents, notes)
+                                   answer.finish_reason, answer.usage(), retrieved.store_version)
+        events = self._chat_events(request, cid, body, (question, retrieved, budget), field, documents, notes)
         return StreamingResponse(events, media_type="text/event-stream")
 
-    async def _chat_events(self, cid: str, body: ChatRequest, ask: tuple[str, Retrieved, int], field: list,
-                           documents: list[Document], notes: str) -> AsyncIterator[str]:
+    async def _chat_events(self, request: Request, cid: str, body: ChatRequest, ask: tuple[str, Retrieved, int],
+                           field: list, documents: list[Document], notes: str) -> AsyncIterator[str]:
         """The streamed completion: citations, answer pieces, [footnotes], finish reason, [usage]."""
-        name = self.settings.model_name
+        name, started = self.settings.model_name, time.perf_counter()
         # Citations first: the client can show sources while the answer streams in.
-        yield _sse(chat_chunk(cid, name, {"role": "assistant", "content": ""}, documents=documents))
+        yield _sse(chat_chunk(cid, name, {"role": "assistant", "content": ""}, documents=documents,
+                              store_version=ask[1].store_version))
         try:
             async for piece in self.generator.options(stream=True).stream.remote(*ask):
                 if isinstance(piece, Answer):  # the last item: usage and finish reason
@@ -187,6 +209,7 @@ class RagIngress:
             yield _sse({"error": {"message": "internal error while generating", "type": "server_error",
                                   "param": None, "code": None}})
             return
+        note(request, generate_s=time.perf_counter() - started, completion_tokens=answer.completion_tokens)
         if notes:
             yield _sse(chat_chunk(cid, name, {"content": notes}))
         yield _sse(chat_chunk(cid, name, {}, finish=answer.finish_reason))

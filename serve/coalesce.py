@@ -14,28 +14,35 @@ the requests (nor the other batches) that happened to share its model call.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Callable, Sequence
 
 from clara_ray.batches import run_isolated
 
 
+# Told of each model call: its number of items, and how long each item waited for it (seconds).
+Observer = Callable[[int, list[float]], None]
+
+
 class BatchCoalescer:
-    def __init__(self, call: Callable[[list], Sequence[Any]], max_items: int):
+    def __init__(self, call: Callable[[list], Sequence[Any]], max_items: int,
+                 observe: Observer = lambda size, waits: None):
         self.call = call  # blocking: runs in a worker thread so the replica keeps accepting requests
         self.max_items = max_items
+        self.observe = observe
         self.lock = asyncio.Lock()  # also held by anything else that must not overlap a model call
-        self._waiting: list[tuple[list, asyncio.Future]] = []
+        self._waiting: list[tuple[list, asyncio.Future, float]] = []
 
     async def __call__(self, items: list) -> list:
         """One outcome per item: its result, or the exception that item raised on its own."""
         mine = asyncio.get_running_loop().create_future()
-        self._waiting.append((list(items), mine))
+        self._waiting.append((list(items), mine, time.perf_counter()))
         async with self.lock:
             while not mine.done():  # an earlier holder of the lock may have run our items already
                 await self._run(self._take())
         return mine.result()
 
-    def _take(self) -> list[tuple[list, asyncio.Future]]:
+    def _take(self) -> list[tuple[list, asyncio.Future, float]]:
         """The oldest waiting batches, up to max_items items (always at least one batch)."""
         taken, size = [], 0
         while self._waiting and (not taken or size + len(self._waiting[0][0]) <= self.max_items):
@@ -44,18 +51,21 @@ class BatchCoalescer:
             size += len(entry[0])
         return taken
 
-    async def _run(self, taken: list[tuple[list, asyncio.Future]]) -> None:
+    async def _run(self, taken: list[tuple[list, asyncio.Future, float]]) -> None:
+        now = time.perf_counter()
+        merged = [item for items, _, _ in taken for item in items]
+        self.observe(len(merged), [now - since for items, _, since in taken for _ in items])
         try:
-            results = await asyncio.to_thread(run_isolated, self.call, [item for items, _ in taken for item in items])
+            results = await asyncio.to_thread(run_isolated, self.call, merged)
         except Exception as exc:  # the call broke its contract (wrong result count): nobody has a result
-            for _, future in taken:
+            for _, future, _ in taken:
                 future.set_exception(exc)
             return
         except BaseException:  # cancelled: no batch may be left waiting for a call that never ends
-            for _, future in taken:
+            for _, future, _ in taken:
                 future.cancel()
             raise
         start = 0
-        for items, future in taken:
+        for items, future, _ in taken:
             future.set_result(list(results[start:start + len(items)]))
             start += len(items)

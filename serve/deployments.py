@@ -10,6 +10,7 @@ A merged call that fails is retried request by request, so each request gets its
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any, AsyncIterator
 
 import numpy as np
@@ -19,7 +20,9 @@ from clara_ray.threads import apply_torch_threads
 from serve import usage
 from serve.coalesce import BatchCoalescer
 from serve.loading import load_model, open_store
+from serve.metrics import metrics
 from serve.retrieved import Retrieved
+from serve.store_watch import StoreWatcher
 from serve.usage import Answer
 from serve.settings import ServeSettings
 
@@ -58,14 +61,17 @@ def outcome(result: Any) -> Any:
 def _batched_calls(handler, call, settings: ServeSettings) -> BatchCoalescer:
     handler.set_max_batch_size(settings.batch.max_batch_size)
     handler.set_batch_wait_timeout_s(settings.batch.batch_wait_timeout_s)
-    return BatchCoalescer(call, max_items=settings.batch.max_batch_size)
+    return BatchCoalescer(call, max_items=settings.batch.max_batch_size, observe=metrics().model_call)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=MAX_ONGOING)
 class Retriever:
     def __init__(self, settings: ServeSettings):
+        from clara_ray.store import checkpoint_fingerprint
+
         self.model = load_model(settings, adapter="query_reasoner")
-        self.store = open_store(settings)
+        opener = partial(open_store, settings, checkpoint_fingerprint(settings.checkpoint))
+        self.stores = StoreWatcher(settings.store, opener, settings.store_watch_s, on_swap=metrics().store)
         self.calls = _batched_calls(self._search_batch, self._search, settings)
 
     def _search(self, requests: list[tuple[str, int]]) -> list[Retrieved]:
@@ -74,7 +80,8 @@ class Retriever:
         apply_torch_threads()  # model calls run in a worker thread (see clara_ray/threads.py)
         with torch.no_grad():
             queries = self.model.retrieval_vectors(self.model.encode_queries([q for q, _ in requests]))
-        hits = self.store.search(queries.cpu().numpy().astype(np.float32), max(k for _, k in requests))
+        store = self.stores.store  # this call's version, whatever a swap does meanwhile
+        hits = store.search(queries.cpu().numpy().astype(np.float32), max(k for _, k in requests))
         ids, scores, vectors = hits.ids, hits.scores, hits.vectors
         out = []
         for i, (_, k) in enumerate(requests):
@@ -82,7 +89,8 @@ class Retriever:
             out.append(Retrieved(
                 ids=[str(ids[i, j]) for j in keep], scores=[float(scores[i, j]) for j in keep],
                 texts=[hits.texts[i][j] for j in keep], sources=[hits.sources[i][j] for j in keep],
-                vectors=np.ascontiguousarray(vectors[i, keep], dtype=np.float16)))
+                vectors=np.ascontiguousarray(vectors[i, keep], dtype=np.float16),
+                store_version=store.manifest.version))
         return out
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.0, max_concurrent_batches=MAX_BATCH)
@@ -91,6 +99,15 @@ class Retriever:
 
     async def search(self, request: tuple[str, int]) -> Retrieved:
         return outcome(await self._search_batch(request))
+
+    async def reload(self) -> dict:
+        """Check for a newly published store version now (POST /v1/admin/reload broadcasts it)."""
+        return (await asyncio.to_thread(self.stores.check)).as_dict()
+
+    def __del__(self):
+        stores = getattr(self, "stores", None)
+        if stores is not None:
+            stores.stop()
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=MAX_ONGOING)

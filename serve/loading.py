@@ -18,9 +18,11 @@ def load_model(settings: ServeSettings, adapter: str):
     return model
 
 
-def open_store(settings: ServeSettings):
+def open_store(settings: ServeSettings, fingerprint: str | None = None):
+    """The published version of the store, verified; `fingerprint`: the checkpoint's, if computed already."""
     from clara_ray.store import CompressedStore, checkpoint_fingerprint
 
     # The store records which checkpoint compressed it: vectors from another one would be garbage
-    # to this query reasoner and generator, so refuse to start rather than answer nonsense.
-    return CompressedStore.open(settings.store, expect_checkpoint=checkpoint_fingerprint(settings.checkpoint))
+    # to this query reasoner and generator, so refuse it rather than answer nonsense.
+    expected = fingerprint or checkpoint_fingerprint(settings.checkpoint)
+    return CompressedStore.open(settings.store, expect_checkpoint=expected)

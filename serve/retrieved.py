@@ -17,6 +17,7 @@ class Retrieved:
     texts: list[str]
     sources: list[str]
     vectors: np.ndarray  # (k, n, hidden) float16: the exact memory-token states, not the ANN codes
+    store_version: int = 0  # the store version searched
 
     def __len__(self) -> int:
         return len(self.ids)

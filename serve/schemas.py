@@ -105,6 +105,7 @@ class Timings(BaseModel):
 class RagResponse(BaseModel):
     answer: str
     documents: list[Document]
+    store_version: int  # the store version the documents come from
     timings: Timings
 
 
@@ -213,19 +214,22 @@ def _one_line(text: str, limit: int = 200) -> str:
 
 
 def chat_completion(cid: str, model: str, answer: str, documents: list[Document], finish: str,
-                    usage: dict) -> dict:
-    """A `chat.completion` object; the retrieved documents ride along as `citations`."""
+                    usage: dict, store_version: int) -> dict:
+    """A `chat.completion` object; the retrieved documents ride along as `citations`, with the
+    `store_version` they come from."""
     return {
         "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "finish_reason": finish,
                      "message": {"role": "assistant", "content": answer}}],
         "usage": usage,
         "citations": [d.model_dump() for d in documents],
+        "store_version": store_version,
     }
 
 
 def chat_chunk(cid: str, model: str, delta: dict | None, finish: str | None = None,
-               documents: list[Document] | None = None, usage: dict | None = None) -> dict:
+               documents: list[Document] | None = None, usage: dict | None = None,
+               store_version: int | None = None) -> dict:
     """A `chat.completion.chunk`; `delta` None: the usage chunk, which has no choices."""
     chunk = {
         "id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
@@ -233,6 +237,8 @@ def chat_chunk(cid: str, model: str, delta: dict | None, finish: str | None = No
     }
     if documents is not None:
         chunk["citations"] = [d.model_dump() for d in documents]
+    if store_version is not None:
+        chunk["store_version"] = store_version
     if usage is not None:
         chunk["usage"] = usage
     return chunk

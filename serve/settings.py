@@ -77,6 +77,11 @@ class ServeSettings(BaseModel):
     footnotes: bool = False
     # Bearer token; None falls back to $CLARA_SERVE_TOKEN; empty/unset everywhere = no auth.
     auth_token: str | None = None
+    # Seconds between a Retriever replica's checks for a newly published store version (0: only
+    # POST /v1/admin/reload checks). docs/operations.md, "Live store updates".
+    store_watch_s: float = Field(10.0, ge=0)
+    # Request log lines carry the question itself (they never do by default: questions may be private).
+    log_questions: bool = False
     limits: Limits = Field(default_factory=Limits)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     vllm: VllmSettings = Field(default_factory=VllmSettings)

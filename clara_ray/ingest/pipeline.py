@@ -165,6 +165,10 @@ def api_endpoint(cfg: IngestConfig) -> Iterator[tuple[ApiConfig, IngestConfig]]:
     if api.base_url and api.text_model or cfg.until == "extract":
         yield api, cfg
         return
+    if not cfg.runs("synthesize"):  # only captions would need it, and the bundled text model cannot caption
+        log.warning("no API configured: images are not captioned")
+        yield api, cfg.model_copy(update=dict(caption=cfg.caption.model_copy(update=dict(enabled=False))))
+        return
     if not api.embedded_fallback:
         raise IngestError("no API endpoint: set api.base_url/api.text_model in the config, or "
                           "OPENAI_BASE_URL and CLARA_TEXT_MODEL in the environment or .env")

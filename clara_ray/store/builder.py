@@ -3,6 +3,7 @@
     with StoreWriter(out, identity, index_cfg) as writer:
         writer.add(vectors, docs)      # skips ids already stored; each call = one atomic shard
         writer.publish()               # index over all shards -> versions/vN, then CURRENT -> vN
+        writer.remove(ids); writer.publish()   # a version without those documents (index rebuilt)
 
 Shards written but not yet published (a crashed run) are picked up by the next writer with the same
 checkpoint, so a rerun compresses only what is missing and never stores an id twice.
@@ -27,8 +28,8 @@ from clara_ray.store.manifest import (
     write_manifest,
 )
 from clara_ray.store.shards import (
-    METADATA, SHARDS_DIR, DocRecord, list_shard_dirs, read_shard_info, sweep_partial_shards, verify_shard,
-    write_shard,
+    METADATA, SHARDS_DIR, DocRecord, list_shard_dirs, open_vectors, read_metadata, read_shard_info,
+    sweep_partial_shards, verify_shard, write_shard,
 )
 from clara_ray.store.store import ShardSet
 
@@ -56,8 +57,10 @@ class StoreWriter:
             check_checkpoint(self.current, identity, self.root)
         sweep_partial_shards(self.shards_root)
         self.published: list[ShardEntry] = list(self.current.shards) if self.current else []
-        self.staged: list[ShardEntry] = self._adopt_staged_shards()
-        self.known_ids: set[str] = self._read_ids(self.published + self.staged)
+        published_ids = self._read_ids(self.published)
+        self.staged: list[ShardEntry] = self._adopt_staged_shards(published_ids)
+        self.known_ids: set[str] = published_ids | self._read_ids(self.staged)
+        self.removed = False  # documents were removed: the next version's index is rebuilt
 
     def __enter__(self) -> "StoreWriter":
         return self
@@ -73,8 +76,9 @@ class StoreWriter:
     def shape(self) -> tuple[int, int]:
         return (self.identity.num_memory_tokens, self.identity.hidden_size)
 
-    def _adopt_staged_shards(self) -> list[ShardEntry]:
-        """Complete shards from an unpublished run of this checkpoint; anything else is discarded."""
+    def _adopt_staged_shards(self, published_ids: set[str]) -> list[ShardEntry]:
+        """Complete shards from an unpublished run of this checkpoint; anything else is discarded,
+        including a published shard's copy from a removal that never published (its documents are stored)."""
         listed = {e.name for e in self.published}
         staged = []
         for shard_dir in list_shard_dirs(self.shards_root):
@@ -85,6 +89,8 @@ class StoreWriter:
                 if fingerprint != self.identity.fingerprint:
                     raise StoreError(f"{shard_dir}: written by another checkpoint ({fingerprint[:12]})")
                 verify_shard(shard_dir, entry)
+                if not published_ids.isdisjoint(self._read_ids([entry])):
+                    raise StoreError(f"{shard_dir}: holds published documents (left by an unfinished removal)")
             except StoreError as exc:
                 log.warning("discarding unpublished shard: %s", exc)
                 shutil.rmtree(shard_dir, ignore_errors=True)
@@ -118,6 +124,37 @@ class StoreWriter:
         self.staged.append(entry)
         return len(keep)
 
+    def remove(self, ids: set[str]) -> int:
+        """Leave the documents with these ids out of the next published version; returns how many there were.
+
+        Shards are immutable and older versions still list them, so each shard holding such a
+        document is copied without it; the index cannot drop rows, so `publish` rebuilds it.
+        """
+        count, copies = 0, []
+        for group in ("published", "staged"):
+            kept = []
+            for entry in getattr(self, group):
+                shard_dir = self.shards_root / entry.name
+                table = read_metadata(shard_dir, entry)
+                keep = np.array([i not in ids for i in table.column("id").to_pylist()], dtype=bool)
+                count += int((~keep).sum())
+                if keep.all():
+                    kept.append(entry)
+                elif keep.any():
+                    rows = table.filter(keep).to_pylist()
+                    docs = [DocRecord(id=r["id"], text=r["text"], source=r["source"], chunk=r["chunk"]) for r in rows]
+                    vectors = open_vectors(shard_dir, entry, self.shape)[keep]
+                    copies.append(write_shard(self.shards_root, vectors, docs, self.identity.fingerprint))
+            if group == "staged":  # unpublished, so no version lists the originals: a crash must not revive them
+                for entry in getattr(self, group):
+                    if entry not in kept:
+                        shutil.rmtree(self.shards_root / entry.name, ignore_errors=True)
+            setattr(self, group, kept)
+        self.staged += copies  # new shards: staged, as an add's are, until published
+        self.known_ids -= ids
+        self.removed = self.removed or count > 0
+        return count
+
     def publish(self, rebuild: bool = False, build_index: "IndexBuilder | None" = None) -> int:
         """Make every stored shard searchable as a new version; returns its number.
 
@@ -125,6 +162,7 @@ class StoreWriter:
         `rebuild=True` or a change of kind (the corpus outgrew it) re-trains it from the shards.
         `build_index` (default `write_index`, here) builds and writes it, e.g. in a Ray task on a GPU node.
         """
+        rebuild = rebuild or self.removed
         if not self.staged and self.current is not None and not rebuild:
             return self.current.version
         entries = self.published + self.staged
@@ -153,7 +191,7 @@ class StoreWriter:
         write_manifest(tmp, manifest)
         tmp.rename(versions / name)
         layout.swap_current(self.root, name)
-        self.current, self.published, self.staged = manifest, entries, []
+        self.current, self.published, self.staged, self.removed = manifest, entries, [], False
         log.info("published %s: %d docs, %s index", name, manifest.num_docs, kind)
         return number
 

@@ -315,7 +315,8 @@ def run_precompress(checkpoint: str | Path, corpus: str | Path, out: str | Path,
             num_cpus=cfg.num_cpus_per_actor,
             num_gpus=cfg.num_gpus_per_actor,
         )
-        batches = compressed.iter_batches(batch_size=cfg.batch_size, batch_format="numpy")
+        # Nothing new (a rerun, or documents all stored already): no compressor is started for nothing.
+        batches = compressed.iter_batches(batch_size=cfg.batch_size, batch_format="numpy") if todo else []
         started = time.monotonic()
         with tqdm(total=todo, desc="precompress", unit="doc", disable=not cfg.progress) as bar:
             for batch in _shards(_counted(batches, bar), cfg.shard_size):

@@ -62,3 +62,14 @@ def test_no_api_and_no_fallback_is_a_clear_error(monkeypatch):
     with pytest.raises(IngestError, match="OPENAI_BASE_URL"):
         with api_endpoint(cfg):
             pass
+
+
+def test_chunking_without_api_starts_no_server_and_captions_nothing(monkeypatch):
+    """`clara add` runs ingest only through chunking: the bundled text model would have nothing to do."""
+    from clara_ray.ingest.config import IngestConfig
+    from clara_ray.ingest.pipeline import api_endpoint
+
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_BASE", "CLARA_TEXT_MODEL", "OPENAI_MODEL", "MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    with api_endpoint(IngestConfig(until="caption", api={"env_file": None})) as (api, run_cfg):
+        assert api.base_url is None and not run_cfg.caption.enabled

@@ -102,3 +102,33 @@ def test_growing_past_the_flat_limit_rebuilds_as_another_kind(tmp_path, vectors)
         assert writer.current.index.kind == "hnsw"
     hits = CompressedStore.open(tmp_path).search(normalize(vectors[:100]), k=1)
     assert np.mean(hits.ids[:, 0] == np.array([f"doc-{i}" for i in range(100)])) >= 0.99
+
+
+def test_removed_documents_leave_the_next_version_and_may_come_back(build_store, vectors):
+    root = build_store(count=50, shard=25)
+    before = CompressedStore.open(root)
+    with StoreWriter(root, identity(), CFG) as writer:
+        assert writer.remove({"doc-3", "doc-30", "doc-31", "never-stored"}) == 3
+        assert writer.publish() == 2
+    store = CompressedStore.open(root)
+    assert sorted(store.ids) == sorted(f"doc-{i}" for i in range(50) if i not in (3, 30, 31))
+    for row in range(50):  # the rebuilt index finds every kept doc, and a removed one nowhere
+        top = store.search(normalize(vectors[row:row + 1]), k=1).ids[0, 0]
+        assert (top != f"doc-{row}") if row in (3, 30, 31) else (top == f"doc-{row}")
+    # the version a reader opened before keeps answering with every doc (its shards are untouched)
+    assert before.search(normalize(vectors[30:31]), k=1).ids[0, 0] == "doc-30"
+    with StoreWriter(root, identity(), CFG) as writer:
+        assert writer.add(vectors[30:31], docs_for(30, 1)) == 1  # removed, so no longer a known id
+        writer.publish()
+    assert CompressedStore.open(root).search(normalize(vectors[30:31]), k=1).ids[0, 0] == "doc-30"
+
+
+def test_a_removal_that_never_published_leaves_the_store_as_it_was(build_store):
+    root = build_store(count=50, shard=25)
+    writer = StoreWriter(root, identity(), CFG)
+    writer.remove({"doc-7"})
+    writer.close()  # "crash": the copy of doc-7's shard is on disk, unpublished
+    with StoreWriter(root, identity(), CFG) as writer:
+        assert writer.staged == [] and "doc-7" in writer.known_ids
+        assert writer.publish() == 1  # nothing to do
+    assert len(CompressedStore.open(root)) == 50
