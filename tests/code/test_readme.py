@@ -87,12 +87,17 @@ def writes(argv: list[str]) -> list[Path]:
                           [f"checkpoint={option(argv, '--checkpoint')}", f"store={option(argv, '--store')}",
                            *overrides(argv)])
         return []
+    if step == "add":  # adds to the store precompress wrote
+        assert any(Path(option(argv, "--store")) == Path(option(c, "--out")) for c in walkthrough()
+                   if c[1] == "precompress"), shlex.join(argv)
+        return []
     raise AssertionError(f"the walkthrough runs `clara {step}`, which this test does not know how to check")
 
 
-def test_the_walkthrough_is_ingest_train_x3_precompress_serve():
+def test_the_walkthrough_is_ingest_train_x3_precompress_serve_add():
     commands = walkthrough()
-    assert [argv[1] for argv in commands] == ["ingest", "train", "train", "train", "precompress", "serve"], commands
+    assert [argv[1] for argv in commands] == ["ingest", "train", "train", "train", "precompress", "serve", "add"], \
+        commands
     assert [option(argv, "--stage") for argv in commands if argv[1] == "train"] == [
         "compress_pretrain", "instruct", "end_to_end"]
 
