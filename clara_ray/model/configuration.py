@@ -28,7 +28,7 @@ class CLaRaConfig(BaseModel):
     doc_max_length: int = Field(256, ge=1)
     generation_top_k: int = Field(5, ge=1)
     # Generator sequence cap in training (prompt with memory slots + target); the target is cut
-    # to fit. SPEC reference: 2048 for stages 1-2, 1024 for stage 3.
+    # to fit. Reference: 2048 for stages 1-2, 1024 for stage 3.
     max_length: int = Field(2048, ge=16)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     topk_temperature: float = Field(0.02, gt=0)

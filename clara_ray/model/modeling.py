@@ -2,7 +2,7 @@
 
 Read top to bottom: construction (backbone + special tokens + three LoRA adapters), adapter
 switching, compression, query encoding, generator inputs, the three stage losses, inference API,
-and save/load. SPEC.md sections 1-5 and 7 define the behaviour.
+and save/load. docs/design.md sections 1-5 and 7 describe the behaviour.
 """
 from __future__ import annotations
 
@@ -223,7 +223,7 @@ class CLaRa(nn.Module):
             self.config.trained[target] = f"copied from {source}"
 
     def prepare_stage(self, stage: str, generator_init: str = "reset", train_compressor: bool = True) -> None:
-        """Initialise adapters and set what trains for a stage (SPEC section 5).
+        """Initialise adapters and set what trains for a stage (docs/design.md section 5).
 
         generator_init (stage 2 only): "reset" re-initialises the generator as the reference
         does; "previous" keeps the one stage 1 trained (a miniature-recipe option).
@@ -456,7 +456,7 @@ class CLaRa(nn.Module):
         return scores, candidates
 
     def retrieval_warmup_loss(self, records: Sequence[RetrievalRecord]) -> StageLoss:
-        """Multi-positive InfoNCE over cosine / tau (SPEC section 4's optional warm-up): the gold
+        """Multi-positive InfoNCE over cosine / tau (the optional warm-up of docs/design.md section 4): the gold
         candidates against the record's others; only the query reasoner receives gradient."""
         scores, _ = self._candidate_scores(records)
         logits = scores / self.config.topk_temperature

@@ -1,4 +1,4 @@
-"""Straight-through differentiable top-k (SPEC section 4).
+"""Straight-through differentiable top-k (docs/design.md section 4).
 
 Forward: the exact hard top-k, in rank order. Backward: slot j's gradient flows through a
 softmax over score/tau with the documents chosen for earlier slots masked out. No Gumbel noise.
