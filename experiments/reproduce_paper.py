@@ -71,7 +71,7 @@ class Recipe:
 
 
 _FAST = ("data.length_buckets=8",)
-_MINIATURE_MODEL = ("model.memory_norm=embedding",)
+_MINIATURE_MODEL = ("model.memory_norm=embedding", "model.mse_weight=0")
 _FROZEN_COMPRESSOR = ("generator_init=previous", "train_compressor=false")
 WINDOWS_DATA = "pretrain_windows.jsonl"
 PROFILES: dict[str, Recipe] = {
@@ -195,7 +195,7 @@ class Plan:
         """Stages 1-2 log held-out CE with own vs swapped documents as they train (never trained on)."""
         if run.stage not in ("compress_pretrain", "instruct"):
             return []
-        return [f"monitor.path={self.data_dir / ('heldout_' + run.data_file)}", "monitor.every_steps=20"]
+        return [f"monitor.path={self.data_dir / ('heldout_' + run.data_file)}", "monitor.every_steps=10"]
 
     def _checkpoint_diagnostics(self, rate: int, stage: str, export: Path) -> list[Step]:
         """Evaluations of intermediate exports (by run label): stage-1 reconstruction, retrieval before stage 3."""

@@ -153,10 +153,20 @@ class MemoryMonitor:
         try:
             with torch.no_grad():
                 own, other = (self._mean_ce(model, records) for records in (self.records, self.swapped))
+                similarity = self._memory_similarity(model)
         finally:
             model.train(was_training)
             model._rng = rng
-        return {"heldout_ce_own": own, "heldout_ce_other": other, "memory_gap": other - own}
+        return {"heldout_ce_own": own, "heldout_ce_other": other, "memory_gap": other - own,
+                "memory_similarity": similarity}
+
+    def _memory_similarity(self, model) -> float:
+        """Mean cosine between different documents' memories: near 1, the compressor has
+        collapsed to one memory for everything, and there is nothing left to read."""
+        docs = list(dict.fromkeys(d for r in self.records for d in r.docs))
+        flat = model.retrieval_vectors(model._frozen_compress(docs))
+        n = len(docs)
+        return float(((flat @ flat.T).sum() - n) / max(n * (n - 1), 1))
 
     def _mean_ce(self, model, records) -> float:
         import random

@@ -71,3 +71,8 @@ def test_memory_monitor_scores_own_against_swapped_documents(stage, tmp_path):
     own = sum(float(model([r], stage).ce) for r in monitor.records) / 4
     assert out["heldout_ce_own"] == pytest.approx(own, rel=1e-5)
     assert out["memory_gap"] == pytest.approx(out["heldout_ce_other"] - out["heldout_ce_own"])
+    memories = model.retrieval_vectors(model.compress_documents(list(dict.fromkeys(
+        d for r in monitor.records for d in r.docs))))
+    cosines = memories @ memories.T
+    off_diagonal = cosines[~torch.eye(len(cosines), dtype=torch.bool)]
+    assert out["memory_similarity"] == pytest.approx(float(off_diagonal.mean()), abs=1e-5)
