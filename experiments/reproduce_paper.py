@@ -71,7 +71,7 @@ class Recipe:
 
 
 _FAST = ("data.length_buckets=8",)
-_MINIATURE_MODEL = ("model.memory_norm=embedding", "model.mse_weight=0")
+_MINIATURE_MODEL = ("model.memory_norm=centered", "model.mse_weight=0")
 _FROZEN_COMPRESSOR = ("generator_init=previous", "train_compressor=false")
 WINDOWS_DATA = "pretrain_windows.jsonl"
 PROFILES: dict[str, Recipe] = {

@@ -37,8 +37,13 @@ class CLaRaConfig(BaseModel):
     # layer emits them, ~15x the norm of any token embedding on SmolLM2. "embedding": each
     # vector rescaled to the backbone's median token-embedding norm, so a small generator
     # receives inputs of the scale it was trained on (a miniature-recipe deviation; the stored
-    # and retrieved vectors are unchanged, only the generator's input is rescaled).
-    memory_norm: Literal["none", "embedding"] = "none"
+    # and retrieved vectors are unchanged, only the generator's input is rescaled). "centered":
+    # first minus the running mean memory (per slot, kept like batch norm's statistics), then
+    # rescaled: a component shared by every document can then not serve as a generic soft
+    # prompt, which on SmolLM2 made the compressor collapse to one memory for all documents
+    # (docs/results/squad-mini).
+    memory_norm: Literal["none", "embedding", "centered"] = "none"
+    memory_center_momentum: float = Field(0.95, ge=0.0, lt=1.0)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: str = "sdpa"
     memory_token_template: str = "<MEM{i}>"

@@ -84,6 +84,10 @@ class CLaRa(nn.Module):
         # Training computes logits only where a label is predicted (see _generator_ce); off, every
         # position gets logits as in a plain `labels=` forward (the reference cost).
         self.label_logits_only = True
+        # memory_norm "centered": the running mean memory per slot, and how many batches made it.
+        n, hidden = config.num_memory_tokens, backbone.get_input_embeddings().embedding_dim
+        self.register_buffer("memory_center", torch.zeros(n, hidden), persistent=True)
+        self.register_buffer("memory_center_batches", torch.zeros((), dtype=torch.long), persistent=True)
         self.use_adapter("generator")
 
     @classmethod
@@ -367,11 +371,28 @@ class CLaRa(nn.Module):
         return embeds.masked_scatter(slots.unsqueeze(-1), self._generator_scale(source).to(embeds.dtype))
 
     def _generator_scale(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Memory vectors as the generator reads them (config.memory_norm)."""
+        """Memory vectors (rows of whole n-vector memories) as the generator reads them (config.memory_norm)."""
         if self.config.memory_norm == "none":
             return vectors
+        if self.config.memory_norm == "centered":
+            vectors = self._centered(vectors)
         target = self.embeddings.token_norm
         return vectors * (target / vectors.float().norm(dim=-1, keepdim=True).clamp(min=1e-6)).to(vectors.dtype)
+
+    def _centered(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Minus the running mean memory; training batches update it first (batch norm's rule,
+        the statistics detached), so training and inference subtract the same kind of mean."""
+        memories = vectors.reshape(-1, *self.memory_center.shape)
+        if self.training:
+            with torch.no_grad():
+                mean = memories.float().mean(0)
+                m = self.config.memory_center_momentum if int(self.memory_center_batches) else 0.0
+                self.memory_center.mul_(m).add_(mean, alpha=1 - m)
+                self.memory_center_batches += 1
+        elif not int(self.memory_center_batches):
+            raise RuntimeError("memory_norm 'centered' needs the running mean memory a training stage computes; "
+                               "this model has none (untrained, or saved before memory_center existed)")
+        return (memories - self.memory_center.to(memories.dtype)).reshape(vectors.shape)
 
     def _answer_turns(self, questions: Sequence[str], num_docs: Sequence[int]) -> list[tuple[str, str]]:
         return [prompts.answer_turn([self._slot()] * k, q) for q, k in zip(questions, num_docs)]
@@ -618,7 +639,9 @@ class CLaRa(nn.Module):
             state = get_peft_model_state_dict(self.backbone, adapter_name=name)
             save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
                       str(path / ADAPTER_DIR / f"{name}.safetensors"))
-        save_file({"new_rows": self.embeddings.new_rows.detach().cpu().contiguous()}, str(path / MEMORY_ROWS_FILE))
+        save_file({"new_rows": self.embeddings.new_rows.detach().cpu().contiguous(),
+                   "memory_center": self.memory_center.detach().cpu().contiguous(),
+                   "memory_center_batches": self.memory_center_batches.detach().cpu()}, str(path / MEMORY_ROWS_FILE))
         (path / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
 
     @classmethod
@@ -639,7 +662,12 @@ class CLaRa(nn.Module):
                     raise ValueError(f"{file}: weights do not fit this backbone: {result.unexpected_keys[:3]}")
             else:
                 model.config.trained.pop(name, None)
-        rows = load_file(str(path / MEMORY_ROWS_FILE))["new_rows"]
+        saved = load_file(str(path / MEMORY_ROWS_FILE))
+        rows = saved["new_rows"]
+        if "memory_center" in saved:  # older checkpoints have none (and no "centered" memory_norm)
+            with torch.no_grad():
+                model.memory_center.copy_(saved["memory_center"])
+                model.memory_center_batches.copy_(saved["memory_center_batches"])
         if rows.shape != model.embeddings.new_rows.shape:
             raise ValueError(f"{path / MEMORY_ROWS_FILE}: shape {tuple(rows.shape)} does not fit "
                              f"{tuple(model.embeddings.new_rows.shape)}")

@@ -228,3 +228,36 @@ def test_memory_norm_embedding_feeds_the_generator_vectors_of_token_scale(tiny_m
     scaled = model._generator_scale(vectors).norm(dim=-1)
     token_norms = model.embeddings.base.weight.norm(dim=-1)
     torch.testing.assert_close(scaled, torch.full_like(scaled, float(token_norms.median())))
+
+
+def test_memory_norm_centered_subtracts_a_running_mean_that_training_keeps_and_checkpoints_carry(tiny_model, tmp_path):
+    model = copy.deepcopy(tiny_model)
+    model.config.memory_norm = "centered"
+    shape = (model.num_memory_tokens, model.hidden_size)
+    shared = torch.randn(*shape) * 40  # what every document's memory has in common
+    batches = [shared + torch.randn(4, *shape) for _ in range(30)]
+    model.eval()
+    with pytest.raises(RuntimeError, match="running mean"):
+        model._generator_scale(batches[0].reshape(-1, shape[1]))  # nothing to subtract yet
+    model.train()
+    first = model._generator_scale(batches[0].reshape(-1, shape[1]))
+    torch.testing.assert_close(model.memory_center, batches[0].mean(0))  # the first batch sets it
+    assert first.shape == (4 * shape[0], shape[1])
+    for batch in batches[1:]:
+        model._generator_scale(batch.reshape(-1, shape[1]))
+    assert (model.memory_center - shared).norm() < 0.1 * shared.norm()  # it tracks the shared part
+    model.eval()
+    one = shared + torch.randn(1, *shape)
+    # at inference a memory's input does not depend on its batch-mates, and the shared part is gone
+    alone = model._generator_scale(one.reshape(-1, shape[1]))
+    together = model._generator_scale(torch.cat([one, batches[0]]).reshape(-1, shape[1]))[: shape[0]]
+    torch.testing.assert_close(alone, together)
+    plain = torch.nn.functional.normalize(one.reshape(-1, shape[1]), dim=-1)
+    centred = torch.nn.functional.normalize(alone, dim=-1)
+    common = torch.nn.functional.normalize(shared, dim=-1)
+    assert (centred * common).sum(-1).abs().mean() < 0.5 * (plain * common).sum(-1).abs().mean()
+    model.save_pretrained(tmp_path)
+    loaded = CLaRa.from_pretrained(tmp_path, device="cpu")
+    loaded.eval()
+    torch.testing.assert_close(loaded.memory_center, model.memory_center)
+    torch.testing.assert_close(loaded._generator_scale(one.reshape(-1, shape[1])), alone)
