@@ -14,16 +14,22 @@ def _steps(plan):
 def test_full_profile_chains_every_stage_and_rate_with_diagnostics(tmp_path):
     plan = Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=PROFILES["full"])
     names = [s.name for s in plan.steps()]
-    per_rate = lambda r: [f"train_cr{r}_compress_pretrain", f"evaluate_cr{r}_stage1", f"train_cr{r}_instruct",
+    per_rate = lambda r: [f"train_cr{r}_compress_windows", f"train_cr{r}_compress_pretrain", f"evaluate_cr{r}_stage1", f"train_cr{r}_instruct",
                           f"evaluate_cr{r}_instruct", f"train_cr{r}_retrieval_warmup",
                           f"evaluate_cr{r}_retrieval_warmup", f"train_cr{r}_end_to_end", f"evaluate_cr{r}"]
-    assert names == ["build_data", *per_rate(16), "train_text_rag_lora", "evaluate_text_rag_lora",
-                     *per_rate(4), *per_rate(32)]
+    assert names == ["build_data", *per_rate(16), *per_rate(4), *per_rate(32), "train_text_rag_lora",
+                     "evaluate_text_rag_lora"]
     steps = _steps(plan)
-    assert "--reconstruction" in steps["build_data"].argv and "256" in steps["build_data"].argv
-    assert "model.compression_rate=4" in steps["train_cr4_compress_pretrain"].argv
-    assert "model.memory_norm=embedding" in steps["train_cr4_compress_pretrain"].argv
+    build = steps["build_data"].argv
+    assert "--reconstruction" in build and build[build.index("--reconstruction-window") + 1] == "48"
+    # the curriculum: stage 1 on the windows builds the model, stage 1 on the paragraphs continues it
+    windows, paragraphs = steps["train_cr4_compress_windows"].argv, steps["train_cr4_compress_pretrain"].argv
+    assert f"data.paths=[{tmp_path.resolve() / 'data' / 'pretrain_windows.jsonl'}]" in windows
+    assert "model.compression_rate=4" in windows and "model.memory_norm=centered" in windows
+    assert f"init_from={plan.export_dir(4, 'compress_windows')}" in paragraphs
+    assert f"monitor.path={tmp_path.resolve() / 'data' / 'heldout_pretrain_windows.jsonl'}" in windows
     assert "generator_init=previous" in steps["train_cr16_instruct"].argv
+    assert "train_compressor=false" in steps["train_cr16_instruct"].argv
     assert f"init_from={plan.export_dir(4, 'retrieval_warmup')}" in steps["train_cr4_end_to_end"].argv
     evaluate = steps["evaluate_cr16"].argv
     assert f"checkpoint={plan.export_dir(16, 'end_to_end')}" in evaluate
@@ -36,7 +42,7 @@ def test_full_profile_chains_every_stage_and_rate_with_diagnostics(tmp_path):
     assert str(tmp_path.resolve() / "data" / "instruction_data.jsonl") in lora
     instruct = next(r for r in PROFILES["full"].stages if r.stage == "instruct")
     samples = int(lora[lora.index("--steps") + 1]) * int(lora[lora.index("--batch-size") + 1])
-    assert samples == instruct.steps * 8
+    assert samples == instruct.steps * 16
     lora_eval = steps["evaluate_text_rag_lora"].argv
     assert [a for a in lora_eval if a.startswith("data.")] == [a for a in evaluate if a.startswith("data.")]
 
@@ -56,7 +62,7 @@ def test_rerun_skips_finished_steps_and_unknown_profiles_are_refused(tmp_path):
     squad = tmp_path / "squad.json"
     squad.write_text("{}")
     plan = Plan(squad=squad, work_dir=tmp_path, recipe=PROFILES["quick"])
-    for step in plan.steps()[:2]:  # data built, stage 1 exported
+    for step in plan.steps()[:3]:  # data built, both stage-1 runs exported
         step.done_marker.parent.mkdir(parents=True, exist_ok=True)
         step.done_marker.write_text("{}")
     app = typer.Typer()
@@ -65,6 +71,7 @@ def test_rerun_skips_finished_steps_and_unknown_profiles_are_refused(tmp_path):
                                        "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "[build_data] done, skipped" in result.output
+    assert "[train_cr16_compress_windows] done, skipped" in result.output
     assert "[train_cr16_compress_pretrain] done, skipped" in result.output
     assert "[evaluate_cr16_stage1] would run" in result.output
     result = CliRunner().invoke(app, ["--squad", str(squad), "--profile", "huge", "--dry-run"])
