@@ -74,40 +74,36 @@ _FAST = ("data.length_buckets=8",)
 _MINIATURE_MODEL = ("model.memory_norm=centered", "model.mse_weight=0")
 _FROZEN_COMPRESSOR = ("generator_init=previous", "train_compressor=false")
 WINDOWS_DATA = "pretrain_windows.jsonl"
+
+
+def miniature_stages(windows: int, paragraphs: int, instruct: int, warmup: int, end_to_end: int) -> tuple[StageRun, ...]:
+    """The miniature curriculum (docs/results/squad-mini/README.md), optimizer steps per run:
+    stage 1 first reconstructs short windows (where a small generator starts reading memory),
+    then whole paragraphs + QA; stage 2 keeps stage 1's generator and trains it alone on cached
+    vectors (compressor frozen), so it sees many more questions per CPU-hour; a contrastive
+    warm-up gives the query reasoner a start before stage 3."""
+    big, small = ("batch.global_size=16", "batch.micro_size=8"), ("batch.global_size=8", "batch.micro_size=4")
+    return (
+        StageRun("compress_pretrain", windows, ("optim.lr=1e-3", *big, *_FAST), name="compress_windows",
+                 data=WINDOWS_DATA),
+        StageRun("compress_pretrain", paragraphs, ("optim.lr=1e-3", *small, *_FAST)),
+        StageRun("instruct", instruct, (*_FROZEN_COMPRESSOR, "optim.lr=5e-4", *big, *_FAST)),
+        StageRun("retrieval_warmup", warmup, ("optim.lr=5e-4", *big)),
+        StageRun("end_to_end", end_to_end, ("optim.lr=1e-4", *small)),
+    )
+
+
+_MINIATURE = dict(doc_max_length=192, model=_MINIATURE_MODEL, reconstruction=True, reconstruction_window=48)
 PROFILES: dict[str, Recipe] = {
     # The paper's recipe (reset generator, lr 1e-4 / 5e-6, QA-only stage 1) at the first run's budget.
     "reference": Recipe(rates=(16,), doc_max_length=128, eval_per_article=5, stages=(
         StageRun("compress_pretrain", 50), StageRun("instruct", 50), StageRun("end_to_end", 40))),
-    # Miniature recipe (docs/results/squad-mini/README.md): stage 1 first reconstructs short
-    # windows (where a small generator starts reading memory), then whole paragraphs + QA; stage 2
-    # keeps stage 1's generator and trains it alone on cached vectors (compressor frozen), so it
-    # sees many more questions per CPU-hour; a contrastive warm-up gives the query reasoner a start.
-    "quick": Recipe(
-        rates=(16,), doc_max_length=192, model=_MINIATURE_MODEL, reconstruction=True, reconstruction_window=48,
-        eval_per_article=5, reconstruction_eval=16, text_rag_systems=False, text_rag_lora=False,
-        stages=(
-            StageRun("compress_pretrain", 40, ("optim.lr=1e-3", "batch.global_size=16", "batch.micro_size=8", *_FAST),
-                     name="compress_windows", data=WINDOWS_DATA),
-            StageRun("compress_pretrain", 20, ("optim.lr=1e-3", "batch.global_size=8", "batch.micro_size=4", *_FAST)),
-            StageRun("instruct", 60, (*_FROZEN_COMPRESSOR, "optim.lr=5e-4", "batch.global_size=16",
-                                      "batch.micro_size=8", *_FAST)),
-            StageRun("retrieval_warmup", 30, ("optim.lr=5e-4", "batch.global_size=16", "batch.micro_size=8")),
-            StageRun("end_to_end", 20, ("optim.lr=1e-4", "batch.global_size=8", "batch.micro_size=4")),
-        )),
-    # The quick recipe at ~6x its budget per rate (about an epoch of the windows and of the
-    # paragraphs, 3,200 stage-2 questions), 200 held-out questions, three rates.
-    "full": Recipe(
-        rates=(16, 4, 32), doc_max_length=192, model=_MINIATURE_MODEL, reconstruction=True, reconstruction_window=48,
-        eval_per_article=25, reconstruction_eval=32, retrieval_checkpoints=True,
-        stages=(
-            StageRun("compress_pretrain", 250, ("optim.lr=1e-3", "batch.global_size=16", "batch.micro_size=8", *_FAST),
-                     name="compress_windows", data=WINDOWS_DATA),
-            StageRun("compress_pretrain", 150, ("optim.lr=1e-3", "batch.global_size=8", "batch.micro_size=4", *_FAST)),
-            StageRun("instruct", 200, (*_FROZEN_COMPRESSOR, "optim.lr=5e-4", "batch.global_size=16",
-                                       "batch.micro_size=8", *_FAST)),
-            StageRun("retrieval_warmup", 150, ("optim.lr=5e-4", "batch.global_size=16", "batch.micro_size=8")),
-            StageRun("end_to_end", 80, ("optim.lr=1e-4", "batch.global_size=8", "batch.micro_size=4")),
-        )),
+    "quick": Recipe(rates=(16,), eval_per_article=5, reconstruction_eval=16, text_rag_systems=False,
+                    text_rag_lora=False, stages=miniature_stages(40, 20, 60, 30, 20), **_MINIATURE),
+    # ~6x the quick budget per rate (about an epoch of the windows and of the paragraphs, 3,200
+    # stage-2 questions), 200 held-out questions, three rates.
+    "full": Recipe(rates=(16, 4, 32), eval_per_article=25, reconstruction_eval=32, retrieval_checkpoints=True,
+                   stages=miniature_stages(250, 150, 200, 150, 80), **_MINIATURE),
 }
 
 
