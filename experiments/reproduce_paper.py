@@ -178,7 +178,8 @@ class Plan:
                 argv += [f"model.compression_rate={rate}", f"model.doc_max_length={recipe.doc_max_length}",
                          "model.dtype=float32", *recipe.model]
             else:
-                argv.append(f"init_from={previous}")
+                # the model is the previous run's; the stage YAML's `model` fields would override it
+                argv += [f"init_from={previous}", "model=null"]
             steps.append(Step(f"train_cr{rate}_{run.label}", argv, export / "clara_config.json"))
             steps += self._checkpoint_diagnostics(rate, run.label, export)
             previous = export

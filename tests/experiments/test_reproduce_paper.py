@@ -27,6 +27,7 @@ def test_full_profile_chains_every_stage_and_rate_with_diagnostics(tmp_path):
     assert f"data.paths=[{tmp_path.resolve() / 'data' / 'pretrain_windows.jsonl'}]" in windows
     assert "model.compression_rate=4" in windows and "model.memory_norm=centered" in windows
     assert f"init_from={plan.export_dir(4, 'compress_windows')}" in paragraphs
+    assert "model=null" in paragraphs  # the stage YAML's model fields must not override the loaded model
     assert f"monitor.path={tmp_path.resolve() / 'data' / 'heldout_pretrain_windows.jsonl'}" in windows
     assert "generator_init=previous" in steps["train_cr16_instruct"].argv
     assert "train_compressor=false" in steps["train_cr16_instruct"].argv
