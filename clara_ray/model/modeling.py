@@ -664,15 +664,15 @@ class CLaRa(nn.Module):
                 model.config.trained.pop(name, None)
         saved = load_file(str(path / MEMORY_ROWS_FILE))
         rows = saved["new_rows"]
-        if "memory_center" in saved:  # older checkpoints have none (and no "centered" memory_norm)
-            with torch.no_grad():
-                model.memory_center.copy_(saved["memory_center"])
-                model.memory_center_batches.copy_(saved["memory_center_batches"])
         if rows.shape != model.embeddings.new_rows.shape:
             raise ValueError(f"{path / MEMORY_ROWS_FILE}: shape {tuple(rows.shape)} does not fit "
-                             f"{tuple(model.embeddings.new_rows.shape)}")
+                             f"{tuple(model.embeddings.new_rows.shape)} (does an override change doc_max_length "
+                             f"or compression_rate of the saved model? overrides: {sorted(overrides)})")
         with torch.no_grad():
             model.embeddings.new_rows.copy_(rows.to(model.embeddings.new_rows.dtype))
+            if "memory_center" in saved:  # older checkpoints have none (and no "centered" memory_norm)
+                model.memory_center.copy_(saved["memory_center"])
+                model.memory_center_batches.copy_(saved["memory_center_batches"])
         return model.to(device) if device is not None else model
 
 
