@@ -71,7 +71,7 @@ gpu-lock: env
 	$(PY) -m cluster.gpu_platform
 
 test: env test-data vllm-env
-	$(PY) -m pytest -q -rs --durations=15
+	$(PY) -m pytest -q -rs --durations=40
 
 test-fast: env
 	$(PY) -m pytest -q -m "not slow"
