@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from clara_ray.model import prompts
 from serve.retrieved import Retrieved
 
 
@@ -36,5 +35,4 @@ def answer(model, reader: str, question: str, retrieved: Retrieved, ids: list[in
 def prompt_tokens(model, reader: str, question: str, retrieved: Retrieved) -> int:
     """Tokens of the generator prompt: the question with each document as a memory slot
     (`compressed`) or as its text (`text`), in the backbone's chat template."""
-    documents = retrieved.texts if reader == "text" else [model._slot()] * len(retrieved)
-    return len(model._prompt_ids(*prompts.answer_turn(documents, question)))
+    return model.prompt_length(question, list(retrieved.texts) if reader == "text" else len(retrieved))

@@ -79,6 +79,7 @@ class CLaRa(nn.Module):
         self._merged: str | None = None  # the adapter folded into the weights, see merge_adapter
         self._head_cache: PromptHeadCache | None = None  # see cache_prompt_head
         self._candidate_cache: dict[str, torch.Tensor] | None = None  # see cache_candidates
+        self._stored_candidates = None
         self._counted: list[int] | None = None  # [real tokens, positions] of the loss being computed
         self._prepared: tuple[str, list[str]] | None = None  # (stage, adapters it trains), see prepare_stage
         # Training computes logits only where a label is predicted (see _generator_ce); off, every
@@ -498,17 +499,27 @@ class CLaRa(nn.Module):
         ce = self._generator_ce(turns, [r.answer for r in records], selected)
         return StageLoss(ce, ce.detach(), recall=_recall_at(topk, [r.pos_index for r in records]))
 
-    def cache_candidates(self) -> None:
+    def cache_candidates(self, stored=None) -> None:
         """Keep every candidate's compressed vectors once computed (stage 3, retrieval warm-up,
-        stage 2 with a frozen compressor). Valid only while the compressor is frozen."""
+        stage 2 with a frozen compressor). Valid only while the compressor is frozen.
+        `stored`: a StoredCandidates (clara_ray.train.stored_candidates) to read vectors from first."""
         if any(p.requires_grad for p in self.adapter_parameters("compressor")):
             raise RuntimeError("cache_candidates needs a frozen compressor (this stage trains it)")
         self._candidate_cache = {}
+        self._stored_candidates = stored
+
+    @property
+    def stored_candidates(self):
+        """The store candidates are read from (see cache_candidates), or None."""
+        return self._stored_candidates
 
     def _frozen_compress(self, texts: list[str]) -> torch.Tensor:
         """Compressor states without gradient or dropout (the compressor is frozen where this is
         used, so its noise would only blur the candidates); from the cache where enabled."""
         cache = self._candidate_cache
+        if cache is not None and self._stored_candidates is not None:
+            found = self._stored_candidates.lookup([t for t in texts if t not in cache])
+            cache.update((t, v.to(self.device)) for t, v in found.items())
         todo = texts if cache is None else list(dict.fromkeys(t for t in texts if t not in cache))
         computed = None
         if todo:
@@ -599,13 +610,25 @@ class CLaRa(nn.Module):
             embeds = self._scatter_memory(batch, compressed)
             return self.decode_answers(self._generate_ids(batch, max_new_tokens, embeds))
 
-    def generate_from_text(self, questions: Sequence[str], documents: Sequence[Sequence[str]],
-                           max_new_tokens: int = 64, adapter: str | None = "generator") -> list[str]:
-        """Text RAG on the same backbone: documents as plain text (adapter None: bare backbone)."""
+    def generate_ids_from_text(self, questions: Sequence[str], documents: Sequence[Sequence[str]],
+                               max_new_tokens: int = 64, adapter: str | None = "generator") -> torch.Tensor:
+        """Greedy new-token ids (B, T) of text RAG on the same backbone: documents as plain text
+        (adapter None: the bare backbone)."""
         with self._inference():
             batch = self._generator_batch(
                 [prompts.answer_turn(list(docs), q) for q, docs in zip(questions, documents)], None)
-            return self.decode_answers(self._generate_ids(batch, max_new_tokens, adapter=adapter))
+            return self._generate_ids(batch, max_new_tokens, adapter=adapter)
+
+    def generate_from_text(self, questions: Sequence[str], documents: Sequence[Sequence[str]],
+                           max_new_tokens: int = 64, adapter: str | None = "generator") -> list[str]:
+        return self.decode_answers(self.generate_ids_from_text(questions, documents, max_new_tokens, adapter))
+
+    def prompt_length(self, question: str, documents: Sequence[str] | int) -> int:
+        """Tokens of the generator's prompt for `question`, in the backbone's chat template:
+        `documents` as text, or an int: that many compressed documents (memory slots)."""
+        if isinstance(documents, int):
+            documents = [self._slot()] * documents
+        return len(self._prompt_ids(*prompts.answer_turn(list(documents), question)))
 
     def generate_from_questions(self, questions: Sequence[str], documents: Sequence[Sequence[str]],
                                 max_new_tokens: int = 64) -> tuple[list[str], list[list[int]]]:

@@ -7,7 +7,6 @@ from typing import Iterator
 import torch
 from transformers import TextIteratorStreamer
 
-from clara_ray.model import prompts
 from clara_ray.threads import apply_torch_threads
 from serve.retrieved import Retrieved, memory_vectors
 
@@ -52,10 +51,7 @@ class HFBackend:
         """The generated token ids of each answer, up to and including its first end-of-sequence."""
         model, eos = self.model, self.model.tokenizer.eos_token_id
         if self.reader == "text":
-            with model._inference():  # CLaRa.generate_from_text without its decoding
-                batch = model._generator_batch(
-                    [prompts.answer_turn(list(r.texts), q) for q, r in zip(questions, retrieved)], None)
-                rows = model._generate_ids(batch, max_new_tokens).tolist()
+            rows = model.generate_ids_from_text(questions, [r.texts for r in retrieved], max_new_tokens).tolist()
         else:
             vectors = memory_vectors(retrieved, model)
             rows = model.generate_ids_from_compressed(questions, vectors, max_new_tokens).tolist()

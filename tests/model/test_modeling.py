@@ -261,3 +261,15 @@ def test_memory_norm_centered_subtracts_a_running_mean_that_training_keeps_and_c
     loaded.eval()
     torch.testing.assert_close(loaded.memory_center, model.memory_center)
     torch.testing.assert_close(loaded._generator_scale(one.reshape(-1, shape[1])), alone)
+
+
+def test_prompt_length_is_the_generator_prompt_the_model_builds(tiny_model):
+    from clara_ray.model import prompts
+
+    question, doc = "Where do bees live?", "Honey bees live in hives of wax combs built by the workers."
+    batch = tiny_model._generator_batch([prompts.answer_turn([doc, doc], question)], None)
+    assert tiny_model.prompt_length(question, [doc, doc]) == int(batch.attention_mask.sum())
+    slots = tiny_model._generator_batch([prompts.answer_turn([tiny_model._slot()] * 3, question)], None)
+    assert tiny_model.prompt_length(question, 3) == int(slots.attention_mask.sum())
+    # one more compressed document costs its memory tokens (and a separator), not its text
+    assert tiny_model.prompt_length(question, 3) - tiny_model.prompt_length(question, 2) >= tiny_model.num_memory_tokens
