@@ -53,6 +53,11 @@ class StageRun:
     def data_file(self) -> str:
         return self.data or STAGE_DATA[self.stage]
 
+    @property
+    def trains_compressor(self) -> bool:
+        frozen = self.stage == "instruct" and "train_compressor=false" in self.overrides
+        return self.stage in ("compress_pretrain", "instruct") and not frozen
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -68,12 +73,16 @@ class Recipe:
     retrieval_checkpoints: bool = False  # Recall@k of the stage-2 (and warm-up) exports too
     text_rag_systems: bool = True  # text RAG over CLaRa's / MiniLM's top-k in the CLaRa evaluation
     text_rag_lora: bool = True  # the LoRA text-RAG baseline, trained on stage 2's data and sample count
+    # Once the compressor stops training, precompress the training paragraphs into a store and
+    # let the later stages read their candidates from it (speed.candidate_store).
+    candidate_store: bool = False
 
 
 _FAST = ("data.length_buckets=8",)
 _MINIATURE_MODEL = ("model.memory_norm=centered", "model.mse_weight=0")
 _FROZEN_COMPRESSOR = ("generator_init=previous", "train_compressor=false")
 WINDOWS_DATA = "pretrain_windows.jsonl"
+CORPUS_DATA = "corpus.jsonl"  # every training paragraph once (build_squad_data)
 
 
 def miniature_stages(windows: int, paragraphs: int, instruct: int, warmup: int, end_to_end: int) -> tuple[StageRun, ...]:
@@ -93,7 +102,8 @@ def miniature_stages(windows: int, paragraphs: int, instruct: int, warmup: int, 
     )
 
 
-_MINIATURE = dict(doc_max_length=192, model=_MINIATURE_MODEL, reconstruction=True, reconstruction_window=48)
+_MINIATURE = dict(doc_max_length=192, model=_MINIATURE_MODEL, reconstruction=True, reconstruction_window=48,
+                  candidate_store=True)
 PROFILES: dict[str, Recipe] = {
     # The paper's recipe (reset generator, lr 1e-4 / 5e-6, QA-only stage 1) at the first run's budget.
     "reference": Recipe(rates=(16,), doc_max_length=128, eval_per_article=5, stages=(
@@ -164,9 +174,13 @@ class Plan:
             steps += self._text_rag_lora_steps()
         return steps
 
+    def store_dir(self, rate: int) -> Path:
+        return (self.work_dir / "stores" / f"cr{rate}-train").resolve()
+
     def _rate_steps(self, rate: int) -> list[Step]:
-        recipe, steps, previous = self.recipe, [], None
-        for run in recipe.stages:
+        recipe, steps, previous, store = self.recipe, [], None, None
+        last_compressor_run = max(i for i, run in enumerate(recipe.stages) if run.trains_compressor)
+        for i, run in enumerate(recipe.stages):
             export = self.export_dir(rate, run.label)
             argv = [sys.executable, "-m", "pipelines.train", "--stage", run.stage,
                     "--config", f"configs/train/cpu/{run.stage}.yaml",
@@ -180,9 +194,17 @@ class Plan:
             else:
                 # the model is the previous run's; the stage YAML's `model` fields would override it
                 argv += [f"init_from={previous}", "model=null"]
+            if store is not None:
+                argv.append(f"speed.candidate_store={store}")
             steps.append(Step(f"train_cr{rate}_{run.label}", argv, export / "clara_config.json"))
             steps += self._checkpoint_diagnostics(rate, run.label, export)
             previous = export
+            if recipe.candidate_store and i == last_compressor_run < len(recipe.stages) - 1:
+                store = self.store_dir(rate)
+                steps.append(Step(f"precompress_cr{rate}", [
+                    sys.executable, "-m", "pipelines.precompress", "--checkpoint", str(export),
+                    "--corpus", str(self.data_dir / CORPUS_DATA), "--out", str(store),
+                    "--config", "configs/precompress.yaml"], store / "CURRENT"))
         # The evaluation YAML's systems: CLaRa (normal, oracle, wrong_memory, answer CE own vs other),
         # text RAG over MiniLM's and CLaRa's top-k, closed book; `text_rag_systems` off drops the
         # text-RAG ones (each reads five paragraphs as text: the slowest rows on a CPU).

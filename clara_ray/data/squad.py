@@ -11,6 +11,8 @@
   `instruct_docs - 1` negatives.
 - Stage 3 (`end_to_end_data.jsonl`): one record per question, the gold paragraph among
   `end_to_end_docs - 1` negatives, with `pos_index` and every distinct gold answer.
+- `corpus.jsonl`: every paragraph once (`id`, `text`, `source`), a corpus for
+  `pipelines.precompress`: the store a frozen compressor's stages read candidates from.
 
 Negatives are other paragraphs: first from the same article (same topic, so they are hard to
 tell apart), the rest from other articles. Articles are split whole into train and held-out, so
@@ -41,6 +43,7 @@ STAGE_FILES = {
     "end_to_end": "end_to_end_data.jsonl",
 }
 WINDOWS_FILE = "pretrain_windows.jsonl"
+CORPUS_FILE = "corpus.jsonl"
 HELDOUT_PREFIX = "heldout_"
 
 
@@ -153,7 +156,7 @@ def stage_records(articles: list[list[Paragraph]], instruct_docs: int, end_to_en
                   reconstruction: bool = False, keep_past_window: bool = False,
                   reconstruction_window: int | None = None,
                   ) -> tuple[dict[str, list[dict[str, Any]]], int]:
-    """The stages' records (as JSON objects, by stage; `windows`: the stage-1 warm-up's) for a
+    """The stages' records (as JSON objects, by stage; `windows`: the stage-1 warm-up's; `corpus`: every paragraph once) for a
     set of articles, and the number of questions whose answers lie past `window` (left out
     unless `keep_past_window`)."""
     if reconstruction_window and window is None:
@@ -189,7 +192,12 @@ def stage_records(articles: list[list[Paragraph]], instruct_docs: int, end_to_en
                 out["instruct"].append({"question": q.text, "docs": docs, "answer": q.answers[0]})
                 docs, gold = _with_gold(par.context, _negatives(par, article, others, end_to_end_docs - 1, rng), rng)
                 out["end_to_end"].append({"question": q.text, "docs": docs, "answers": q.answers, "pos_index": [gold]})
+    # Shortest first: the precompress job batches neighbouring records, so similar lengths pad less.
+    out["corpus"] = sorted(({"id": f"squad-{par.article}-{i}", "text": par.context, "source": f"squad article {par.article}"}
+                            for i, par in enumerate(everything)), key=lambda record: len(record["text"]))
     for name, records in out.items():
+        if name == "corpus":
+            continue
         rng.shuffle(records)
         stage = "compress_pretrain" if name == "windows" else name
         for i, record in enumerate(records):
@@ -228,7 +236,7 @@ def build_squad_data(squad_path: str | Path, out_dir: str | Path, train_articles
             split, instruct_docs, end_to_end_docs, max_questions_per_paragraph, seed, window, reconstruction,
             keep_past_window=bool(prefix), reconstruction_window=reconstruction_window)
         for stage, records in records_by_stage.items():
-            name = prefix + (WINDOWS_FILE if stage == "windows" else STAGE_FILES[stage])
+            name = prefix + ({"windows": WINDOWS_FILE, "corpus": CORPUS_FILE}.get(stage) or STAGE_FILES[stage])
             write_jsonl(records, out_dir / name)
             stats.files[name] = len(records)
     return stats

@@ -120,6 +120,10 @@ class SpeedConfig(_Strict):
     # train_compressor=false) compress each candidate
     # once and reuse its vectors instead of recompressing it for every question that lists it.
     candidate_cache: bool = True
+    # Those stages read candidates' vectors from this store instead (`pipelines.precompress` of
+    # their documents with the checkpoint whose compressor they keep frozen; checked on a sample
+    # at start). Stored in fp16: losses move by ~1e-3, so not bit-exact. Needs candidate_cache.
+    candidate_store: Optional[str] = None
     # The generator's vocabulary projection only where a label is predicted.
     label_logits_only: bool = True
 

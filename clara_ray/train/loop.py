@@ -31,8 +31,22 @@ def build_model(cfg: TrainConfig, device: str):
     model.prepare_stage(cfg.stage, generator_init=cfg.generator_init, train_compressor=cfg.train_compressor)
     model.label_logits_only = cfg.speed.label_logits_only
     if cfg.speed.candidate_cache and not model.trains("compressor"):
-        model.cache_candidates()
+        model.cache_candidates(stored_candidates(cfg.speed.candidate_store, model))
+    elif cfg.speed.candidate_store:
+        raise ValueError(f"speed.candidate_store is set but stage {cfg.stage} trains the compressor "
+                         f"(or speed.candidate_cache is off): its candidates cannot come from a store")
     return model
+
+
+def stored_candidates(path: str | None, model):
+    """The store's vectors for a frozen compressor, checked against it; None without a store."""
+    if not path:
+        return None
+    from clara_ray.train.stored_candidates import StoredCandidates
+
+    stored = StoredCandidates(path)
+    stored.check_compressor(model)
+    return stored
 
 
 def enable_gradient_checkpointing(model) -> None:
@@ -254,6 +268,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             if step == total_steps:
                 metrics["train_seconds"] = time.perf_counter() - began
                 metrics["first_step_seconds"] = first_step_seconds
+                if (stored := model.stored_candidates) is not None:  # misses were compressed here
+                    metrics["candidates_from_store"] = stored.found / max(stored.found + stored.missed, 1)
             _save_and_report(engine, model, cfg, step, metrics, final=step == total_steps)
     if start_step >= total_steps and rank == 0:
         print(f"[{cfg.stage}] already at step {total_steps}/{total_steps}; nothing to train", flush=True)

@@ -49,6 +49,11 @@ def test_builds_valid_stage_files_split_by_article(tmp_path):
     trained = {d for r in e2e for d in r.docs}
     assert held and not held & trained
     assert all(d.startswith(("Article 2", "Article 3")) for d in held)
+    # each split's corpus holds every paragraph its records read, once, for a precompressed store
+    for prefix, docs in (("", trained | {d for r in ins for d in r.docs}), ("heldout_", held)):
+        corpus = [json.loads(line) for line in (out / f"{prefix}corpus.jsonl").open()]
+        assert len(corpus) == len({c["id"] for c in corpus}) == len({c["text"] for c in corpus}) == 2 * 3
+        assert {c["text"] for c in corpus} == docs
 
 
 def test_negatives_prefer_the_same_article(tmp_path):

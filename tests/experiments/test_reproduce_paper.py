@@ -14,7 +14,8 @@ def _steps(plan):
 def test_full_profile_chains_every_stage_and_rate_with_diagnostics(tmp_path):
     plan = Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=PROFILES["full"])
     names = [s.name for s in plan.steps()]
-    per_rate = lambda r: [f"train_cr{r}_compress_windows", f"train_cr{r}_compress_pretrain", f"evaluate_cr{r}_stage1", f"train_cr{r}_instruct",
+    per_rate = lambda r: [f"train_cr{r}_compress_windows", f"train_cr{r}_compress_pretrain", f"evaluate_cr{r}_stage1",
+                          f"precompress_cr{r}", f"train_cr{r}_instruct",
                           f"evaluate_cr{r}_instruct", f"train_cr{r}_retrieval_warmup",
                           f"evaluate_cr{r}_retrieval_warmup", f"train_cr{r}_end_to_end", f"evaluate_cr{r}"]
     assert names == ["build_data", *per_rate(16), *per_rate(4), *per_rate(32), "train_text_rag_lora",
@@ -32,6 +33,13 @@ def test_full_profile_chains_every_stage_and_rate_with_diagnostics(tmp_path):
     assert "generator_init=previous" in steps["train_cr16_instruct"].argv
     assert "train_compressor=false" in steps["train_cr16_instruct"].argv
     assert f"init_from={plan.export_dir(4, 'retrieval_warmup')}" in steps["train_cr4_end_to_end"].argv
+    # the compressor is frozen after stage 1: its store of the training paragraphs feeds every later stage
+    precompress = steps["train_cr4_compress_pretrain"], steps["precompress_cr4"]
+    assert precompress[1].argv[precompress[1].argv.index("--checkpoint") + 1] == str(plan.export_dir(4, "compress_pretrain"))
+    assert str(tmp_path.resolve() / "data" / "corpus.jsonl") in precompress[1].argv
+    for later in ("instruct", "retrieval_warmup", "end_to_end"):
+        assert f"speed.candidate_store={plan.store_dir(4)}" in steps[f"train_cr4_{later}"].argv
+    assert not any("candidate_store" in a for a in precompress[0].argv + steps["train_cr4_compress_windows"].argv)
     evaluate = steps["evaluate_cr16"].argv
     assert f"checkpoint={plan.export_dir(16, 'end_to_end')}" in evaluate
     assert "data.article_range=[28,36]" in evaluate  # evaluation articles are never trained on
