@@ -109,7 +109,7 @@ PROFILES: dict[str, Recipe] = {
     "reference": Recipe(rates=(16,), doc_max_length=128, eval_per_article=5, stages=(
         StageRun("compress_pretrain", 50), StageRun("instruct", 50), StageRun("end_to_end", 40))),
     "quick": Recipe(rates=(16,), eval_per_article=5, reconstruction_eval=16, text_rag_systems=False,
-                    text_rag_lora=False, stages=miniature_stages(40, 20, 60, 30, 20), **_MINIATURE),
+                    text_rag_lora=False, stages=miniature_stages(24, 12, 40, 20, 10), **_MINIATURE),
     # ~6x the quick budget per rate (about an epoch of the windows and of the paragraphs, 3,200
     # stage-2 questions), 200 held-out questions, three rates.
     "full": Recipe(rates=(16, 4, 32), eval_per_article=25, reconstruction_eval=32, retrieval_checkpoints=True,

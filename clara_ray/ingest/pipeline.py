@@ -9,6 +9,7 @@ every run, so a rerun after any interruption writes the same files, without dupl
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import warnings
@@ -67,6 +68,10 @@ def _map_pass(rows: list[dict[str, Any]], blocks: int, parts: StageParts, bar, w
         done = _batch_rows(batch)
         parts.add(done)  # checkpoint before counting it as done
         bar.update(len(done))
+    # After an actor died and Ray restarted it, a reference cycle keeps its handle (Ray 2.60), so
+    # the restarted actor lives on, holding its CPUs from the next stage, until a collection.
+    del ds
+    gc.collect()
 
 
 def _worker_died(worker: type, lost: list[dict[str, Any]], retries: int) -> list[dict[str, Any]]:
