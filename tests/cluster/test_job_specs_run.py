@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,9 @@ def run_in_sequence(api_url: str, variables: dict[str, str]) -> None:
             spec = load_job_spec(REPO / "cluster" / "jobs" / f"{name}.yaml", variables, overrides)
             argv = shlex.split(cli_line(spec, cluster.address))
             argv[0] = ray_cli
+            began = time.monotonic()
             done = subprocess.run(argv, cwd=REPO, env=cluster.env(), capture_output=True, text=True, timeout=900)
+            print(f"{name}: {time.monotonic() - began:.0f}s")  # shown with -s; where CI time goes
             assert done.returncode == 0, f"{name} failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
             if name == "train_compress_pretrain":
                 assert "step 2/2" in done.stdout  # progress lines reach the job log
