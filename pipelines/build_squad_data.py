@@ -18,6 +18,9 @@ def main(
     squad: Annotated[Path, typer.Option(help="SQuAD-format JSON (data -> paragraphs -> qas)")],
     out: Annotated[Path, typer.Option(help="output directory")],
     train_articles: Annotated[Optional[int], typer.Option(help="articles for training; the rest held out")] = None,
+    use_train_articles: Annotated[Optional[int], typer.Option(
+        help="build the training files from only the first N training articles (the held-out split is unchanged)",
+        min=1)] = None,
     instruct_docs: Annotated[int, typer.Option(help="documents per stage-2 record (gold + negatives)")] = 5,
     end_to_end_docs: Annotated[int, typer.Option(help="candidates per stage-3 record (gold + negatives)")] = 20,
     max_questions: Annotated[int, typer.Option(help="questions used per paragraph")] = 5,
@@ -47,7 +50,7 @@ def main(
                                  param_hint="--reconstruction-window")
     window = TokenWindow(backbone, doc_max_length) if doc_max_length else None
     stats = build_squad_data(resolve_path(squad), out, train_articles, instruct_docs, end_to_end_docs, max_questions,
-                             seed, window, reconstruction, reconstruction_window)
+                             seed, window, reconstruction, reconstruction_window, use_train_articles)
     for name, count in stats.files.items():
         typer.echo(f"{out / name}: {count} records")
     if window:

@@ -222,15 +222,17 @@ def write_jsonl(records: list[dict[str, Any]], path: Path) -> None:
 def build_squad_data(squad_path: str | Path, out_dir: str | Path, train_articles: int | None = None,
                      instruct_docs: int = 5, end_to_end_docs: int = 20, max_questions_per_paragraph: int = 5,
                      seed: int = 0, window: TokenWindow | None = None, reconstruction: bool = False,
-                     reconstruction_window: int | None = None) -> BuildStats:
-    """Write the stage files for the first `train_articles` articles, and held-out files for the rest."""
+                     reconstruction_window: int | None = None, use_train_articles: int | None = None) -> BuildStats:
+    """Write the stage files for the first `train_articles` articles, and held-out files for the rest.
+    `use_train_articles`: build the training files from only the first N of those (a smaller
+    corpus for a short run); the held-out split is unchanged."""
     articles = load_squad(squad_path)
     cut = len(articles) if train_articles is None else train_articles
     if not 0 < cut <= len(articles):
         raise SquadFormatError(f"train_articles={train_articles} but {squad_path} has {len(articles)} articles")
     out_dir = Path(out_dir)
     stats = BuildStats()
-    splits = [("", articles[:cut])] + ([(HELDOUT_PREFIX, articles[cut:])] if cut < len(articles) else [])
+    splits = [("", articles[:cut][:use_train_articles])] + ([(HELDOUT_PREFIX, articles[cut:])] if cut < len(articles) else [])
     for prefix, split in splits:
         records_by_stage, stats.answers_past_window[prefix or "train"] = stage_records(
             split, instruct_docs, end_to_end_docs, max_questions_per_paragraph, seed, window, reconstruction,

@@ -56,6 +56,15 @@ def test_builds_valid_stage_files_split_by_article(tmp_path):
         assert {c["text"] for c in corpus} == docs
 
 
+def test_a_short_run_trains_on_the_first_articles_and_keeps_the_held_out_split(tmp_path):
+    stats = build_squad_data(_squad(tmp_path, articles=4), tmp_path / "out", train_articles=3, instruct_docs=2,
+                             end_to_end_docs=3, use_train_articles=2)
+    trained = {d.split(" ")[1] for r in read_records(tmp_path / "out" / "end_to_end_data.jsonl", "end_to_end")
+               for d in r.docs}
+    assert trained == {"0", "1"}
+    assert stats.files["heldout_end_to_end_data.jsonl"] == 3 * 2  # article 3 alone, as without the limit
+
+
 def test_negatives_prefer_the_same_article(tmp_path):
     build_squad_data(_squad(tmp_path, articles=3, paragraphs=4), tmp_path / "out", instruct_docs=3, end_to_end_docs=5)
     for r in read_records(tmp_path / "out" / "end_to_end_data.jsonl", "end_to_end"):

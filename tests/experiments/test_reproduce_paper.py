@@ -64,7 +64,9 @@ def test_quick_profile_is_cr16_only_and_a_separate_eval_file_replaces_the_held_o
     evaluate = steps["evaluate_cr16"].argv
     assert "data.path=/data/other.json" in evaluate and not any("article_range" in a for a in evaluate)
     assert any("wrong_memory" in a for a in evaluate if a.startswith("harness.systems"))
-    assert "--squad" in steps["build_data"].argv and "/data/squad.json" in steps["build_data"].argv
+    build = steps["build_data"].argv
+    assert "--squad" in build and "/data/squad.json" in build
+    assert build[build.index("--use-train-articles") + 1] == "10" and build[build.index("--train-articles") + 1] == "28"
 
 
 def test_rerun_skips_finished_steps_and_unknown_profiles_are_refused(tmp_path):
