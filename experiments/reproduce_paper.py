@@ -3,8 +3,8 @@
     python -m experiments.reproduce_paper --profile quick --squad ../shared/data/squad/squad-v1.1-dev-part-a.json
     python -m experiments.reproduce_paper --profile full  --squad ../shared/data/squad/squad-v1.1-dev-part-a.json
 
-Profiles (see PROFILES): `quick` (CR 16, under 45 minutes on 2 cores: shows whether memory is
-read), `full` (CR 16, 4, 32, >= 200 evaluation questions, several hours, resumable across
+Profiles (see PROFILES): `quick` (CR 16, ~45 minutes on 2 cores, 46 measured: is memory
+read?), `full` (CR 16, 4, 32, >= 200 evaluation questions, several hours, resumable across
 sessions) and `reference` (the paper's recipe at the first run's small budget, for comparison).
 Where a profile departs from the paper's recipe, the departure is a config value named in
 `Recipe` and documented in docs/results/squad-mini/README.md.
