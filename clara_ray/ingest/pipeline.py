@@ -69,7 +69,8 @@ def _map_pass(rows: list[dict[str, Any]], blocks: int, parts: StageParts, bar, w
         parts.add(done)  # checkpoint before counting it as done
         bar.update(len(done))
     # After an actor died and Ray restarted it, a reference cycle keeps its handle (Ray 2.60), so
-    # the restarted actor lives on, holding its CPUs from the next stage, until a collection.
+    # the restarted actor lives on, holding its CPUs from the next stage, until a collection. (The
+    # executor's shutdown can finish after this one; the next automatic collection frees it then.)
     del ds
     gc.collect()
 
