@@ -519,7 +519,8 @@ class CLaRa(nn.Module):
         cache = self._candidate_cache
         if cache is not None and self._stored_candidates is not None:
             found = self._stored_candidates.lookup([t for t in texts if t not in cache])
-            cache.update((t, v.to(self.device)) for t, v in found.items())
+            dtype = self.embeddings.new_rows.dtype  # bf16 on a GPU: what the compressor itself returns
+            cache.update((t, v.to(self.device, dtype)) for t, v in found.items())
         todo = texts if cache is None else list(dict.fromkeys(t for t in texts if t not in cache))
         computed = None
         if todo:

@@ -20,7 +20,7 @@ def write_store(root, model, texts: list[str]) -> None:
                                   num_memory_tokens=model.num_memory_tokens, hidden_size=model.hidden_size,
                                   path="/ckpt")
     with StoreWriter(root, identity) as writer:
-        writer.add(model.compress_documents(texts).numpy(),
+        writer.add(model.compress_documents(texts).float().numpy(),
                    [DocRecord(id=f"d{i}", text=t, source="test", chunk=0) for i, t in enumerate(texts)])
         writer.publish()
 
@@ -72,3 +72,14 @@ def test_a_stage_that_trains_the_compressor_refuses_a_candidate_store(tiny_stage
     cfg = tiny_stage("compress_pretrain", tmp_path, "s1", overrides=[f"speed.candidate_store={tmp_path}"])
     with pytest.raises(ValueError, match="stage compress_pretrain trains the compressor"):
         build_model(cfg, "cpu")
+
+
+def test_stored_vectors_join_computed_ones_in_the_models_dtype(stage3_model, tmp_path):
+    model = stage3_model.to(torch.bfloat16)  # the GPU profile's precision
+    docs = stage3_records()[0].docs
+    write_store(tmp_path / "store", model, docs[:-1])
+    model.cache_candidates(stored_candidates(str(tmp_path / "store"), model))
+    with torch.no_grad():
+        vectors = model._frozen_compress(docs)  # stored fp16 and computed bf16 vectors in one batch
+    assert vectors.dtype == torch.bfloat16  # not promoted to fp32 (twice the memory on a GPU)
+    assert (model.stored_candidates.found, model.stored_candidates.missed) == (len(docs) - 1, 1)
