@@ -9,7 +9,6 @@ every run, so a rerun after any interruption writes the same files, without dupl
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
 import warnings
@@ -68,11 +67,26 @@ def _map_pass(rows: list[dict[str, Any]], blocks: int, parts: StageParts, bar, w
         done = _batch_rows(batch)
         parts.add(done)  # checkpoint before counting it as done
         bar.update(len(done))
-    # After an actor died and Ray restarted it, a reference cycle keeps its handle (Ray 2.60), so
-    # the restarted actor lives on, holding its CPUs from the next stage, until a collection. (The
-    # executor's shutdown can finish after this one; the next automatic collection frees it then.)
     del ds
-    gc.collect()
+    _release_restarted_workers(worker)
+
+
+def _release_restarted_workers(worker: type) -> None:
+    """Kills this driver's workers of `worker` that outlived the pass. Ray Data releases its pool by
+    dropping the handles, but an actor that died and that Ray restarted stays referenced (Ray 2.60)
+    and would hold its CPUs from the next stage for as long as this process lives. Passes in one
+    driver run one after another, so any such worker still alive here is a leftover."""
+    import ray
+    from ray._raylet import ActorID
+
+    # The public state API needs the dashboard, which a local `ray.init` may run without: read
+    # the actor table from the GCS instead.
+    job = ray.get_runtime_context().get_job_id()
+    name = f"MapWorker(MapBatches({worker.__name__}))"
+    core_worker = ray._private.worker.global_worker.core_worker
+    for actor_id, actor in ray._private.state.actors().items():
+        if actor["State"] != "DEAD" and actor["JobID"] == job and actor["ActorClassName"] == name:
+            ray.kill(core_worker.get_actor_handle(ActorID.from_hex(actor_id)), no_restart=True)
 
 
 def _worker_died(worker: type, lost: list[dict[str, Any]], retries: int) -> list[dict[str, Any]]:
