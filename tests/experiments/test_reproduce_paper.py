@@ -4,7 +4,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from experiments.reproduce_paper import PROFILES, Plan, main
+from experiments.reproduce_paper import PROFILES, Plan, main, miniature_stages
 
 
 def _steps(plan):
@@ -66,7 +66,7 @@ def test_quick_profile_is_cr16_only_and_a_separate_eval_file_replaces_the_held_o
     assert any("wrong_memory" in a for a in evaluate if a.startswith("harness.systems"))
     build = steps["build_data"].argv
     assert "--squad" in build and "/data/squad.json" in build
-    assert build[build.index("--use-train-articles") + 1] == "10" and build[build.index("--train-articles") + 1] == "28"
+    assert build[build.index("--use-train-articles") + 1] == "6" and build[build.index("--train-articles") + 1] == "28"
 
 
 def test_rerun_skips_finished_steps_and_unknown_profiles_are_refused(tmp_path):
@@ -87,3 +87,10 @@ def test_rerun_skips_finished_steps_and_unknown_profiles_are_refused(tmp_path):
     assert "[evaluate_cr16_stage1] would run" in result.output
     result = CliRunner().invoke(app, ["--squad", str(squad), "--profile", "huge", "--dry-run"])
     assert result.exit_code == 2 and "huge" in result.output
+
+
+def test_a_zero_step_run_is_left_out_and_stages_1_2_keep_a_flat_lr():
+    runs = miniature_stages(5, 0, 3, 2, 1)
+    assert [run.label for run in runs] == ["compress_windows", "instruct", "retrieval_warmup", "end_to_end"]
+    flat = {run.label for run in runs if "optim.schedule=constant" in run.overrides}
+    assert flat == {"compress_windows", "instruct"}
