@@ -156,9 +156,9 @@ def stage_records(articles: list[list[Paragraph]], instruct_docs: int, end_to_en
                   reconstruction: bool = False, keep_past_window: bool = False,
                   reconstruction_window: int | None = None,
                   ) -> tuple[dict[str, list[dict[str, Any]]], int]:
-    """The stages' records (as JSON objects, by stage; `windows`: the stage-1 warm-up's; `corpus`: every paragraph once) for a
-    set of articles, and the number of questions whose answers lie past `window` (left out
-    unless `keep_past_window`)."""
+    """The stages' records (as JSON objects, by stage; `windows`: the stage-1 warm-up's;
+    `corpus`: every paragraph once) for a set of articles, and the number of questions whose
+    answers lie past `window` (left out unless `keep_past_window`)."""
     if reconstruction_window and window is None:
         raise ValueError("reconstruction_window needs the model's TokenWindow (doc_max_length and tokenizer)")
     rng = random.Random(seed)

@@ -79,7 +79,7 @@ class CLaRa(nn.Module):
         self._merged: str | None = None  # the adapter folded into the weights, see merge_adapter
         self._head_cache: PromptHeadCache | None = None  # see cache_prompt_head
         self._candidate_cache: dict[str, torch.Tensor] | None = None  # see cache_candidates
-        self._stored_candidates = None
+        self._stored_candidates = None  # a StoredCandidates the cache is filled from, see cache_candidates
         self._counted: list[int] | None = None  # [real tokens, positions] of the loss being computed
         self._prepared: tuple[str, list[str]] | None = None  # (stage, adapters it trains), see prepare_stage
         # Training computes logits only where a label is predicted (see _generator_ce); off, every
