@@ -85,20 +85,26 @@ _MINIATURE_MODEL = ("model.memory_norm=centered", "model.mse_weight=0")
 _FROZEN_COMPRESSOR = ("generator_init=previous", "train_compressor=false")
 WINDOWS_DATA = "pretrain_windows.jsonl"
 CORPUS_DATA = "corpus.jsonl"  # every training paragraph once (build_squad_data)
+INSTRUCT_K1_DATA = "instruction_data_k1.jsonl"  # stage 2's questions with their gold paragraph alone
 
 
-def miniature_stages(windows: int, paragraphs: int, instruct: int, warmup: int, end_to_end: int) -> tuple[StageRun, ...]:
+def miniature_stages(windows: int, paragraphs: int, instruct: int, warmup: int, end_to_end: int,
+                     instruct_k1: int = 0) -> tuple[StageRun, ...]:
     """The miniature curriculum (docs/results/squad-mini/README.md), optimizer steps per run (0
     leaves a run out): stage 1 first reconstructs short windows (where a small generator starts
     reading memory), then whole paragraphs + QA; stage 2 keeps stage 1's generator and trains it
     alone on cached vectors (compressor frozen), so it sees many more questions per CPU-hour; a
     contrastive warm-up gives the query reasoner a start before stage 3. Stages 1-2 keep their lr
-    flat: in runs of a few dozen steps a cosine decays before the memory gap starts to grow."""
+    flat: in runs of a few dozen steps a cosine decays before the memory gap starts to grow.
+    `instruct_k1`: stage 2 first on each question with its gold paragraph alone (k=1), where the
+    answer can only come from that one memory (not measured yet: 0 in every profile)."""
     big, small = ("batch.global_size=16", "batch.micro_size=8"), ("batch.global_size=8", "batch.micro_size=4")
     runs = (
         StageRun("compress_pretrain", windows, ("optim.lr=1e-3", *_FLAT, *big, *_FAST), name="compress_windows",
                  data=WINDOWS_DATA),
         StageRun("compress_pretrain", paragraphs, ("optim.lr=1e-3", *_FLAT, *small, *_FAST)),
+        StageRun("instruct", instruct_k1, (*_FROZEN_COMPRESSOR, "optim.lr=5e-4", *_FLAT, *big, *_FAST),
+                 name="instruct_k1", data=INSTRUCT_K1_DATA),
         StageRun("instruct", instruct, (*_FROZEN_COMPRESSOR, "optim.lr=5e-4", *_FLAT, *big, *_FAST)),
         StageRun("retrieval_warmup", warmup, ("optim.lr=5e-4", *big)),
         StageRun("end_to_end", end_to_end, ("optim.lr=1e-4", *small)),
@@ -256,10 +262,9 @@ class Plan:
     def _text_rag_lora_steps(self) -> list[Step]:
         """The LoRA text-RAG baseline: stage 2's data and number of samples, documents read as text."""
         checkpoint = (self.work_dir / "text_rag_lora").resolve()
-        instruct = next(run for run in self.recipe.stages if run.stage == "instruct")
-        global_size = next((int(o.split("=")[1]) for o in instruct.overrides if o.startswith("batch.global_size=")), 8)
         batch = 4
-        steps = max(1, instruct.steps * global_size // batch)
+        samples = sum(run.steps * _global_size(run) for run in self.recipe.stages if run.stage == "instruct")
+        steps = max(1, samples // batch)
         system = "[{name: text_rag_lora, kind: text_rag, retriever: minilm, adapter: generator}]"
         return [
             Step("train_text_rag_lora", [sys.executable, "-m", "experiments.text_rag_lora", "--data",
@@ -269,6 +274,11 @@ class Plan:
             self._evaluate("text_rag_lora", checkpoint, "text-RAG LoRA",
                            [f"harness.systems={system}", "harness.retrievers=[minilm]"]),
         ]
+
+
+def _global_size(run: StageRun) -> int:
+    """The run's samples per optimizer step (its override, else the CPU stage YAMLs' 8)."""
+    return next((int(o.split("=")[1]) for o in run.overrides if o.startswith("batch.global_size=")), 8)
 
 
 def _run_step(step: Step, log_dir: Path) -> float:

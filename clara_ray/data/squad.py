@@ -8,7 +8,8 @@
   Short targets that every memory vector can carry are where a small generator first learns
   to read its memory (docs/results/squad-mini); a curriculum trains on them before stage 1.
 - Stage 2 (`instruction_data.jsonl`): one record per question, the gold paragraph among
-  `instruct_docs - 1` negatives.
+  `instruct_docs - 1` negatives; `instruction_data_k1.jsonl`: the same questions with the gold
+  paragraph alone, for a k=1 warm-up of stage 2 (the answer can only come from that memory).
 - Stage 3 (`end_to_end_data.jsonl`): one record per question, the gold paragraph among
   `end_to_end_docs - 1` negatives, with `pos_index` and every distinct gold answer.
 - `corpus.jsonl`: every paragraph once (`id`, `text`, `source`), a corpus for
@@ -44,6 +45,8 @@ STAGE_FILES = {
 }
 WINDOWS_FILE = "pretrain_windows.jsonl"
 CORPUS_FILE = "corpus.jsonl"
+INSTRUCT_K1_FILE = "instruction_data_k1.jsonl"
+EXTRA_FILES = {"windows": WINDOWS_FILE, "corpus": CORPUS_FILE, "instruct_k1": INSTRUCT_K1_FILE}
 HELDOUT_PREFIX = "heldout_"
 
 
@@ -166,6 +169,7 @@ def stage_records(articles: list[list[Paragraph]], instruct_docs: int, end_to_en
     out: dict[str, list[dict[str, Any]]] = {stage: [] for stage in STAGE_FILES}
     if reconstruction_window:
         out["windows"] = []
+    out["instruct_k1"] = []  # after the others: their shuffles, so their files, stay as before
     past_window = 0
     for article in articles:
         others = [p for p in everything if p.article != article[0].article] if article else []
@@ -190,6 +194,7 @@ def stage_records(articles: list[list[Paragraph]], instruct_docs: int, end_to_en
             for q in questions:
                 docs, _ = _with_gold(par.context, _negatives(par, article, others, instruct_docs - 1, rng), rng)
                 out["instruct"].append({"question": q.text, "docs": docs, "answer": q.answers[0]})
+                out["instruct_k1"].append({"question": q.text, "docs": [par.context], "answer": q.answers[0]})
                 docs, gold = _with_gold(par.context, _negatives(par, article, others, end_to_end_docs - 1, rng), rng)
                 out["end_to_end"].append({"question": q.text, "docs": docs, "answers": q.answers, "pos_index": [gold]})
     # Shortest first: the precompress job batches neighbouring records, so similar lengths pad less.
@@ -199,7 +204,7 @@ def stage_records(articles: list[list[Paragraph]], instruct_docs: int, end_to_en
         if name == "corpus":
             continue
         rng.shuffle(records)
-        stage = "compress_pretrain" if name == "windows" else name
+        stage = {"windows": "compress_pretrain", "instruct_k1": "instruct"}.get(name, name)
         for i, record in enumerate(records):
             parse_record(record, stage, f"<built {name}>", i + 1)  # a builder bug must not ship bad data
     return out, past_window
@@ -238,7 +243,7 @@ def build_squad_data(squad_path: str | Path, out_dir: str | Path, train_articles
             split, instruct_docs, end_to_end_docs, max_questions_per_paragraph, seed, window, reconstruction,
             keep_past_window=bool(prefix), reconstruction_window=reconstruction_window)
         for stage, records in records_by_stage.items():
-            name = prefix + ({"windows": WINDOWS_FILE, "corpus": CORPUS_FILE}.get(stage) or STAGE_FILES[stage])
+            name = prefix + (EXTRA_FILES.get(stage) or STAGE_FILES[stage])
             write_jsonl(records, out_dir / name)
             stats.files[name] = len(records)
     return stats

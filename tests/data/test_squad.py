@@ -44,6 +44,11 @@ def test_builds_valid_stage_files_split_by_article(tmp_path):
         assert r.answers == [gold.split("answer is ")[1].split(" ")[0]]  # duplicates folded
     for r in ins:
         assert len(r.docs) == 3 and sum(r.answer in d for d in r.docs) == 1
+    # the k=1 file: the same questions, each with its gold paragraph alone
+    k1 = read_records(out / "instruction_data_k1.jsonl", "instruct")
+    gold = {r.question: next(d for d in r.docs if r.answer in d) for r in ins}
+    assert sorted(r.question for r in k1) == sorted(gold)
+    assert all(r.docs == [gold[r.question]] for r in k1)
     # no paragraph of the held-out article leaks into training
     held = {d for r in read_records(out / "heldout_end_to_end_data.jsonl", "end_to_end") for d in r.docs}
     trained = {d for r in e2e for d in r.docs}

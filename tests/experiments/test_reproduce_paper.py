@@ -94,3 +94,18 @@ def test_a_zero_step_run_is_left_out_and_stages_1_2_keep_a_flat_lr():
     assert [run.label for run in runs] == ["compress_windows", "instruct", "retrieval_warmup", "end_to_end"]
     flat = {run.label for run in runs if "optim.schedule=constant" in run.overrides}
     assert flat == {"compress_windows", "instruct"}
+
+
+def test_a_k1_warm_up_runs_before_stage_2_on_the_gold_only_file_and_counts_for_the_text_rag_baseline(tmp_path):
+    from dataclasses import replace
+
+    recipe = replace(PROFILES["full"], rates=(16,), stages=miniature_stages(5, 2, 3, 2, 1, instruct_k1=4))
+    steps = Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=recipe).steps()
+    names = [s.name for s in steps]
+    assert names.index("train_cr16_instruct_k1") == names.index("train_cr16_instruct") - 1
+    by_name = {s.name: s for s in steps}
+    k1, k5 = by_name["train_cr16_instruct_k1"].argv, by_name["train_cr16_instruct"].argv
+    assert any(a.startswith("data.paths=") and a.endswith("instruction_data_k1.jsonl]") for a in k1)
+    assert any(a.startswith("init_from=") and a.endswith("cr16-instruct_k1/model") for a in k5)
+    lora = by_name["train_text_rag_lora"].argv
+    assert lora[lora.index("--steps") + 1] == str((4 + 3) * 16 // 4)  # both stage-2 runs' samples, batch 4
