@@ -29,10 +29,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from clara_ray.data.squad import CORPUS_FILE, INSTRUCT_K1_FILE, STAGE_FILES, WINDOWS_FILE
 from pipelines.cli_step import cli_step
 
-STAGE_DATA = {"compress_pretrain": "pretrain_data.jsonl", "instruct": "instruction_data.jsonl",
-              "retrieval_warmup": "end_to_end_data.jsonl", "end_to_end": "end_to_end_data.jsonl"}
+# The retrieval warm-up reads stage 3's records (their questions and `pos_index`).
+STAGE_DATA = {**STAGE_FILES, "retrieval_warmup": STAGE_FILES["end_to_end"]}
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,6 @@ _FAST = ("data.length_buckets=8",)
 _FLAT = ("optim.schedule=constant",)
 _MINIATURE_MODEL = ("model.memory_norm=centered", "model.mse_weight=0")
 _FROZEN_COMPRESSOR = ("generator_init=previous", "train_compressor=false")
-WINDOWS_DATA = "pretrain_windows.jsonl"
-CORPUS_DATA = "corpus.jsonl"  # every training paragraph once (build_squad_data)
-INSTRUCT_K1_DATA = "instruction_data_k1.jsonl"  # stage 2's questions with their gold paragraph alone
 
 
 def miniature_stages(windows: int, paragraphs: int, instruct: int, warmup: int, end_to_end: int,
@@ -101,10 +99,10 @@ def miniature_stages(windows: int, paragraphs: int, instruct: int, warmup: int, 
     big, small = ("batch.global_size=16", "batch.micro_size=8"), ("batch.global_size=8", "batch.micro_size=4")
     runs = (
         StageRun("compress_pretrain", windows, ("optim.lr=1e-3", *_FLAT, *big, *_FAST), name="compress_windows",
-                 data=WINDOWS_DATA),
+                 data=WINDOWS_FILE),
         StageRun("compress_pretrain", paragraphs, ("optim.lr=1e-3", *_FLAT, *small, *_FAST)),
         StageRun("instruct", instruct_k1, (*_FROZEN_COMPRESSOR, "optim.lr=5e-4", *_FLAT, *big, *_FAST),
-                 name="instruct_k1", data=INSTRUCT_K1_DATA),
+                 name="instruct_k1", data=INSTRUCT_K1_FILE),
         StageRun("instruct", instruct, (*_FROZEN_COMPRESSOR, "optim.lr=5e-4", *_FLAT, *big, *_FAST)),
         StageRun("retrieval_warmup", warmup, ("optim.lr=5e-4", *big)),
         StageRun("end_to_end", end_to_end, ("optim.lr=1e-4", *small)),
@@ -219,7 +217,7 @@ class Plan:
                 store = self.store_dir(rate)
                 steps.append(Step(f"precompress_cr{rate}", [
                     sys.executable, "-m", "pipelines.precompress", "--checkpoint", str(export),
-                    "--corpus", str(self.data_dir / CORPUS_DATA), "--out", str(store),
+                    "--corpus", str(self.data_dir / CORPUS_FILE), "--out", str(store),
                     "--config", "configs/precompress.yaml"], store / "CURRENT"))
         # The evaluation YAML's systems: CLaRa (normal, oracle, wrong_memory, answer CE own vs other),
         # text RAG over MiniLM's and CLaRa's top-k, closed book; `text_rag_systems` off drops the
