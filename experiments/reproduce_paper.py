@@ -13,8 +13,9 @@ Every step goes through the same entry points `ray job submit` uses (`python -m 
 run as subprocesses) and is skipped when its output exists, so a run cut off at a session's end
 resumes in the next: finished steps are not redone, and the interrupted step resumes on its own
 (training from its last Ray Train checkpoint, evaluation from its partial predictions).
-Step timings accumulate in <work-dir>/timings.json; the combined report (Markdown + PNG) lands
-in --results-dir with the command and the wall time of each step.
+Step timings accumulate in <work-dir>/timings.json, written while a step runs (an interrupted step
+keeps the time it spent); the combined report (Markdown + PNG) lands in --results-dir with the
+command and the wall time of each step.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
@@ -279,17 +280,42 @@ def _global_size(run: StageRun) -> int:
     return next((int(o.split("=")[1]) for o in run.overrides if o.startswith("batch.global_size=")), 8)
 
 
-def _run_step(step: Step, log_dir: Path) -> float:
+# How often a running step's time so far is written to timings.json: a step stopped with the
+# session (its process killed) keeps the time it had spent, to within this many seconds.
+TIMING_FLUSH_S = 30.0
+
+
+def _run_step(step: Step, log_dir: Path, spent: Callable[[float], None]) -> None:
+    """Run one step, its output appended to its log; `spent(seconds so far)` is called every
+    TIMING_FLUSH_S and at the end."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{step.name}.log"
     typer.echo(f"[{step.name}] {shlex.join(step.argv)}\n  log: {log}")
     start = time.perf_counter()
     with log.open("a") as fh:
-        code = subprocess.call(step.argv, stdout=fh, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(step.argv, stdout=fh, stderr=subprocess.STDOUT)
+        while True:
+            try:
+                code = process.wait(timeout=TIMING_FLUSH_S)
+                break
+            except subprocess.TimeoutExpired:
+                spent(time.perf_counter() - start)
+    spent(time.perf_counter() - start)
     if code != 0 or not step.finished:
         typer.echo(f"step '{step.name}' failed (exit {code}); see {log}. Rerun the same command to resume.", err=True)
         raise typer.Exit(1)
-    return time.perf_counter() - start
+
+
+def _timing_recorder(timings: dict[str, float], timings_file: Path, name: str) -> Callable[[float], None]:
+    """Records a step's time as what earlier sessions spent on it plus this run's time so far."""
+    before = timings.get(name, 0.0)
+
+    def spent(seconds: float) -> None:
+        timings[name] = before + seconds
+        timings_file.parent.mkdir(parents=True, exist_ok=True)
+        timings_file.write_text(json.dumps(timings, indent=2))
+
+    return spent
 
 
 def _write_results(plan: Plan, results_dir: Path, command: str, timings: dict[str, float]) -> Path:
@@ -350,9 +376,7 @@ def main(
         if dry_run:
             typer.echo(f"[{step.name}] would run: {shlex.join(step.argv)}")
             continue
-        timings[step.name] = timings.get(step.name, 0.0) + _run_step(step, work_dir / "logs")
-        work_dir.mkdir(parents=True, exist_ok=True)
-        timings_file.write_text(json.dumps(timings, indent=2))
+        _run_step(step, work_dir / "logs", _timing_recorder(timings, timings_file, step.name))
     if not dry_run:
         args = ["--profile", profile, "--squad", _relative_to_cwd(squad)]
         args += ["--eval-squad", _relative_to_cwd(eval_squad)] if eval_squad else []

@@ -109,3 +109,32 @@ def test_a_k1_warm_up_runs_before_stage_2_on_the_gold_only_file_and_counts_for_t
     assert any(a.startswith("init_from=") and a.endswith("cr16-instruct_k1/model") for a in k5)
     lora = by_name["train_text_rag_lora"].argv
     assert lora[lora.index("--steps") + 1] == str((4 + 3) * 16 // 4)  # both stage-2 runs' samples, batch 4
+
+
+def test_a_steps_time_is_kept_while_it_runs_and_adds_to_earlier_sessions(tmp_path, monkeypatch):
+    """A step stopped with the session (or failing) keeps the time it spent; a rerun adds to it."""
+    import json
+    import sys
+
+    import pytest
+
+    from experiments import reproduce_paper
+    from experiments.reproduce_paper import Step, _run_step, _timing_recorder
+
+    monkeypatch.setattr(reproduce_paper, "TIMING_FLUSH_S", 0.2)
+    timings_file = tmp_path / "timings.json"
+    timings = {"train_x": 5.0}
+    record = _timing_recorder(timings, timings_file, "train_x")
+    seen = []
+
+    def spent(seconds):
+        seen.append(json.loads(timings_file.read_text())["train_x"] if timings_file.exists() else None)
+        record(seconds)
+
+    step = Step("train_x", [sys.executable, "-c", "import sys, time; time.sleep(1.2); sys.exit(3)"],
+                tmp_path / "never-written")
+    with pytest.raises(typer.Exit):
+        _run_step(step, tmp_path / "logs", spent)
+    assert len(seen) >= 4  # written while the step ran, not only at its end
+    total = json.loads(timings_file.read_text())["train_x"]
+    assert 5.0 + 1.2 <= total < 5.0 + 10
