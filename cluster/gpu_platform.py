@@ -76,8 +76,12 @@ def uv_binary() -> str:
     return on_path
 
 
-def resolve(name: str, exclude_newer: str, platform: dict[str, str] | None = None) -> str:
-    """The lock text `name` resolves to for the GPU platform, as of `exclude_newer` (RFC 3339)."""
+def resolve(name: str, exclude_newer: str, platform: dict[str, str] | None = None,
+            pinned_to: Path | None = None) -> str:
+    """The lock text `name` resolves to for the GPU platform, as of `exclude_newer` (RFC 3339).
+    `pinned_to`: a lock whose versions constrain the resolution. The result equals that lock exactly
+    when the lock is a complete, consistent resolution of today's requirements, whatever releases
+    the index has gained since (a mirror can list a release late, with an earlier upload time)."""
     platform = platform or load_platform()
     requirements, constraints = lock_inputs(name, platform)
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,7 +90,8 @@ def resolve(name: str, exclude_newer: str, platform: dict[str, str] | None = Non
         con.write_text("\n".join(constraints) + "\n")
         # No local wheel directories (the CPU torch of this machine): PyPI's builds are what the image gets.
         # --refresh: a cached index page could hide releases that exclude-newer admits (not reproducible).
-        argv = [uv_binary(), "pip", "compile", str(req), "-c", str(con), "-o", str(out), "-q", "--no-header",
+        pins = ["-c", str(pinned_to)] if pinned_to else []
+        argv = [uv_binary(), "pip", "compile", str(req), "-c", str(con), *pins, "-o", str(out), "-q", "--no-header",
                 "--no-annotate", "--no-config", "--no-python-downloads", "--refresh", "--exclude-newer", exclude_newer,
                 "--python-platform", platform["PYTHON_PLATFORM"], "--python-version", platform["PYTHON_VERSION"]]
         done = subprocess.run(argv, capture_output=True, text=True)
