@@ -21,8 +21,8 @@ from serve.deployments import Generator, ModelInputError, Retriever
 from serve.request_log import note, observe_requests
 from serve.retrieved import Retrieved
 from serve.schemas import (ChatRequest, Document, RagRequest, RagResponse, RequestError, Timings, chat_chunk,
-                           chat_completion, completion_id, field_error, footnotes, model_list, openapi_body,
-                           parse_body, request_schemas)
+                           chat_completion, completion_id, error_responses, field_error, footnotes, model_list,
+                           openapi_body, parse_body, request_schemas)
 from serve.settings import ServeSettings
 from serve.usage import Answer
 
@@ -47,6 +47,10 @@ def _openapi() -> dict:
 api.openapi = _openapi
 api.middleware("http")(observe_requests)
 CHAT_PAGE = resources.files("serve").joinpath("static/index.html")
+# What a route that reads a body refuses with: bad JSON, no/wrong token, too large, invalid fields.
+BODY_ERRORS = error_responses(400, 401, 413, 422)
+# A chat completion with `stream: true` answers as server-sent events.
+STREAMED = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 
 
 @api.exception_handler(RequestError)
@@ -147,7 +151,7 @@ class RagIngress:
         # Open like /healthz: the page holds no data, it asks for the token and sends it itself.
         return HTMLResponse(CHAT_PAGE.read_text(encoding="utf-8"))
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", responses=error_responses(401))
     async def models(self, request: Request) -> dict:
         self._authorize(request)
         return model_list(self.settings.model_name)
@@ -159,7 +163,7 @@ class RagIngress:
         self._authorize(request)
         return {"replicas": await self.retriever.broadcast("reload").results_async(timeout_s=RELOAD_TIMEOUT_S)}
 
-    @api.post("/v1/rag", response_model=RagResponse, openapi_extra=openapi_body(RagRequest))
+    @api.post("/v1/rag", response_model=RagResponse, openapi_extra=openapi_body(RagRequest), responses=BODY_ERRORS)
     async def rag(self, request: Request) -> RagResponse:
         body: RagRequest = await self._parse(request, RagRequest)
         start = time.perf_counter()
@@ -172,7 +176,7 @@ class RagIngress:
                            timings=Timings(retrieve_s=retrieved_at - start, generate_s=done - retrieved_at,
                                            total_s=done - start))
 
-    @api.post("/v1/chat/completions", openapi_extra=openapi_body(ChatRequest))
+    @api.post("/v1/chat/completions", openapi_extra=openapi_body(ChatRequest), responses={**BODY_ERRORS, **STREAMED})
     async def chat(self, request: Request):
         body: ChatRequest = await self._parse(request, ChatRequest)
         question, budget, field = body.question(), self._budget(body.new_tokens()), body.question_field()

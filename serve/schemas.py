@@ -36,6 +36,31 @@ class RequestError(Exception):
         return {"message": str(self.detail), "type": kind, "param": None, "code": None}
 
 
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every refusal (400, 401, 413, 422): `detail` as FastAPI clients read it (a message,
+    or one entry per field), `error` as OpenAI clients do."""
+    detail: str | list[FieldError]
+    error: OpenAIError
+
+
+def error_responses(*statuses: int) -> dict:
+    """`responses=` of a route that refuses with these statuses, so /openapi.json declares them."""
+    return {status: {"model": ErrorResponse} for status in statuses}
+
+
 def _limits(info: ValidationInfo) -> Limits:
     return (info.context or {}).get("limits") or Limits()
 

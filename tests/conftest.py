@@ -16,13 +16,24 @@ import pytest
 RAY_CPUS = 2
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """A local Ray cluster shared by every test that needs one (ray.init costs ~10 s)."""
+def _start_local_ray():
     import ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+@pytest.fixture(scope="session")
+def start_local_ray():
+    """Starts the session's one-node cluster (again, after a test attached to another cluster)."""
+    return _start_local_ray
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster shared by every test that needs one (ray.init costs ~10 s)."""
+    ray = _start_local_ray()
     yield ray
     ray.shutdown()
 

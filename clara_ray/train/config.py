@@ -49,6 +49,9 @@ class ResourcesConfig(_Strict):
     num_workers: int = Field(1, gt=0, description="one Ray Train worker per GPU (or per CPU slot)")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    # Placement of the workers' placement group: SPREAD / STRICT_SPREAD put them on different
+    # nodes, so one lost node takes one worker, not the whole group.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
 
 class DeepSpeedConfig(_Strict):
@@ -81,12 +84,21 @@ class RunConfig(_Strict):
     output_dir: Optional[str] = Field(None, description="exported CLaRa dir; default <storage>/<name>/model")
     log_dir: Optional[str] = Field(None, description="TensorBoard + summary.json; default <storage>/<name>, "
                                                      "or <output_dir>-logs with bucket storage")
+    # An S3-compatible service other than AWS for an s3:// storage_path (MinIO, Ceph, a test server),
+    # e.g. http://minio.internal:9000; credentials come from the usual AWS variables or node roles.
+    storage_endpoint: Optional[str] = Field(None, description="endpoint URL of the s3:// storage; None = AWS")
     max_failures: int = Field(2, ge=-1, description="worker-group restarts after a failure (-1 = forever)")
     log_every: int = Field(1, gt=0)
 
     @property
     def remote_storage(self) -> bool:
         return "://" in self.storage_path
+
+    @model_validator(mode="after")
+    def _endpoint_needs_s3(self):
+        if self.storage_endpoint and not self.storage_path.startswith("s3://"):
+            raise ValueError(f"run.storage_endpoint applies to an s3:// storage_path, not {self.storage_path}")
+        return self
 
     @model_validator(mode="after")
     def _local_outputs(self):
@@ -102,6 +114,15 @@ class RunConfig(_Strict):
             return Path(explicit).expanduser().resolve()
         base = Path(self.storage_path).expanduser().resolve() / self.name
         return base / default_leaf if default_leaf else base
+
+    def storage(self) -> tuple[str, Any]:
+        """Ray Train's (storage_path, storage_filesystem): with an endpoint, a pyarrow S3 filesystem
+        pointed at it and the path without its scheme, as Ray Train takes them; else the path alone."""
+        if not self.storage_endpoint:
+            return self.storage_path, None
+        from pyarrow.fs import S3FileSystem
+
+        return self.storage_path.removeprefix("s3://"), S3FileSystem(endpoint_override=self.storage_endpoint)
 
     @property
     def log_path(self) -> Path:

@@ -70,15 +70,18 @@ def _trainer(cfg: TrainConfig, dataset, total_steps: int):
     from ray.train.torch import TorchConfig, TorchTrainer
 
     res = cfg.resources
+    storage_path, storage_filesystem = cfg.run.storage()
     return TorchTrainer(
         train_worker,
         train_loop_config={"train_config": cfg.model_dump(mode="json"), "total_steps": total_steps},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
-                                     resources_per_worker={"CPU": res.cpus_per_worker}),
+                                     resources_per_worker={"CPU": res.cpus_per_worker},
+                                     placement_strategy=res.placement_strategy),
         torch_config=TorchConfig(backend=cfg.deepspeed.backend),
         run_config=RunConfig(
             name=cfg.run.name,
-            storage_path=str(cfg.run.storage_path),
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
         ),

@@ -81,6 +81,18 @@ def test_bucket_storage_needs_a_filesystem_export_and_logs_beside_it(tmp_path):
     assert cfg.run.log_path == tmp_path / "models" / "s1-logs"
 
 
+def test_an_s3_endpoint_gives_ray_train_a_filesystem_pointed_at_it(tmp_path):
+    from pyarrow.fs import S3FileSystem
+
+    base = ["run.storage_path=s3://bucket/runs", f"run.output_dir={tmp_path}/s1"]
+    assert load_config(TrainConfig, CONFIGS / "compress_pretrain.yaml", base).run.storage() == ("s3://bucket/runs", None)
+    cfg = load_config(TrainConfig, CONFIGS / "compress_pretrain.yaml", [*base, "run.storage_endpoint=http://127.0.0.1:9"])
+    path, fs = cfg.run.storage()
+    assert path == "bucket/runs" and isinstance(fs, S3FileSystem)
+    with pytest.raises(ConfigError, match="storage_endpoint applies to an s3:// storage_path"):
+        load_config(TrainConfig, CONFIGS / "compress_pretrain.yaml", ["run.storage_endpoint=http://127.0.0.1:9"])
+
+
 def test_generator_init_is_a_stage2_option():
     cfg = load_config(TrainConfig, CONFIGS / "cpu" / "instruct.yaml", ["generator_init=previous"])
     assert cfg.generator_init == "previous"

@@ -1,0 +1,99 @@
+"""A multi-node Ray cluster on 127.0.0.1, for the node-failure tests.
+
+`ray.cluster_utils.Cluster` starts a head and worker raylets on this machine as `ray start` does on
+separate hosts: each node has its own raylet, object store and worker processes, so killing a node
+(its raylet and every worker on it) is what a preempted host looks like to the rest of the cluster.
+Every node carries a custom resource naming its role, so a test can force placement.
+"""
+from __future__ import annotations
+
+import os
+
+from clara_ray.jobs.local_cluster import free_port
+
+HEAD = "head_node"  # custom resource only the head has (drivers' side: Serve's ingress)
+WORKER = "worker_node"  # custom resource every worker node has
+WORKER_CPUS = 2
+
+
+class MultiNodeCluster:
+    """Head + worker nodes; `kill(node_id)` ends one worker node, `restore()` brings the count back."""
+
+    def __init__(self, workers: int = 2):
+        from ray.cluster_utils import Cluster
+
+        self.workers = workers
+        _loopback_only(True)
+        gcs_port = free_port()
+        # Every process started from here on (nodes, their workers) joins this cluster when it asks
+        # for "auto" (Ray Train's helpers do), whatever other Ray clusters run on the machine.
+        self.saved_address = os.environ.get("RAY_ADDRESS")
+        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
+        # The dashboard serves the state API (which node runs which actor, its pid).
+        self.cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 2, "resources": {HEAD: 1}, "gcs_server_port": gcs_port, "include_dashboard": True,
+            "dashboard_host": "127.0.0.1", "dashboard_port": free_port(), **_node_args()})
+        self.restore()
+        self.cluster.connect()
+
+    def _add_worker(self) -> None:
+        self.cluster.add_node(num_cpus=WORKER_CPUS, resources={WORKER: 1}, **_node_args())
+
+    def restore(self) -> None:
+        """Add worker nodes until there are `workers` of them again (after a kill)."""
+        while len(self.cluster.worker_nodes) < self.workers:
+            self._add_worker()
+        self.cluster.wait_for_nodes()
+
+    @property
+    def head_id(self) -> str:
+        return self.cluster.head_node.node_id
+
+    def worker_ids(self) -> list[str]:
+        return [node.node_id for node in self.cluster.worker_nodes]
+
+    def kill(self, node_id: str) -> None:
+        """SIGKILL a worker node's raylet, object store and workers, as a lost host."""
+        node = next((n for n in self.cluster.worker_nodes if n.node_id == node_id), None)
+        if node is None:
+            raise ValueError(f"{node_id} is not a live worker node of this cluster (head: {self.head_id})")
+        self.cluster.remove_node(node, allow_graceful=False)
+
+    def shutdown(self) -> None:
+        import ray
+
+        ray.shutdown()
+        self.cluster.shutdown()
+        _loopback_only(False)
+        if self.saved_address is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = self.saved_address
+
+
+def _node_args() -> dict:
+    """Loopback, and fixed agent ports: with port 0 the raylet waits (a fixed ~15 s) for its
+    agents to write the ports they took, which a loaded 2-core machine can miss, killing the node."""
+    return {"node_ip_address": "127.0.0.1", "metrics_agent_port": free_port(), "metrics_export_port": free_port(),
+            "dashboard_agent_listen_port": free_port(), "runtime_env_agent_port": free_port()}
+
+
+def _loopback_only(on: bool) -> None:
+    """Keep every process of the cluster on 127.0.0.1. A driver connecting to 127.0.0.1:port is sent
+    to the host's network address by Ray (services.resolve_ip_for_localhost) unless Ray considers
+    itself single-host, which this switch (read by each new node and worker from the environment)
+    makes it do."""
+    from ray._private import ray_constants
+
+    if on:
+        os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    else:
+        os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+    ray_constants.ENABLE_RAY_CLUSTER = not on
+
+
+def alive_actors(class_name: str) -> list:
+    """Alive actors of a class: their `node_id` and `pid`."""
+    from ray.util.state import list_actors
+
+    return list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")], detail=True)
