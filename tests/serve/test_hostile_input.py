@@ -7,7 +7,27 @@ import asyncio
 import httpx
 import pytest
 
-BATCH, ROUNDS = 48, 22  # >= 1,000 generated requests; a batch is sent at once, so the model batches them
+# Generated requests per run: valid ones (they reach the model) and invalid ones (wrong types,
+# out-of-range and huge numbers, missing and unknown fields, empty and long strings, bodies that are
+# not JSON or not UTF-8). They are sent BATCH at a time, so the model batches them.
+PER_MODE, BATCH = {"positive": 350, "negative": 700}, 100
+
+
+def _generate(schema, mode, count: int) -> list:
+    """`count` cases of the schema's operations, drawn by Hypothesis; derandomised, so CI sends the
+    same requests every run (--hypothesis-seed=random explores others)."""
+    from hypothesis import HealthCheck, given, settings
+
+    cases = []
+
+    @settings(max_examples=count, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(schema.as_strategy(generation_mode=mode))
+    def collect(case):
+        cases.append(case)
+
+    collect()
+    return cases
 
 
 def _send_all(url: str, auth: dict, cases: list) -> list[httpx.Response]:
@@ -28,39 +48,33 @@ def _send_all(url: str, auth: dict, cases: list) -> list[httpx.Response]:
 
 def test_a_thousand_requests_generated_from_the_openapi_schema_get_no_5xx_and_match_it(rag_url, auth, docs):
     import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
     from schemathesis.checks import not_a_server_error
     from schemathesis.generation.modes import GenerationMode
     from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
                                                    status_code_conformance)
 
     schema = schemathesis.openapi.from_url(f"{rag_url}/openapi.json")
-    # Valid requests (they reach the model) and invalid ones: wrong types, out-of-range and huge
-    # numbers, missing and unknown fields, empty and long strings, bodies that are not JSON or not UTF-8.
-    cases = st.one_of(*(schema.as_strategy(generation_mode=mode) for mode in GenerationMode))
+    cases = [case for mode in GenerationMode for case in _generate(schema, mode, PER_MODE[mode.value])]
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-    sent, failures = [], []
-
-    # Derandomised: CI sends the same requests every run (--hypothesis-seed=random explores others).
-    @settings(max_examples=ROUNDS, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
-    @given(st.lists(cases, min_size=BATCH, max_size=BATCH))
-    def conforms(batch):
-        sent.extend(batch)
+    failures, statuses = [], {}
+    for start in range(0, len(cases), BATCH):
+        batch = cases[start:start + BATCH]
         for case, response in zip(batch, _send_all(rag_url, auth, batch)):
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
             try:
                 case.validate_response(response, checks=checks)
-            except Exception as exc:  # noqa: BLE001 - collected, then reported all together
+            except Exception as exc:  # noqa: BLE001 - every failure is collected, then reported together
                 failures.append(f"{case.method} {case.path} {case.body!r:.200} -> {response.status_code}: {exc}")
             # A stream's status line goes out before generation: its errors are events in the body.
-            assert "server_error" not in response.text, (case.path, case.body, response.text)
-
-    conforms()
-    assert not failures, "\n".join(failures[:10])
-    assert len(sent) >= 1000
+            if "server_error" in response.text:
+                failures.append(f"{case.method} {case.path} {case.body!r:.200} -> error event: {response.text:.300}")
+    print(f"{len(cases)} generated requests, statuses {statuses}")
+    assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:10])
+    # Valid for the schema is not always valid for the app (an empty question, no user message): still,
+    # some reach the model.
+    assert len(cases) >= 1000 and statuses.get(200, 0) >= 20
     operations = {(op.ok().method.upper(), op.ok().path) for op in schema.get_all_operations()}
-    assert {(case.method.upper(), case.path) for case in sent} == operations
+    assert {(case.method.upper(), case.path) for case in cases} == operations
     # Still serving afterwards.
     answer = httpx.post(f"{rag_url}/v1/rag", headers=auth, json={"question": docs["paris"]}, timeout=120)
     assert answer.status_code == 200 and answer.json()["documents"][0]["id"] == "paris"
@@ -72,12 +86,21 @@ def test_a_thousand_requests_generated_from_the_openapi_schema_get_no_5xx_and_ma
 OPEN_ROUTES = {"/healthz", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 
 
+def _routes(routes):
+    """Every route of the app, the class-based ones Serve's ingress includes as a router too."""
+    for route in routes:
+        if hasattr(route, "original_router"):
+            yield from _routes(route.original_router.routes)
+        else:
+            yield route
+
+
 def test_every_route_but_the_open_ones_needs_the_token_streaming_included(rag_url, docs):
     from serve.app import api
 
     good = {"/v1/rag": {"question": docs["nile"]},
             "/v1/chat/completions": {"messages": [{"role": "user", "content": docs["nile"]}], "stream": True}}
-    guarded = [r for r in api.routes if r.path not in OPEN_ROUTES]
+    guarded = [r for r in _routes(api.routes) if r.path not in OPEN_ROUTES]
     assert {r.path for r in guarded} == {"/v1/models", "/v1/rag", "/v1/chat/completions"}, "a new route: guard it"
     for route in guarded:
         for method in route.methods - {"HEAD"}:
@@ -95,7 +118,7 @@ def test_the_token_is_compared_in_constant_time():
 
     from serve.app import RagIngress
 
-    source = inspect.getsource(RagIngress._authorize)
+    source = inspect.getsource(RagIngress.func_or_class._authorize)
     assert "hmac.compare_digest(" in source and "== self.token" not in source
 
 
