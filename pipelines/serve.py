@@ -63,7 +63,9 @@ def main(
     settings, options, app, raw = load_serve_config(config, overrides)
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
-    serve.start(http_options={"host": host, "port": port}, proxy_location=raw.get("proxy_location", "HeadOnly"))
+    timeout = (raw.get("http_options") or {}).get("request_timeout_s")
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": timeout},
+                proxy_location=raw.get("proxy_location", "HeadOnly"))
     serve.run(bind_app(settings, options), name=app.get("name", "clara"), route_prefix=app.get("route_prefix", "/"))
     typer.echo(f"serving {settings.model_name} on http://{host}:{port} (Ctrl-C stops)")
     try:

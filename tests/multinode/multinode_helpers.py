@@ -20,24 +20,36 @@ class MultiNodeCluster:
     """Head + worker nodes; `kill(node_id)` ends one worker node, `restore()` brings the count back."""
 
     def __init__(self, workers: int = 2):
+        import ray
         from ray.cluster_utils import Cluster
 
         self.workers = workers
-        _loopback_only(True)
         gcs_port = free_port()
+        self.saved_address = os.environ.get("RAY_ADDRESS")
+        _loopback_only(True)
         # Every process started from here on (nodes, their workers) joins this cluster when it asks
         # for "auto" (Ray Train's helpers do), whatever other Ray clusters run on the machine.
-        self.saved_address = os.environ.get("RAY_ADDRESS")
         os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
-        # The dashboard serves the state API (which node runs which actor, its pid).
-        self.cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 2, "resources": {HEAD: 1}, "gcs_server_port": gcs_port, "include_dashboard": True,
-            "dashboard_host": "127.0.0.1", "dashboard_port": free_port(), **_node_args()})
-        self.restore()
-        self.cluster.connect()
+        self.cluster = Cluster()
+        try:
+            # The dashboard serves the state API (which node runs which actor, its pid).
+            self.cluster.add_node(num_cpus=2, resources={HEAD: 1}, gcs_server_port=gcs_port, include_dashboard=True,
+                                  dashboard_host="127.0.0.1", dashboard_port=free_port(), **_node_args())
+            self.restore()
+            # Workers' output stays in the session's logs: training and 16 clients would flood the test's.
+            ray.init(address=self.cluster.address, log_to_driver=False)
+        except BaseException:
+            self.shutdown()
+            raise
 
-    def _add_worker(self) -> None:
-        self.cluster.add_node(num_cpus=WORKER_CPUS, resources={WORKER: 1}, **_node_args())
+    def _add_worker(self, attempts: int = 2) -> None:
+        for attempt in range(1, attempts + 1):
+            try:
+                self.cluster.add_node(num_cpus=WORKER_CPUS, resources={WORKER: 1}, **_node_args())
+                return
+            except Exception:  # a raylet that misses its start-up deadline on a loaded machine: once more
+                if attempt == attempts:
+                    raise
 
     def restore(self) -> None:
         """Add worker nodes until there are `workers` of them again (after a kill)."""
@@ -72,8 +84,8 @@ class MultiNodeCluster:
 
 
 def _node_args() -> dict:
-    """Loopback, and fixed agent ports: with port 0 the raylet waits (a fixed ~15 s) for its
-    agents to write the ports they took, which a loaded 2-core machine can miss, killing the node."""
+    """Loopback, and fixed agent ports: with port 0 the raylet waits a bounded time for its agents to
+    write the ports they took, which a loaded 2-core machine can miss (the raylet then exits)."""
     return {"node_ip_address": "127.0.0.1", "metrics_agent_port": free_port(), "metrics_export_port": free_port(),
             "dashboard_agent_listen_port": free_port(), "runtime_env_agent_port": free_port()}
 

@@ -1,6 +1,6 @@
 """Node failures on a multi-node Ray cluster (head + 2 worker raylets on 127.0.0.1), one cluster for
-the module: training with S3-protocol checkpoints loses a node mid-stage; the figures are in
-docs/reliability.md."""
+the module: training with S3-protocol checkpoints loses a node mid-stage; serving under 16 clients
+loses a replica, then a node. The figures are in docs/reliability.md."""
 from __future__ import annotations
 
 import json
@@ -55,7 +55,9 @@ def test_training_on_two_nodes_survives_losing_one_and_resumes_from_the_s3_check
     run_dir = f"{bucket}/runs/{name}"
 
     def a_checkpoint_is_in_the_bucket() -> bool:
-        return fs.get_file_info(f"{run_dir}/checkpoint_manager_snapshot.json").type == FileType.File
+        # Ray Train writes its snapshot before the first checkpoint too: wait for a registered one.
+        snapshot = f"{run_dir}/checkpoint_manager_snapshot.json"
+        return fs.get_file_info(snapshot).type == FileType.File and bool(_registered_checkpoints(fs, run_dir))
 
     killed: list = []
     watcher = _kill_a_worker_node_when(a_checkpoint_is_in_the_bucket, nodes, "RayTrainWorker", killed)
@@ -80,7 +82,9 @@ def test_training_on_two_nodes_survives_losing_one_and_resumes_from_the_s3_check
 
 
 # ------------------------------------------------------------------ serving: replica and node loss
-CLIENTS, REQUEST_TIMEOUT_S = 16, 60.0
+# Serve ends a request after REQUEST_TIMEOUT_S (408): without it, a request whose replica's node
+# died waits until the cluster declares the node dead, which on a loaded machine took past a minute.
+CLIENTS, REQUEST_TIMEOUT_S, CLIENT_TIMEOUT_S = 16, 45.0, 90.0
 
 
 class Load:
@@ -96,7 +100,7 @@ class Load:
     def _client(self, index: int) -> None:
         import httpx
 
-        with httpx.Client(base_url=self.url, headers=self.headers, timeout=REQUEST_TIMEOUT_S) as client:
+        with httpx.Client(base_url=self.url, headers=self.headers, timeout=CLIENT_TIMEOUT_S) as client:
             n = index
             while not self.stopping.is_set():
                 question = self.questions[n % len(self.questions)]
@@ -134,7 +138,7 @@ class Load:
     def stop(self) -> None:
         self.stopping.set()
         for thread in self.threads:
-            thread.join(timeout=REQUEST_TIMEOUT_S + 5)
+            thread.join(timeout=CLIENT_TIMEOUT_S + 5)
 
     def failed(self, ended_in: str) -> list:
         return [r for r in self.results if r[1] == ended_in and r[2] != 200]
@@ -174,7 +178,8 @@ def rag_on_nodes(multinode, tmp_path_factory, tiny_config):
     options = {"RagIngress": {"ray_actor_options": {"num_cpus": 0.1, "resources": {HEAD: 0.01}}},
                "Retriever": per_worker, "Generator": per_worker}
     port = free_port()
-    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    serve.start(proxy_location="HeadOnly",
+                http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": REQUEST_TIMEOUT_S})
     serve.run(bind_app(settings, options), name="clara", route_prefix="/")
     yield f"http://127.0.0.1:{port}", settings
     serve.shutdown()
@@ -191,14 +196,14 @@ def test_serving_under_load_loses_only_in_flight_requests_when_a_replica_and_the
     assert len({a.node_id for a in generators}) == 2 and not {a.node_id for a in generators} & {nodes.head_id}
     load = Load(url, {"Authorization": f"Bearer {TOKEN}"}, list(DOCS.values())).start()
     try:
-        load.wait_for("start", 2 * CLIENTS)
+        load.wait_for("start", CLIENTS)
 
         # A Generator replica's process dies (OOM kill, segfault).
         inflight_replica = load.enter("replica killed")
         os.kill(generators[0].pid, signal.SIGKILL)
         _wait_for_replicas({"Generator": 2, "Retriever": 2})
         load.enter("replica replaced")
-        load.wait_for("replica replaced", 2 * CLIENTS)
+        load.wait_for("replica replaced", CLIENTS)
 
         # A whole worker node goes (preempted host): its Generator and Retriever replicas with it,
         # then the cluster gets a node back, as an autoscaler would bring one.
@@ -208,7 +213,7 @@ def test_serving_under_load_loses_only_in_flight_requests_when_a_replica_and_the
         nodes.restore()
         _wait_for_replicas({"Generator": 2, "Retriever": 2})
         load.enter("node replaced")
-        load.wait_for("node replaced", 2 * CLIENTS)
+        load.wait_for("node replaced", CLIENTS)
     finally:
         load.stop()
 
@@ -220,6 +225,7 @@ def test_serving_under_load_loses_only_in_flight_requests_when_a_replica_and_the
     assert len(load.failed("replica killed")) <= inflight_replica
     assert len(load.failed("node killed")) <= inflight_node
     assert not load.failed_sent_in("replica replaced") and not load.failed_sent_in("node replaced")
-    # Never a hang: every request ended (with an answer or an error) before the client gave up.
+    # Never a hang: every request ended (an answer or an error) by Serve's request timeout, a few
+    # seconds of scheduling aside, long before the client would have given up.
     assert not [r for r in results if r[2] in ("ReadTimeout", "ConnectTimeout", "PoolTimeout")]
-    assert max(r[3] for r in results) < REQUEST_TIMEOUT_S
+    assert max(r[3] for r in results) < REQUEST_TIMEOUT_S + 10
