@@ -8,6 +8,7 @@ Every node carries a custom resource naming its role, so a test can force placem
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 from clara_ray.jobs.local_cluster import free_port
 
@@ -24,17 +25,11 @@ class MultiNodeCluster:
         from ray.cluster_utils import Cluster
 
         self.workers = workers
-        gcs_port = free_port()
         self.saved_address = os.environ.get("RAY_ADDRESS")
         _loopback_only(True)
-        # Every process started from here on (nodes, their workers) joins this cluster when it asks
-        # for "auto" (Ray Train's helpers do), whatever other Ray clusters run on the machine.
-        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
         self.cluster = Cluster()
         try:
-            # The dashboard serves the state API (which node runs which actor, its pid).
-            self.cluster.add_node(num_cpus=2, resources={HEAD: 1}, gcs_server_port=gcs_port, include_dashboard=True,
-                                  dashboard_host="127.0.0.1", dashboard_port=free_port(), **_node_args())
+            _started(self._add_head)
             self.restore()
             # Workers' output stays in the session's logs: training and 16 clients would flood the test's.
             ray.init(address=self.cluster.address, log_to_driver=False)
@@ -42,19 +37,21 @@ class MultiNodeCluster:
             self.shutdown()
             raise
 
-    def _add_worker(self, attempts: int = 2) -> None:
-        for attempt in range(1, attempts + 1):
-            try:
-                self.cluster.add_node(num_cpus=WORKER_CPUS, resources={WORKER: 1}, **_node_args())
-                return
-            except Exception:  # a raylet that misses its start-up deadline on a loaded machine: once more
-                if attempt == attempts:
-                    raise
+    def _add_head(self) -> None:
+        gcs_port = free_port()
+        # Every process started from here on (nodes, their workers) joins this cluster when it asks
+        # for "auto" (Ray Train's helpers do), whatever other Ray clusters run on the machine.
+        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
+        self.cluster.add_node(num_cpus=2, resources={HEAD: 1}, gcs_server_port=gcs_port, include_dashboard=False,
+                              **_node_args())
+
+    def _add_worker(self) -> None:
+        self.cluster.add_node(num_cpus=WORKER_CPUS, resources={WORKER: 1}, **_node_args())
 
     def restore(self) -> None:
         """Add worker nodes until there are `workers` of them again (after a kill)."""
         while len(self.cluster.worker_nodes) < self.workers:
-            self._add_worker()
+            _started(self._add_worker)
         self.cluster.wait_for_nodes()
 
     @property
@@ -83,6 +80,17 @@ class MultiNodeCluster:
             os.environ["RAY_ADDRESS"] = self.saved_address
 
 
+def _started(add_node, attempts: int = 2) -> None:
+    """Start a node, once more if its raylet misses Ray's start-up deadline (30 s), which a 2-core
+    machine busy with other work can make it do."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return add_node()
+        except Exception:
+            if attempt == attempts:
+                raise
+
+
 def _node_args() -> dict:
     """Loopback, and fixed agent ports: with port 0 the raylet waits a bounded time for its agents to
     write the ports they took, which a loaded 2-core machine can miss (the raylet then exits)."""
@@ -104,8 +112,10 @@ def _loopback_only(on: bool) -> None:
     ray_constants.ENABLE_RAY_CLUSTER = not on
 
 
-def alive_actors(class_name: str) -> list:
-    """Alive actors of a class: their `node_id` and `pid`."""
-    from ray.util.state import list_actors
+def alive_actors(class_name: str) -> list[SimpleNamespace]:
+    """Alive actors of a class with their `node_id` and `pid`, from the GCS's actor table (the
+    public state API needs the dashboard, whose start a loaded 2-core machine can time out)."""
+    from ray._private.state import actors
 
-    return list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")], detail=True)
+    return [SimpleNamespace(node_id=a["Address"]["NodeID"], pid=a["Pid"]) for a in actors().values()
+            if a["ActorClassName"] == class_name and a["State"] == "ALIVE"]
