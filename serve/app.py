@@ -49,8 +49,11 @@ api.middleware("http")(observe_requests)
 CHAT_PAGE = resources.files("serve").joinpath("static/index.html")
 # What a route that reads a body refuses with: bad JSON, no/wrong token, too large, invalid fields.
 BODY_ERRORS = error_responses(400, 401, 413, 422)
-# A chat completion with `stream: true` answers as server-sent events.
-STREAMED = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+# A chat completion with `stream: true` answers as server-sent events. Before OpenAPI 3.2's
+# `itemSchema`, a stream's `schema` describes one event (its `data` a JSON chunk, or `[DONE]`).
+STREAMED = {200: {"content": {"text/event-stream": {"schema": {
+    "type": "object", "required": ["data"],
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}}}}}}}
 
 
 @api.exception_handler(RequestError)

@@ -101,7 +101,7 @@ def test_every_route_but_the_open_ones_needs_the_token_streaming_included(rag_ur
     good = {"/v1/rag": {"question": docs["nile"]},
             "/v1/chat/completions": {"messages": [{"role": "user", "content": docs["nile"]}], "stream": True}}
     guarded = [r for r in _routes(api.routes) if r.path not in OPEN_ROUTES]
-    assert {r.path for r in guarded} == {"/v1/models", "/v1/rag", "/v1/chat/completions"}, "a new route: guard it"
+    assert {r.path for r in guarded} == {"/v1/models", "/v1/rag", "/v1/chat/completions", "/v1/admin/reload"}, "a new route: guard it"
     for route in guarded:
         for method in route.methods - {"HEAD"}:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic test-token"}):
