@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from tests.train.conftest import SAMPLE, STAGE_DATA, TINY_MODEL
+from train_helpers import SAMPLE, STAGE_DATA, TINY_MODEL
 
 
 def _gradients(model, records, stage) -> dict[str, torch.Tensor]:
@@ -53,7 +53,7 @@ def test_memory_monitor_scores_own_against_swapped_documents(stage, tmp_path):
     from clara_ray.config import load_config
     from clara_ray.train.config import TrainConfig
     from clara_ray.train.loop import MemoryMonitor
-    from tests.train.conftest import REPO
+    from train_helpers import REPO
 
     cfg = load_config(TrainConfig, REPO / "configs" / "train" / "cpu" / "compress_pretrain.yaml", [
         f"stage={stage}", f"init_from={tmp_path}", f"monitor.path={SAMPLE / STAGE_DATA[stage]}", "monitor.records=4"])

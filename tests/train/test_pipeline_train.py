@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.train.conftest import REPO, TINY_MODEL
+from train_helpers import REPO, TINY_MODEL
 
 
 def test_cli_refuses_a_config_of_another_stage(tmp_path):
