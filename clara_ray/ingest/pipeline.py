@@ -104,8 +104,8 @@ def run_stage(name: str, parts: StageParts, todo: list[dict[str, Any]], worker: 
               batch_size: int = 1, *, retries: int) -> dict[str, dict]:
     """Map `worker` over the rows of `todo` whose key has no cached result; return key -> result.
 
-    Items whose worker died `retries` + 1 times get a `worker_died` row (workers that declare
-    `empty_row`) or stop the run (the others).
+    Items whose worker died `retries` + 1 times in a second pass, alone in their task, get a
+    `worker_died` row (workers that declare `empty_row`) or stop the run (the others).
     """
     from tqdm import tqdm
 
@@ -121,7 +121,10 @@ def run_stage(name: str, parts: StageParts, todo: list[dict[str, Any]], worker: 
             blocks = min(-(-len(pending) // batch_size), MAX_BLOCKS)
             _map_pass(pending, blocks, batch_size=batch_size, **run)
             lost = [r for r in pending if r["key"] not in parts.rows()]
-            if lost and blocks < len(pending):  # lost tasks held several items: find the one that kills
+            # A block is lost when its item kills the worker on every try, when a block-mate does,
+            # or when the node running it goes away (Ray gives up on a task whose actor's node
+            # vanished, without a retry). One more pass, one item per task, tells them apart.
+            if lost:
                 _map_pass(lost, min(len(lost), MAX_BLOCKS), batch_size=1, **run)
                 lost = [r for r in lost if r["key"] not in parts.rows()]
             if lost:
