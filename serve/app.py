@@ -9,13 +9,15 @@ import json
 import logging
 import time
 from importlib import resources
-from typing import Any, AsyncIterator, Awaitable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
+from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, stop_after_attempt
 
 from serve.deployments import Generator, ModelInputError, Retriever
 from serve.request_log import note, observe_requests
@@ -77,11 +79,21 @@ def _input_error(exc: ModelInputError, field: list) -> RequestError:
     return RequestError(422, [field_error(field, str(exc), "model_input")])
 
 
-async def _model_call(call: Awaitable, field: list):
+def _resend_on_replica_loss(retries: int) -> AsyncRetrying:
+    """Attempts of a Retriever/Generator call: one more per `retries` when the replica serving it
+    dies (its process or its node); Serve routes the repeat to a live replica. The calls only
+    read, so a repeat cannot do anything twice."""
+    return AsyncRetrying(retry=retry_if_exception_type(RayActorError), stop=stop_after_attempt(1 + retries),
+                         before_sleep=before_sleep_log(log, logging.WARNING), reraise=True)
+
+
+async def _model_call(call: Callable[[], Awaitable], field: list, replica_loss_retries: int = 0):
     """A Retriever/Generator call; a failure caused by this request's input is a 422 on `field`
     (server faults propagate: 500)."""
     try:
-        return await call
+        async for attempt in _resend_on_replica_loss(replica_loss_retries):
+            with attempt:
+                return await call()
     except ModelInputError as exc:  # Ray re-raises the replica's error as a subclass of its type
         raise _input_error(exc, field) from None
 
@@ -122,13 +134,15 @@ class RagIngress:
         self._authorize(request)
         raw = await self._read_body(request)
         if self.control_tokens is None:
-            self.control_tokens = await self.generator.control_tokens.remote()
+            self.control_tokens = await _model_call(self.generator.control_tokens.remote, [],
+                                                    self.settings.replica_loss_retries)
         return parse_body(raw, schema, self.settings.limits, self.control_tokens)
 
     # ---------------------------------------------------------------- pipeline
     async def _retrieve(self, request: Request, question: str, top_k: int | None, field: list) -> Retrieved:
         top_k, started = top_k or self.settings.default_top_k, time.perf_counter()
-        retrieved = await _model_call(self.retriever.search.remote((question, top_k)), field)
+        retrieved = await _model_call(lambda: self.retriever.search.remote((question, top_k)), field,
+                                      self.settings.replica_loss_retries)
         note(request, top_k=top_k, store_version=retrieved.store_version, retrieve_s=time.perf_counter() - started,
              **({"question": question} if self.settings.log_questions else {}))
         return retrieved
@@ -136,9 +150,21 @@ class RagIngress:
     async def _generate(self, request: Request, question: str, retrieved: Retrieved, budget: int,
                         field: list) -> Answer:
         started = time.perf_counter()
-        answer = await _model_call(self.generator.generate.remote((question, retrieved, budget)), field)
+        answer = await _model_call(lambda: self.generator.generate.remote((question, retrieved, budget)), field,
+                                   self.settings.replica_loss_retries)
         note(request, generate_s=time.perf_counter() - started, completion_tokens=answer.completion_tokens)
         return answer
+
+    async def _stream(self, ask: tuple[str, Retrieved, int]) -> AsyncIterator:
+        """The Generator's stream. Sent again if its replica dies before the first piece; after it,
+        the client holds part of an answer, so the loss is reported instead."""
+        async for attempt in _resend_on_replica_loss(self.settings.replica_loss_retries):
+            with attempt:
+                stream = self.generator.options(stream=True).stream.remote(*ask)
+                first = await anext(stream)
+        yield first
+        async for piece in stream:
+            yield piece
 
     def _budget(self, max_new_tokens: int | None) -> int:
         return max_new_tokens or self.settings.default_max_new_tokens
@@ -201,7 +227,7 @@ class RagIngress:
         yield _sse(chat_chunk(cid, name, {"role": "assistant", "content": ""}, documents=documents,
                               store_version=ask[1].store_version))
         try:
-            async for piece in self.generator.options(stream=True).stream.remote(*ask):
+            async for piece in self._stream(ask):
                 if isinstance(piece, Answer):  # the last item: usage and finish reason
                     answer = piece
                 else:

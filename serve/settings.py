@@ -82,6 +82,10 @@ class ServeSettings(BaseModel):
     store_watch_s: float = Field(10.0, ge=0)
     # Request log lines carry the question itself (they never do by default: questions may be private).
     log_questions: bool = False
+    # Times the ingress sends a Retriever/Generator call again when the replica serving it dies
+    # (a crashed process, a lost node); Serve routes the repeat to a live replica. Streams are not
+    # repeated once their first piece has gone out. docs/reliability.md has the figures.
+    replica_loss_retries: int = Field(2, ge=0)
     limits: Limits = Field(default_factory=Limits)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     vllm: VllmSettings = Field(default_factory=VllmSettings)

@@ -189,7 +189,7 @@ def test_a_request_that_fails_inside_a_model_batch_fails_alone(rag_url, docs):
             list(stream)
     # What the ingress makes of it: 422 naming the field the text came from.
     with pytest.raises(RequestError) as refused:
-        asyncio.run(_model_call(retriever.search.remote(("\ud800", 2)), ["messages", 3, "content"]))
+        asyncio.run(_model_call(lambda: retriever.search.remote(("\ud800", 2)), ["messages", 3, "content"]))
     assert refused.value.status == 422 and refused.value.detail[0]["loc"] == ["body", "messages", 3, "content"]
 
 
