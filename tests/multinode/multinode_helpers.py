@@ -14,7 +14,7 @@ from clara_ray.jobs.local_cluster import free_port
 
 HEAD = "head_node"  # custom resource only the head has (drivers' side: Serve's ingress)
 WORKER = "worker_node"  # custom resource every worker node has
-WORKER_CPUS = 2
+WORKER_CPUS = 3  # 2 training workers fit on one node after the other is lost, with a CPU for their data tasks
 
 
 class MultiNodeCluster:
@@ -42,7 +42,9 @@ class MultiNodeCluster:
         # Every process started from here on (nodes, their workers) joins this cluster when it asks
         # for "auto" (Ray Train's helpers do), whatever other Ray clusters run on the machine.
         os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
-        self.cluster.add_node(num_cpus=2, resources={HEAD: 1}, gcs_server_port=gcs_port, include_dashboard=False,
+        # No CPUs on the head, as on a real cluster: it runs the GCS, drivers, Serve's proxy and
+        # controllers; all work lands on the worker nodes, so a test can always kill the node of one.
+        self.cluster.add_node(num_cpus=0, resources={HEAD: 1}, gcs_server_port=gcs_port, include_dashboard=False,
                               **_node_args())
 
     def _add_worker(self) -> None:

@@ -47,10 +47,14 @@ def test_training_on_two_nodes_survives_losing_one_and_resumes_from_the_s3_check
     from clara_ray.train.trainer import train_stage
 
     name, steps = "two-nodes", 5
-    cfg = tiny_stage_config("compress_pretrain", f"s3://{bucket}/runs", name, overrides=[
-        f"run.storage_endpoint={s3_endpoint}", f"run.output_dir={tmp_path / 'model'}",
-        "resources.placement_strategy=STRICT_SPREAD", f"max_steps={steps}", "checkpoint.every_steps=1",
-        f"checkpoint.keep={steps}", "run.max_failures=2"])
+
+    def stage_config(max_steps: int):
+        return tiny_stage_config("compress_pretrain", f"s3://{bucket}/runs", name, overrides=[
+            f"run.storage_endpoint={s3_endpoint}", f"run.output_dir={tmp_path / 'model'}",
+            "resources.placement_strategy=SPREAD", f"max_steps={max_steps}", "checkpoint.every_steps=1",
+            f"checkpoint.keep={max_steps}", "run.max_failures=2"])
+
+    cfg = stage_config(steps)
     fs = S3FileSystem(endpoint_override=s3_endpoint)
     run_dir = f"{bucket}/runs/{name}"
 
@@ -66,7 +70,7 @@ def test_training_on_two_nodes_survives_losing_one_and_resumes_from_the_s3_check
 
     assert killed, "no training worker was on a worker node to kill"
     _, nodes_before_the_kill = killed[0]
-    assert len(nodes_before_the_kill) == 2, "STRICT_SPREAD put both workers on one node"
+    assert len(nodes_before_the_kill) == 2, "SPREAD put both workers on one node"
     assert summary.final_metrics["step"] == summary.total_steps == steps
     restored = summary.resumed_from_step
     assert 1 <= restored < steps
@@ -79,6 +83,101 @@ def test_training_on_two_nodes_survives_losing_one_and_resumes_from_the_s3_check
     for c in checkpoints:  # the checkpoints live in the bucket, where any node can read them
         assert fs.get_file_info(f"{run_dir}/{c['checkpoint_dir_name']}").type == FileType.Directory
     assert (tmp_path / "model" / "clara_config.json").is_file()
+
+    # A new run under the same name (a rerun after the job died, or more steps) resumes from the
+    # bucket's last checkpoint instead of starting over.
+    more = train_stage(stage_config(steps + 1))
+    assert more.resumed_from_step == steps and more.final_metrics["step"] == steps + 1
+
+
+# ------------------------------------------------------------------ batch jobs: precompress, ingest
+def test_precompress_on_two_nodes_stores_every_document_once_after_losing_one(nodes, tiny_config, tmp_path):
+    from store_helpers import write_corpus
+
+    from clara_ray import CLaRa
+    from clara_ray.store import CompressedStore
+    from clara_ray.store.job import PrecompressConfig, run_precompress
+    from clara_ray.store.shards import SHARDS_DIR
+
+    checkpoint, corpus, out, count = tmp_path / "checkpoint", tmp_path / "corpus.jsonl", tmp_path / "store", 1200
+    model = CLaRa.from_config(tiny_config, device="cpu")
+    model.prepare_stage("end_to_end")
+    model.save_pretrained(checkpoint)
+    write_corpus(corpus, 0, count)
+    cfg = PrecompressConfig(batch_size=4, shard_size=8, actors=2, progress=False, index={"threads": 1})
+
+    def shards_committed() -> bool:
+        return len(list((out / SHARDS_DIR).glob("shard-*"))) >= 2
+
+    killed: list = []
+    watcher = _kill_a_worker_node_when(shards_committed, nodes, "MapWorker(MapBatches(Compressor))", killed)
+    runs = _until_done(lambda: run_precompress(checkpoint, corpus, out, cfg))
+    watcher.join(timeout=1)
+
+    assert killed, "no compressor actor was on a worker node to kill"
+    assert len(killed[0][1]) == 2, "the two compressor actors were not on two nodes"
+    ids = CompressedStore.open(out, expect_checkpoint=checkpoint).ids  # checksums of every shard and the index
+    assert len(ids) == count and set(ids) == {f"d{i}" for i in range(count)}  # each document exactly once
+    print(f"precompress: runs to the end after the node kill: {runs}")
+
+
+def test_ingest_on_two_nodes_loses_one_mid_synthesis_and_ends_as_an_undisturbed_run(nodes, tmp_path):
+    import shutil
+
+    from ingest_helpers import ScriptedOpenAI, api_overrides, make_documents
+
+    from clara_ray.ingest import run_ingest
+    from clara_ray.ingest.config import IngestConfig
+    from clara_ray.ingest.outputs import END_TO_END, ERRORS, INSTRUCT, PRETRAIN, RAW
+
+    docs = tmp_path / "docs"
+    make_documents(docs, with_pdf=False, with_bad=False)
+    server = ScriptedOpenAI().start()
+
+    def config(out):
+        return IngestConfig.model_validate(dict(
+            input=str(docs), out=str(out), progress=False, api=api_overrides(server),
+            extract={"max_pages": 2, "workers": 1}, caption={"workers": 1},
+            synthesis={"verify_rounds": 1, "workers": 2},
+            negatives={"method": "random", "instruct_docs": 3, "end_to_end_docs": 4}))
+
+    def snapshot(out):
+        return {name: (out / name).read_bytes() for name in (PRETRAIN, INSTRUCT, END_TO_END, RAW, ERRORS, "summary.json")}
+
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    try:
+        run_ingest(config(reference))
+        # The disturbed run starts from the reference's extraction and captions (their resume is
+        # tested in tests/ingest), so the kill lands in synthesis, the long stage.
+        for cached in ("work/extract", "work/caption", "images"):
+            shutil.copytree(reference / cached, out / cached)
+        server.delay_s = 0.3  # long enough a stage to lose a node in the middle of it
+        killed: list = []
+        watcher = _kill_a_worker_node_when(
+            lambda: len(list((out / "work" / "synthesize").glob("part-*.parquet"))) >= 2,
+            nodes, "MapWorker(MapBatches(Synthesizer))", killed)
+        runs = _until_done(lambda: run_ingest(config(out)))
+        watcher.join(timeout=1)
+    finally:
+        server.stop()
+
+    assert killed, "no synthesis worker was on a worker node to kill"
+    assert len(killed[0][1]) == 2, "the two synthesis workers were not on two nodes"
+    assert snapshot(out) == snapshot(reference)
+    print(f"ingest: runs to the end after the node kill: {runs}")
+
+
+def _until_done(job, attempts: int = 2) -> int:
+    """Runs `job`, again if it failed (a node loss may end a run; its rerun resumes from what was
+    committed); returns the number of runs it took."""
+    for attempt in range(1, attempts):
+        try:
+            job()
+            return attempt
+        except Exception as exc:  # noqa: BLE001 - any failure of the run: the rerun must recover
+            print(f"run {attempt} failed, rerunning: {type(exc).__name__}: {str(exc)[:300]}")
+    job()
+    return attempts
 
 
 # ------------------------------------------------------------------ serving: replica and node loss
@@ -179,7 +278,7 @@ def rag_on_nodes(multinode, tmp_path_factory, tiny_config):
     settings = tiny_serve_settings(*build_checkpoint_and_store(tmp_path_factory.mktemp("serve"), tiny_config))
     per_worker = {"num_replicas": 2, "max_replicas_per_node": 1,
                   "ray_actor_options": {"num_cpus": 0.5, "resources": {WORKER: 0.01}}}
-    options = {"RagIngress": {"ray_actor_options": {"num_cpus": 0.1, "resources": {HEAD: 0.01}}},
+    options = {"RagIngress": {"ray_actor_options": {"num_cpus": 0, "resources": {HEAD: 0.01}}},
                "Retriever": per_worker, "Generator": per_worker}
     port = free_port()
     serve.start(proxy_location="HeadOnly",
@@ -192,6 +291,7 @@ def rag_on_nodes(multinode, tmp_path_factory, tiny_config):
 def test_serving_under_load_loses_only_in_flight_requests_when_a_replica_and_then_a_node_die(nodes, rag_on_nodes):
     import os
     import signal
+    from collections import Counter
 
     from serve_helpers import DOCS, TOKEN
 
@@ -222,14 +322,18 @@ def test_serving_under_load_loses_only_in_flight_requests_when_a_replica_and_the
         load.stop()
 
     results = load.results
+    def outcomes(phase: str) -> dict:
+        return dict(Counter(r[2] for r in load.failed(phase)))
+
     print(f"{len(results)} requests; in flight at the replica kill {inflight_replica}, at the node kill "
-          f"{inflight_node}; failed: replica {len(load.failed('replica killed'))}, node {len(load.failed('node killed'))}; "
-          f"slowest {max(r[3] for r in results):.1f}s")
+          f"{inflight_node}; failed: replica {len(load.failed('replica killed'))} {outcomes('replica killed')}, "
+          f"node {len(load.failed('node killed'))} {outcomes('node killed')}; slowest {max(r[3] for r in results):.1f}s")
     assert not load.failed("start")
+    # The ingress sends a call whose replica died to another one (replica_loss_retries), so at
+    # most the requests in flight at the kill can fail (without the resend, a lost node failed up
+    # to 27 with 16 in flight: requests routed to its replicas before Serve noticed).
     assert len(load.failed("replica killed")) <= inflight_replica
-    # A lost node also fails requests sent in the seconds before Serve stops routing to its replicas
-    # (measured: up to 11 beyond the 16 in flight); bounded here, listed in docs/reliability.md.
-    assert len(load.failed("node killed")) <= inflight_node + CLIENTS
+    assert len(load.failed("node killed")) <= inflight_node
     assert not load.failed_within("replica replaced") and not load.failed_within("node replaced")
     # Never a hang: every request ended (an answer or an error) by Serve's request timeout, a few
     # seconds of scheduling aside, long before the client would have given up.

@@ -9,20 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from store_helpers import write_corpus
 
 from clara_ray.store import CompressedStore, StoreError
 from clara_ray.store.job import PrecompressConfig, normalise_record, run_precompress
 from clara_ray.store.shards import SHARDS_DIR
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def write_corpus(path: Path, start: int, count: int) -> list[str]:
-    texts = [f"Document {i}: the {['red', 'blue', 'green'][i % 3]} river flows past town {i * 7}." for i in range(start, start + count)]
-    with path.open("w") as fh:
-        for i, text in zip(range(start, start + count), texts):
-            fh.write(json.dumps({"id": f"d{i}", "text": text, "source": "rivers.txt", "chunk": i}) + "\n")
-    return texts
 
 
 @pytest.fixture(scope="module")
