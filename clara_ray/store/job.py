@@ -79,6 +79,9 @@ class PrecompressConfig(BaseModel):
     min_blocks: int = Field(64, ge=1)
     num_cpus_per_actor: float = Field(0.5, gt=0)  # fractional here so Ray Data's read tasks still run
     num_gpus_per_actor: float = Field(0, ge=0)
+    # Custom Ray resources per actor, e.g. {"a10g_node": 1} for one compressor per node of a type
+    # that advertises that resource.
+    resources_per_actor: dict[str, float] = Field(default_factory=dict)
     device: str = "cpu"
     torch_threads: int = Field(0, ge=0)  # per actor; 0 = torch default
     ray_address: str | None = None  # None: connect to a running cluster if any, else start one
@@ -314,6 +317,7 @@ def run_precompress(checkpoint: str | Path, corpus: str | Path, out: str | Path,
             compute=ray.data.ActorPoolStrategy(size=cfg.actors),
             num_cpus=cfg.num_cpus_per_actor,
             num_gpus=cfg.num_gpus_per_actor,
+            resources=cfg.resources_per_actor or None,
         )
         # Nothing new (a rerun, or documents all stored already): no compressor is started for nothing.
         batches = compressed.iter_batches(batch_size=cfg.batch_size, batch_format="numpy") if todo else []

@@ -13,9 +13,11 @@ from multinode_helpers import alive_actors
 pytestmark = pytest.mark.slow
 
 
-def _kill_a_worker_node_when(ready, cluster, actor_class: str, killed: list, timeout: float = 600) -> threading.Thread:
-    """A thread that, once `ready()`, kills the (non-head) node of an alive `actor_class` actor; it
-    appends (killed node, nodes the actors were on) to `killed`."""
+def _kill_a_worker_node_when(ready, cluster, actor_class: str, killed: list, timeout: float = 600,
+                             replace: bool = False) -> threading.Thread:
+    """A thread that, once `ready()`, kills the (non-head) node of an alive `actor_class` actor (and,
+    if `replace`, adds a node back, as an autoscaler would); it appends (killed node, nodes the
+    actors were on) to `killed`."""
     def watch():
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not killed:
@@ -25,6 +27,8 @@ def _kill_a_worker_node_when(ready, cluster, actor_class: str, killed: list, tim
                 if victims:
                     cluster.kill(victims[0])
                     killed.append((victims[0], nodes))
+                    if replace:
+                        cluster.restore()
                     return
             time.sleep(0.2)
 
@@ -92,6 +96,7 @@ def test_training_on_two_nodes_survives_losing_one_and_resumes_from_the_s3_check
 
 # ------------------------------------------------------------------ batch jobs: precompress, ingest
 def test_precompress_on_two_nodes_stores_every_document_once_after_losing_one(nodes, tiny_config, tmp_path):
+    from multinode_helpers import WORKER
     from store_helpers import write_corpus
 
     from clara_ray import CLaRa
@@ -104,13 +109,19 @@ def test_precompress_on_two_nodes_stores_every_document_once_after_losing_one(no
     model.prepare_stage("end_to_end")
     model.save_pretrained(checkpoint)
     write_corpus(corpus, 0, count)
-    cfg = PrecompressConfig(batch_size=4, shard_size=8, actors=2, progress=False, index={"threads": 1})
+    # One compressor per worker node (each has one WORKER resource); the lost one restarts on the
+    # node that replaces its own.
+    cfg = PrecompressConfig(batch_size=4, shard_size=8, actors=2, resources_per_actor={WORKER: 1}, progress=False,
+                            index={"threads": 1})
 
-    def shards_committed() -> bool:
-        return len(list((out / SHARDS_DIR).glob("shard-*"))) >= 2
+    compressor = "MapWorker(MapBatches(Compressor))"
+
+    def both_compressing() -> bool:  # the second actor may still be loading the model after 2 shards
+        return (len(list((out / SHARDS_DIR).glob("shard-*"))) >= 2
+                and len({a.node_id for a in alive_actors(compressor)}) == 2)
 
     killed: list = []
-    watcher = _kill_a_worker_node_when(shards_committed, nodes, "MapWorker(MapBatches(Compressor))", killed)
+    watcher = _kill_a_worker_node_when(both_compressing, nodes, compressor, killed, replace=True)
     runs = _until_done(lambda: run_precompress(checkpoint, corpus, out, cfg))
     watcher.join(timeout=1)
 
@@ -161,10 +172,11 @@ def test_ingest_on_two_nodes_loses_one_mid_synthesis_and_ends_as_an_undisturbed_
     finally:
         server.stop()
 
+    # (Ray Data spreads the two workers over the nodes as best it can: usually one per node, both
+    # on the killed one at times; either way that node's work is lost mid-stage.)
     assert killed, "no synthesis worker was on a worker node to kill"
-    assert len(killed[0][1]) == 2, "the two synthesis workers were not on two nodes"
     assert snapshot(out) == snapshot(reference)
-    print(f"ingest: runs to the end after the node kill: {runs}")
+    print(f"ingest: workers on {len(killed[0][1])} node(s) at the kill; runs to the end: {runs}")
 
 
 def _until_done(job, attempts: int = 2) -> int:
