@@ -5,7 +5,9 @@
 
 Profiles (see PROFILES): `quick` (CR 16, ~45 minutes on 2 cores, 32 measured: is memory
 read?), `full` (CR 16, 4, 32, >= 200 evaluation questions, several hours, resumable across
-sessions) and `reference` (the paper's recipe at the first run's small budget, for comparison).
+sessions), `quick-ablation` (quick plus two alternatives to its stage 2: the reference's reset
+generator and a k=1 warm-up) and `reference` (the paper's recipe at the first run's small budget,
+for comparison). `--rates 16,4` runs other compression rates with a profile's recipe.
 Where a profile departs from the paper's recipe, the departure is a config value named in
 `Recipe` and documented in docs/results/squad-mini/README.md.
 
@@ -24,7 +26,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -79,12 +81,24 @@ class Recipe:
     # let the later stages read their candidates from it (speed.candidate_store).
     candidate_store: bool = False
     use_train_articles: int = 0  # train on only the first N training articles (0: all); the held-out split stays
+    # Alternatives to the profile's stage 2, each trained from the same stage-1 export and store and
+    # evaluated beside the profile's own stage-2 export (oracle vs wrong_memory, answer CE).
+    stage2_variants: tuple["Variant", ...] = ()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One recipe choice of stage 2 changed, all else equal: its runs replace the profile's stage 2."""
+    name: str
+    stages: tuple[StageRun, ...]
 
 
 _FAST = ("data.length_buckets=8",)
 _FLAT = ("optim.schedule=constant",)
 _MINIATURE_MODEL = ("model.memory_norm=centered", "model.mse_weight=0")
-_FROZEN_COMPRESSOR = ("generator_init=previous", "train_compressor=false")
+_BIG, _SMALL = ("batch.global_size=16", "batch.micro_size=8"), ("batch.global_size=8", "batch.micro_size=4")
+# Stage 2 of the miniature curriculum, except how the generator starts (generator_init).
+_STAGE2 = ("train_compressor=false", "optim.lr=5e-4", *_FLAT, *_BIG, *_FAST)
 
 
 def miniature_stages(windows: int, paragraphs: int, instruct: int, warmup: int, end_to_end: int,
@@ -96,19 +110,31 @@ def miniature_stages(windows: int, paragraphs: int, instruct: int, warmup: int, 
     contrastive warm-up gives the query reasoner a start before stage 3. Stages 1-2 keep their lr
     flat: in runs of a few dozen steps a cosine decays before the memory gap starts to grow.
     `instruct_k1`: stage 2 first on each question with its gold paragraph alone (k=1), where the
-    answer can only come from that one memory (not measured yet: 0 in every profile)."""
-    big, small = ("batch.global_size=16", "batch.micro_size=8"), ("batch.global_size=8", "batch.micro_size=4")
+    answer can only come from that one memory (measured by the quick-ablation profile)."""
     runs = (
-        StageRun("compress_pretrain", windows, ("optim.lr=1e-3", *_FLAT, *big, *_FAST), name="compress_windows",
+        StageRun("compress_pretrain", windows, ("optim.lr=1e-3", *_FLAT, *_BIG, *_FAST), name="compress_windows",
                  data=WINDOWS_FILE),
-        StageRun("compress_pretrain", paragraphs, ("optim.lr=1e-3", *_FLAT, *small, *_FAST)),
-        StageRun("instruct", instruct_k1, (*_FROZEN_COMPRESSOR, "optim.lr=5e-4", *_FLAT, *big, *_FAST),
-                 name="instruct_k1", data=INSTRUCT_K1_FILE),
-        StageRun("instruct", instruct, (*_FROZEN_COMPRESSOR, "optim.lr=5e-4", *_FLAT, *big, *_FAST)),
-        StageRun("retrieval_warmup", warmup, ("optim.lr=5e-4", *big)),
-        StageRun("end_to_end", end_to_end, ("optim.lr=1e-4", *small)),
+        StageRun("compress_pretrain", paragraphs, ("optim.lr=1e-3", *_FLAT, *_SMALL, *_FAST)),
+        _instruct_k1(instruct_k1),
+        StageRun("instruct", instruct, ("generator_init=previous", *_STAGE2)),
+        StageRun("retrieval_warmup", warmup, ("optim.lr=5e-4", *_BIG)),
+        StageRun("end_to_end", end_to_end, ("optim.lr=1e-4", *_SMALL)),
     )
     return tuple(run for run in runs if run.steps)
+
+
+def _instruct_k1(steps: int) -> StageRun:
+    return StageRun("instruct", steps, ("generator_init=previous", *_STAGE2), name="instruct_k1", data=INSTRUCT_K1_FILE)
+
+
+def stage2_ablation(steps: int) -> tuple[Variant, ...]:
+    """Against the miniature stage 2 (stage 1's generator kept, k=5 throughout), with its number of
+    steps: the reference's reset generator, and half the steps first on the gold paragraph alone (k=1)."""
+    return (
+        Variant("reset", (StageRun("instruct", steps, ("generator_init=reset", *_STAGE2)),)),
+        Variant("k1_warmup", (_instruct_k1(steps // 2),
+                              StageRun("instruct", steps - steps // 2, ("generator_init=previous", *_STAGE2)))),
+    )
 
 
 _MINIATURE = dict(doc_max_length=192, model=_MINIATURE_MODEL, reconstruction=True, reconstruction_window=48,
@@ -124,10 +150,15 @@ PROFILES: dict[str, Recipe] = {
                     text_rag_lora=False, use_train_articles=6, stages=miniature_stages(22, 6, 20, 8, 4),
                     **_MINIATURE),
     # ~4x the quick budget per rate (1,600 stage-1 windows, 1,920 stage-2 questions), 200 held-out
-    # questions, three rates: about 3 hours per rate on 2 cores, resumable across sessions.
+    # questions, three rates: 1.5-3 hours per rate on 2 cores, resumable across sessions. Half of
+    # stage 2 is the k=1 warm-up: in quick-ablation it widened the answer CE gap between own and
+    # swapped memory at equal samples (+0.026 +- 0.012 nats, paired, 80 questions).
     "full": Recipe(rates=(16, 4, 32), eval_per_article=25, reconstruction_eval=32, retrieval_checkpoints=True,
-                   stages=miniature_stages(100, 40, 120, 60, 40), **_MINIATURE),
+                   stages=miniature_stages(100, 40, 60, 60, 40, instruct_k1=60), **_MINIATURE),
 }
+# The quick profile plus two alternatives to its stage 2; with `--work-dir runs/repro-quick` it
+# reuses a finished quick run and only trains and evaluates the alternatives (~30 minutes).
+PROFILES["quick-ablation"] = replace(PROFILES["quick"], stage2_variants=stage2_ablation(20))
 
 
 @dataclass
@@ -192,32 +223,36 @@ class Plan:
     def store_dir(self, rate: int) -> Path:
         return (self.work_dir / "stores" / f"cr{rate}-train").resolve()
 
+    def _train_step(self, rate: int, run: StageRun, previous: Optional[Path], store: Optional[Path]) -> Step:
+        """Train `run` from the export `previous` (None: a new model at `rate`), candidates from `store`."""
+        argv = [sys.executable, "-m", "pipelines.train", "--stage", run.stage,
+                "--config", f"configs/train/cpu/{run.stage}.yaml",
+                f"data.paths=[{self.data_dir / run.data_file}]", f"max_steps={run.steps}",
+                f"checkpoint.every_steps={max(1, min(20, run.steps))}",
+                f"run.name=cr{rate}-{run.label}", f"run.storage_path={(self.work_dir / 'runs').resolve()}",
+                *self._monitor(run), *run.overrides]
+        if previous is None:
+            argv += [f"model.compression_rate={rate}", f"model.doc_max_length={self.recipe.doc_max_length}",
+                     "model.dtype=float32", *self.recipe.model]
+        else:
+            # the model is the previous run's; the stage YAML's `model` fields would override it
+            argv += [f"init_from={previous}", "model=null"]
+        if store is not None:
+            argv.append(f"speed.candidate_store={store}")
+        return Step(f"train_cr{rate}_{run.label}", argv, self.export_dir(rate, run.label) / "clara_config.json")
+
     def _rate_steps(self, rate: int) -> list[Step]:
         recipe, steps, previous, store = self.recipe, [], None, None
         last_compressor_run = max(i for i, run in enumerate(recipe.stages) if run.trains_compressor)
+        stage1 = self.export_dir(rate, recipe.stages[last_compressor_run].label)
         for i, run in enumerate(recipe.stages):
-            export = self.export_dir(rate, run.label)
-            argv = [sys.executable, "-m", "pipelines.train", "--stage", run.stage,
-                    "--config", f"configs/train/cpu/{run.stage}.yaml",
-                    f"data.paths=[{self.data_dir / run.data_file}]", f"max_steps={run.steps}",
-                    f"checkpoint.every_steps={max(1, min(20, run.steps))}",
-                    f"run.name=cr{rate}-{run.label}", f"run.storage_path={(self.work_dir / 'runs').resolve()}",
-                    *self._monitor(run), *run.overrides]
-            if previous is None:
-                argv += [f"model.compression_rate={rate}", f"model.doc_max_length={recipe.doc_max_length}",
-                         "model.dtype=float32", *recipe.model]
-            else:
-                # the model is the previous run's; the stage YAML's `model` fields would override it
-                argv += [f"init_from={previous}", "model=null"]
-            if store is not None:
-                argv.append(f"speed.candidate_store={store}")
-            steps.append(Step(f"train_cr{rate}_{run.label}", argv, export / "clara_config.json"))
-            steps += self._checkpoint_diagnostics(rate, run.label, export)
-            previous = export
+            steps.append(self._train_step(rate, run, previous, store))
+            previous = self.export_dir(rate, run.label)
+            steps += self._checkpoint_diagnostics(rate, run.label, previous)
             if recipe.candidate_store and i == last_compressor_run < len(recipe.stages) - 1:
                 store = self.store_dir(rate)
                 steps.append(Step(f"precompress_cr{rate}", [
-                    sys.executable, "-m", "pipelines.precompress", "--checkpoint", str(export),
+                    sys.executable, "-m", "pipelines.precompress", "--checkpoint", str(previous),
                     "--corpus", str(self.data_dir / CORPUS_FILE), "--out", str(store),
                     "--config", "configs/precompress.yaml"], store / "CURRENT"))
         # The evaluation YAML's systems: CLaRa (normal, oracle, wrong_memory, answer CE own vs other),
@@ -227,6 +262,25 @@ class Plan:
             "harness.systems=[{name: clara, kind: clara, settings: [normal, oracle, wrong_memory]}, "
             "{name: closed_book, kind: closed_book}]"]
         steps.append(self._evaluate(f"cr{rate}", previous, f"CR={rate}", extra))
+        return steps + self._variant_steps(rate, stage1, store)
+
+    def _variant_steps(self, rate: int, stage1: Path, store: Optional[Path]) -> list[Step]:
+        """The profile's stage-2 export and each stage-2 variant (from the same stage-1 export),
+        evaluated alike: oracle vs wrong_memory answers and answer CE (retrieval is stage 3's)."""
+        if not self.recipe.stage2_variants:
+            return []
+        reads = ["harness.systems=[{name: clara, kind: clara, settings: [oracle, wrong_memory]}]",
+                 "harness.retrievers=[clara]"]
+        own = next(run for run in reversed(self.recipe.stages) if run.stage == "instruct")
+        steps = [self._evaluate(f"cr{rate}-stage2", self.export_dir(rate, own.label), f"CR={rate} stage 2", reads)]
+        for variant in self.recipe.stage2_variants:
+            previous = stage1
+            for run in variant.stages:
+                run = replace(run, name=f"{variant.name}_{run.label}")
+                steps.append(self._train_step(rate, run, previous, store))
+                previous = self.export_dir(rate, run.label)
+            steps.append(self._evaluate(f"cr{rate}-stage2-{variant.name}", previous,
+                                        f"CR={rate} stage 2, {variant.name}", reads))
         return steps
 
     def _monitor(self, run: StageRun) -> list[str]:
@@ -330,6 +384,16 @@ def _write_results(plan: Plan, results_dir: Path, command: str, timings: dict[st
                         preamble="\n".join(lines))
 
 
+def _parse_rates(text: str) -> tuple[int, ...]:
+    try:
+        rates = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint="--rates")
+    if not rates or any(rate < 1 for rate in rates):
+        raise typer.BadParameter(f"{text!r}: every compression rate must be >= 1", param_hint="--rates")
+    return rates
+
+
 def _relative_to_cwd(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
@@ -346,6 +410,8 @@ def main(
     work_dir: Annotated[Optional[Path], typer.Option(help="data, checkpoints, evaluations, timings")] = None,
     results_dir: Annotated[Optional[Path], typer.Option(help="where the combined report goes")] = None,
     train_articles: Annotated[int, typer.Option(help="first N articles train, the rest evaluate")] = 28,
+    rates: Annotated[Optional[str], typer.Option(
+        help="compression rates to run instead of the profile's, comma-separated (e.g. 16,4)")] = None,
     dry_run: Annotated[bool, typer.Option(help="print the plan, run nothing")] = False,
     only_report: Annotated[bool, typer.Option(help="rebuild the report from finished evaluations")] = False,
 ) -> None:
@@ -365,7 +431,10 @@ def main(
             raise typer.BadParameter(f"{path}: no such file", param_hint=name)
     work_dir = work_dir or Path("runs") / f"repro-{profile}"
     results_dir = results_dir or Path("docs/results/squad-mini") / profile
-    plan = Plan(squad=squad.resolve(), work_dir=work_dir, recipe=PROFILES[profile], eval_squad=eval_squad,
+    recipe = PROFILES[profile]
+    if rates is not None:
+        recipe = replace(recipe, rates=_parse_rates(rates))
+    plan = Plan(squad=squad.resolve(), work_dir=work_dir, recipe=recipe, eval_squad=eval_squad,
                 train_articles=train_articles)
     timings_file = work_dir / "timings.json"
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
@@ -379,6 +448,7 @@ def main(
         _run_step(step, work_dir / "logs", _timing_recorder(timings, timings_file, step.name))
     if not dry_run:
         args = ["--profile", profile, "--squad", _relative_to_cwd(squad)]
+        args += ["--rates", ",".join(map(str, plan.rates))] if rates is not None else []
         args += ["--eval-squad", _relative_to_cwd(eval_squad)] if eval_squad else []
         args += ["--work-dir", _relative_to_cwd(work_dir), "--results-dir", _relative_to_cwd(results_dir)]
         command = shlex.join(["python", "-m", "experiments.reproduce_paper", *args])

@@ -15,7 +15,7 @@ def test_full_profile_chains_every_stage_and_rate_with_diagnostics(tmp_path):
     plan = Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=PROFILES["full"])
     names = [s.name for s in plan.steps()]
     per_rate = lambda r: [f"train_cr{r}_compress_windows", f"train_cr{r}_compress_pretrain", f"evaluate_cr{r}_stage1",
-                          f"precompress_cr{r}", f"train_cr{r}_instruct",
+                          f"precompress_cr{r}", f"train_cr{r}_instruct_k1", f"train_cr{r}_instruct",
                           f"evaluate_cr{r}_instruct", f"train_cr{r}_retrieval_warmup",
                           f"evaluate_cr{r}_retrieval_warmup", f"train_cr{r}_end_to_end", f"evaluate_cr{r}"]
     assert names == ["build_data", *per_rate(16), *per_rate(4), *per_rate(32), "train_text_rag_lora",
@@ -49,9 +49,9 @@ def test_full_profile_chains_every_stage_and_rate_with_diagnostics(tmp_path):
     # the text-RAG LoRA baseline: stage 2's data, as many samples, scored on the same questions
     lora = steps["train_text_rag_lora"].argv
     assert str(tmp_path.resolve() / "data" / "instruction_data.jsonl") in lora
-    instruct = next(r for r in PROFILES["full"].stages if r.stage == "instruct")
+    stage2 = sum(r.steps for r in PROFILES["full"].stages if r.stage == "instruct")  # the k=1 warm-up and k=5
     samples = int(lora[lora.index("--steps") + 1]) * int(lora[lora.index("--batch-size") + 1])
-    assert samples == instruct.steps * 16
+    assert samples == stage2 * 16
     lora_eval = steps["evaluate_text_rag_lora"].argv
     assert [a for a in lora_eval if a.startswith("data.")] == [a for a in evaluate if a.startswith("data.")]
 
@@ -87,6 +87,15 @@ def test_rerun_skips_finished_steps_and_unknown_profiles_are_refused(tmp_path):
     assert "[evaluate_cr16_stage1] would run" in result.output
     result = CliRunner().invoke(app, ["--squad", str(squad), "--profile", "huge", "--dry-run"])
     assert result.exit_code == 2 and "huge" in result.output
+    # --rates replaces the profile's rates; finished steps of the rates already run are still skipped
+    result = CliRunner().invoke(app, ["--squad", str(squad), "--work-dir", str(tmp_path), "--profile", "quick",
+                                       "--rates", "16,4", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "[train_cr16_compress_windows] done, skipped" in result.output
+    assert "[train_cr4_compress_windows] would run" in result.output and "model.compression_rate=4" in result.output
+    for bad in ("4,x", "0"):
+        result = CliRunner().invoke(app, ["--squad", str(squad), "--profile", "quick", "--rates", bad, "--dry-run"])
+        assert result.exit_code == 2 and "--rates" in result.output
 
 
 def test_a_zero_step_run_is_left_out_and_stages_1_2_keep_a_flat_lr():
@@ -138,3 +147,33 @@ def test_a_steps_time_is_kept_while_it_runs_and_adds_to_earlier_sessions(tmp_pat
     assert len(seen) >= 4  # written while the step ran, not only at its end
     total = json.loads(timings_file.read_text())["train_x"]
     assert 5.0 + 1.2 <= total < 5.0 + 10
+
+
+def test_stage2_variants_branch_from_the_stage1_export_and_are_evaluated_like_the_profiles_stage2(tmp_path):
+    plan = Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=PROFILES["quick-ablation"])
+    names = [s.name for s in plan.steps()]
+    quick = [s.name for s in Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=PROFILES["quick"]).steps()]
+    assert names[:len(quick)] == quick  # a finished quick run in the same work dir is reused as is
+    assert names[len(quick):] == ["evaluate_cr16_stage2", "train_cr16_reset_instruct", "evaluate_cr16_stage2_reset",
+                                  "train_cr16_k1_warmup_instruct_k1", "train_cr16_k1_warmup_instruct",
+                                  "evaluate_cr16_stage2_k1_warmup"]
+    steps = _steps(plan)
+    stage1, store = plan.export_dir(16, "compress_pretrain"), plan.store_dir(16)
+    reset, k1 = steps["train_cr16_reset_instruct"].argv, steps["train_cr16_k1_warmup_instruct_k1"].argv
+    for argv in (reset, k1):
+        assert f"init_from={stage1}" in argv and f"speed.candidate_store={store}" in argv
+        assert "train_compressor=false" in argv
+    assert "generator_init=reset" in reset and "max_steps=20" in reset
+    assert "generator_init=previous" in k1 and "max_steps=10" in k1 and any(a.endswith("instruction_data_k1.jsonl]") for a in k1)
+    k5 = steps["train_cr16_k1_warmup_instruct"].argv
+    assert f"init_from={plan.export_dir(16, 'k1_warmup_instruct_k1')}" in k5 and "max_steps=10" in k5
+    profiles_own = steps["train_cr16_instruct"].argv
+    strip = lambda argv: [a for a in argv if not a.startswith(("generator_init=", "run.name=", "max_steps=",
+                                                                 "checkpoint.every_steps="))]
+    assert strip(profiles_own) == strip(reset)  # only the generator's start differs
+    evaluations = [steps[n].argv for n in ("evaluate_cr16_stage2", "evaluate_cr16_stage2_reset",
+                                            "evaluate_cr16_stage2_k1_warmup")]
+    assert f"checkpoint={plan.export_dir(16, 'instruct')}" in evaluations[0]
+    assert f"checkpoint={plan.export_dir(16, 'k1_warmup_instruct')}" in evaluations[2]
+    settings = [[a for a in argv if a.startswith(("harness.", "data."))] for argv in evaluations]
+    assert settings[0] == settings[1] == settings[2] and any("wrong_memory" in a for a in settings[0])
