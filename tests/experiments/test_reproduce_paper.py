@@ -177,3 +177,14 @@ def test_stage2_variants_branch_from_the_stage1_export_and_are_evaluated_like_th
     assert f"checkpoint={plan.export_dir(16, 'k1_warmup_instruct')}" in evaluations[2]
     settings = [[a for a in argv if a.startswith(("harness.", "data."))] for argv in evaluations]
     assert settings[0] == settings[1] == settings[2] and any("wrong_memory" in a for a in settings[0])
+
+
+def test_the_report_times_only_its_own_profiles_steps_in_a_shared_work_dir(tmp_path):
+    from experiments.reproduce_paper import _write_results
+
+    plan = Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=PROFILES["quick"])
+    timings = {"build_data": 60.0, "train_cr16_compress_windows": 300.0, "train_cr16_reset_instruct": 600.0}
+    report = _write_results(plan, tmp_path / "results", "python -m experiments.reproduce_paper", timings)
+    text = Path(report).read_text()
+    assert "| train_cr16_compress_windows | 5.0 |" in text
+    assert "reset_instruct" not in text and "0.10 h" in text  # quick-ablation's step is not quick's time
