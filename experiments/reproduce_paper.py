@@ -257,14 +257,21 @@ class Plan:
                     sys.executable, "-m", "pipelines.precompress", "--checkpoint", str(previous),
                     "--corpus", str(self.data_dir / CORPUS_FILE), "--out", str(store),
                     "--config", "configs/precompress.yaml"], store / "CURRENT"))
-        # The evaluation YAML's systems: CLaRa (normal, oracle, wrong_memory, answer CE own vs other),
-        # text RAG over MiniLM's and CLaRa's top-k, closed book; `text_rag_systems` off drops the
-        # text-RAG ones (each reads five paragraphs as text: the slowest rows on a CPU).
-        extra = [] if recipe.text_rag_systems else [
-            "harness.systems=[{name: clara, kind: clara, settings: [normal, oracle, wrong_memory]}, "
-            "{name: closed_book, kind: closed_book}]"]
-        steps.append(self._evaluate(f"cr{rate}", previous, f"CR={rate}", extra))
+        steps.append(self._evaluate(f"cr{rate}", previous, f"CR={rate}", self._systems(rate)))
         return steps + self._variant_steps(rate, stage1, store)
+
+    def _systems(self, rate: int) -> list[str]:
+        """Overrides of the evaluation YAML's systems: CLaRa (normal, oracle, wrong_memory, answer CE
+        own vs other), text RAG over MiniLM's and CLaRa's top-k, closed book. `text_rag_systems` off
+        drops the text-RAG ones (each reads five paragraphs as text: the slowest rows on a CPU).
+        Text RAG over MiniLM's top-k and closed book run the bare backbone, whatever the checkpoint:
+        they are scored with the first rate only."""
+        clara = "{name: clara, kind: clara, settings: [normal, oracle, wrong_memory]}"
+        if not self.recipe.text_rag_systems:
+            return [f"harness.systems=[{clara}, {{name: closed_book, kind: closed_book}}]"]
+        if rate != self.recipe.rates[0]:
+            return [f"harness.systems=[{clara}, {{name: text_rag_clara_topk, kind: text_rag, retriever: clara}}]"]
+        return []
 
     def _variant_steps(self, rate: int, stage1: Path, store: Optional[Path]) -> list[Step]:
         """The profile's stage-2 export and each stage-2 variant (from the same stage-1 export),

@@ -45,6 +45,11 @@ def test_full_profile_chains_every_stage_and_rate_with_diagnostics(tmp_path):
     assert "data.article_range=[28,36]" in evaluate  # evaluation articles are never trained on
     assert "data.per_article=25" in evaluate  # 8 held-out articles x 25 = 200 questions
     assert not any(a.startswith("harness.systems") for a in evaluate)  # the YAML's: wrong_memory, answer CE
+    # the bare backbone's rows (text RAG over MiniLM's top-k, closed book) do not change with the rate
+    for rate in (4, 32):
+        systems = [a for a in steps[f"evaluate_cr{rate}"].argv if a.startswith("harness.systems=")]
+        assert len(systems) == 1 and "wrong_memory" in systems[0] and "text_rag_clara_topk" in systems[0]
+        assert "minilm" not in systems[0] and "closed_book" not in systems[0]
     assert "harness.reconstruction=32" in steps["evaluate_cr16_stage1"].argv
     # the text-RAG LoRA baseline: stage 2's data, as many samples, scored on the same questions
     lora = steps["train_text_rag_lora"].argv
