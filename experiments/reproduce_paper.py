@@ -3,7 +3,7 @@
     python -m experiments.reproduce_paper --profile quick --squad ../shared/data/squad/squad-v1.1-dev-part-a.json
     python -m experiments.reproduce_paper --profile full  --squad ../shared/data/squad/squad-v1.1-dev-part-a.json
 
-Profiles (see PROFILES): `quick` (CR 16, ~45 minutes on 2 cores, 32 measured: is memory
+Profiles (see PROFILES): `quick` (CR 16, <= 45 minutes on 2 cores, 18-32 measured: is memory
 read?), `full` (CR 16, 4, 32, >= 200 evaluation questions, several hours, resumable across
 sessions), `quick-ablation` (quick plus two alternatives to its stage 2: the reference's reset
 generator and a k=1 warm-up) and `reference` (the paper's recipe at the first run's small budget,
@@ -159,7 +159,7 @@ PROFILES: dict[str, Recipe] = {
                    stages=miniature_stages(100, 40, 60, 60, 40, instruct_k1=60), **_MINIATURE),
 }
 # The quick profile plus two alternatives to its stage 2; with `--work-dir runs/repro-quick` it
-# reuses a finished quick run and only trains and evaluates the alternatives (~30 minutes).
+# reuses a finished quick run and only trains and evaluates the alternatives (15 minutes measured).
 PROFILES["quick-ablation"] = replace(PROFILES["quick"], stage2_variants=stage2_ablation(20))
 
 
