@@ -266,7 +266,7 @@ class Plan:
         drops the text-RAG ones (each reads five paragraphs as text: the slowest rows on a CPU).
         Text RAG over MiniLM's top-k and closed book run the bare backbone, whatever the checkpoint:
         they are scored with the first rate only."""
-        clara = "{name: clara, kind: clara, settings: [normal, oracle, wrong_memory]}"
+        clara = _clara_system("normal", "oracle", "wrong_memory")
         if not self.recipe.text_rag_systems:
             return [f"harness.systems=[{clara}, {{name: closed_book, kind: closed_book}}]"]
         if rate != self.recipe.rates[0]:
@@ -278,8 +278,7 @@ class Plan:
         evaluated alike: oracle vs wrong_memory answers and answer CE (retrieval is stage 3's)."""
         if not self.recipe.stage2_variants:
             return []
-        reads = ["harness.systems=[{name: clara, kind: clara, settings: [oracle, wrong_memory]}]",
-                 "harness.retrievers=[clara]"]
+        reads = [f"harness.systems=[{_clara_system('oracle', 'wrong_memory')}]", "harness.retrievers=[clara]"]
         own = next(run for run in reversed(self.recipe.stages) if run.stage == "instruct")
         steps = [self._evaluate(f"cr{rate}-stage2", self.export_dir(rate, own.label), f"CR={rate} stage 2", reads)]
         for variant in self.recipe.stage2_variants:
@@ -396,11 +395,16 @@ def _write_results(plan: Plan, results_dir: Path, command: str, timings: dict[st
                         preamble="\n".join(lines))
 
 
+def _clara_system(*settings: str) -> str:
+    """The evaluation YAML's entry (flow style, for a command-line override) of CLaRa in `settings`."""
+    return f"{{name: clara, kind: clara, settings: [{', '.join(settings)}]}}"
+
+
 def _parse_rates(text: str) -> tuple[int, ...]:
     try:
         rates = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint="--rates")
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint="--rates") from None
     if not rates or any(rate < 1 for rate in rates):
         raise typer.BadParameter(f"{text!r}: every compression rate must be >= 1", param_hint="--rates")
     return rates
