@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clara_ray.config import InputError
 from clara_ray.evaluation.loaders import EvalQuestion
-from clara_ray.evaluation.metrics import answer_scores, mean_scores, retrieval_scores
+from clara_ray.evaluation.metrics import answer_scores, mean_scores, paired_difference, retrieval_scores
 from clara_ray.evaluation.retrievers import ClaraRetriever, Retriever, build_retriever
 
 Setting = Literal["normal", "oracle", "wrong_memory"]
@@ -223,4 +223,23 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     diagnostics = [row["diagnostics"] for row in rows if "diagnostics" in row]
     if diagnostics:  # only with answer_loss, so summaries without it keep their shape
         summary["diagnostics"] = {**mean_scores(diagnostics), "n": len(diagnostics)}
+    if paired := paired_gaps(rows):
+        summary["paired"] = paired
     return summary
+
+
+def paired_gaps(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Whether memory is read, per question and with a standard error: `<system>/f1` is F1 with
+    the oracle memory minus F1 with `wrong_memory` (each system scored both ways), `answer_ce` the
+    answer CE with another article's memory minus with the question's own."""
+    gaps = {}
+    for system in sorted({key.partition("/")[0] for row in rows for key in row["systems"]}):
+        own, other = f"{system}/oracle", f"{system}/{WRONG}"
+        pairs = [(row["systems"][own]["f1"], row["systems"][other]["f1"])
+                 for row in rows if own in row["systems"] and other in row["systems"]]
+        if pairs:
+            gaps[f"{system}/f1"] = paired_difference(pairs)
+    ce = [(d["answer_ce_other"], d["answer_ce_own"]) for row in rows if (d := row.get("diagnostics"))]
+    if ce:
+        gaps["answer_ce"] = paired_difference(ce)
+    return gaps

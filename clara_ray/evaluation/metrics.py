@@ -9,7 +9,9 @@ Retrieval metrics take a ranked list of candidate indices and the gold indices.
 """
 from __future__ import annotations
 
+import math
 import re
+import statistics
 import string
 from collections import Counter
 from typing import Iterable, Mapping, Sequence
@@ -80,3 +82,14 @@ def mean_scores(rows: Iterable[Mapping[str, float]]) -> dict[str, float]:
             totals[name] = totals.get(name, 0.0) + float(value)
             counts[name] = counts.get(name, 0) + 1
     return {name: totals[name] / counts[name] for name in totals}
+
+
+def paired_difference(pairs: Iterable[tuple[float, float]]) -> dict[str, float | None]:
+    """Mean of a - b over paired measurements (one question scored two ways) and its standard
+    error (sample standard deviation / sqrt(n); None from a single pair)."""
+    differences = [float(a) - float(b) for a, b in pairs]
+    if not differences:
+        raise ValueError("paired_difference needs at least one pair")
+    n = len(differences)
+    se = statistics.stdev(differences) / math.sqrt(n) if n > 1 else None
+    return {"mean": statistics.fmean(differences), "se": se, "n": n}

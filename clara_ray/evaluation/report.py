@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from clara_ray.evaluation.metrics import RETRIEVAL_KS
 
@@ -59,10 +59,12 @@ def diagnostics(summary: dict[str, Any]) -> dict[str, float | None]:
     generation, diag = summary["generation"], summary.get("diagnostics", {})
     system = _clara_system(summary)
     f1 = {s: generation.get(f"{system}/{s}", {}).get("f1") for s in ("oracle", "wrong_memory")}
-    recon = diag.get("reconstruction", {})
+    recon, paired = diag.get("reconstruction", {}), summary.get("paired", {})
     return {"oracle_f1": f1["oracle"], "wrong_f1": f1["wrong_memory"], "f1_gap": _gap(f1["oracle"], f1["wrong_memory"]),
+            "f1_gap_se": paired.get(f"{system}/f1", {}).get("se"),
             "ce_own": diag.get("answer_ce_own"), "ce_other": diag.get("answer_ce_other"),
             "ce_gap": _gap(diag.get("answer_ce_other"), diag.get("answer_ce_own")),
+            "ce_gap_se": paired.get("answer_ce", {}).get("se"),
             "rouge_l": recon.get("rouge_l_f1_mean"), "longest_run": recon.get("longest_run_words_mean")}
 
 
@@ -74,9 +76,18 @@ def _num(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _nats(value: float | None) -> str:
+    return _num(value, 3)
+
+
+def _gap_cell(gap: float | None, se: float | None, fmt: Callable[[float | None], str]) -> str:
+    return fmt(gap) if gap is None or se is None else f"{fmt(gap)} ± {fmt(se)}"
+
+
 def diagnostics_table(summaries: Sequence[dict[str, Any]]) -> str:
     """Per run with any diagnostic: F1 gap = oracle - wrong_memory (points), CE gap = other - own
-    (nats per answer token); both positive when the generator reads its memory."""
+    (nats per answer token); both positive when the generator reads its memory. ± is one standard
+    error of the per-question differences (summaries written before it was kept have none)."""
     lines = ["| run | oracle F1 | wrong_memory F1 | F1 gap | answer CE own | answer CE other | CE gap | "
              "reconstruction ROUGE-L | longest run (words) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -84,8 +95,9 @@ def diagnostics_table(summaries: Sequence[dict[str, Any]]) -> str:
         d = diagnostics(s)
         if not _has_diagnostics(d):
             continue
-        lines.append(f"| {s['label']} | {_pct(d['oracle_f1'])} | {_pct(d['wrong_f1'])} | {_pct(d['f1_gap'])} | "
-                     f"{_num(d['ce_own'], 3)} | {_num(d['ce_other'], 3)} | {_num(d['ce_gap'], 3)} | "
+        lines.append(f"| {s['label']} | {_pct(d['oracle_f1'])} | {_pct(d['wrong_f1'])} | "
+                     f"{_gap_cell(d['f1_gap'], d['f1_gap_se'], _pct)} | {_nats(d['ce_own'])} | {_nats(d['ce_other'])} | "
+                     f"{_gap_cell(d['ce_gap'], d['ce_gap_se'], _nats)} | "
                      f"{_pct(d['rouge_l'])} | {_num(d['longest_run'], 1)} |")
     return "\n".join(lines)
 

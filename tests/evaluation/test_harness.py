@@ -137,4 +137,21 @@ def test_answer_loss_is_stage2_ce_with_own_and_other_memory(tiny_model):
     assert summary["diagnostics"]["n"] == 2 and summary["generation"] == {}
     own_mean = sum(r["diagnostics"]["answer_ce_own"] for r in rows) / 2
     assert summary["diagnostics"]["answer_ce_own"] == pytest.approx(own_mean)
+    gaps = [r["diagnostics"]["answer_ce_other"] - r["diagnostics"]["answer_ce_own"] for r in rows]
+    assert summary["paired"]["answer_ce"]["mean"] == pytest.approx(sum(gaps) / 2)
+    assert summary["paired"]["answer_ce"]["se"] == pytest.approx(abs(gaps[0] - gaps[1]) / 2)  # sd / sqrt(2), n = 2
     assert "diagnostics" not in summarise([{k: v for k, v in r.items() if k != "diagnostics"} for r in rows])
+
+
+def test_paired_gaps_pair_each_systems_oracle_and_wrong_memory_f1_per_question():
+    from clara_ray.evaluation.harness import paired_gaps
+
+    def row(clara, text=None):
+        systems = {"clara/oracle": {"f1": clara[0]}, "clara/wrong_memory": {"f1": clara[1]}}
+        if text is not None:
+            systems |= {"text/oracle": {"f1": text}, "text/normal": {"f1": 0.0}}  # no wrong_memory: not paired
+        return {"systems": systems}
+
+    gaps = paired_gaps([row((1.0, 0.5), text=1.0), row((0.25, 0.5)), row((1.0, 0.0))])
+    assert set(gaps) == {"clara/f1"}  # nothing else scored both ways, no answer CE measured
+    assert gaps["clara/f1"]["n"] == 3 and gaps["clara/f1"]["mean"] == pytest.approx(1.25 / 3)

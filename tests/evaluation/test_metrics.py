@@ -7,6 +7,7 @@ from clara_ray.evaluation.metrics import (
     exact_match,
     f1_score,
     mean_scores,
+    paired_difference,
     normalize_answer,
     retrieval_scores,
 )
@@ -64,3 +65,14 @@ def test_recall_and_precision_at_k():
 
 def test_mean_scores_skips_missing_metrics():
     assert mean_scores([{"f1": 1.0, "recall@1": 0.0}, {"f1": 0.5}]) == {"f1": 0.75, "recall@1": 0.0}
+
+
+def test_paired_difference_is_the_mean_difference_and_its_standard_error():
+    # differences 0.5, -0.25, 1.0: mean 0.41667, sample sd 0.62915, se = sd / sqrt(3) = 0.36324
+    result = paired_difference([(1.0, 0.5), (0.25, 0.5), (2.0, 1.0)])
+    assert result["n"] == 3
+    assert result["mean"] == pytest.approx(0.416667, abs=1e-5)
+    assert result["se"] == pytest.approx(0.363242, abs=1e-5)
+    assert paired_difference([(3.0, 1.0)]) == {"mean": 2.0, "se": None, "n": 1}
+    with pytest.raises(ValueError, match="at least one pair"):
+        paired_difference([])

@@ -35,6 +35,7 @@ def _with_diagnostics(label, checkpoint):
     s["generation"]["clara/oracle"] = {"acc": 0.5, "em": 0.3, "f1": 0.45, "latency_s": 0.1, "n": 10}
     s["generation"]["clara/wrong_memory"] = {"acc": 0.1, "em": 0.0, "f1": 0.1234, "latency_s": 0.1, "n": 10}
     s["diagnostics"] = {"answer_ce_own": 1.5, "answer_ce_other": 2.25, "n": 10}
+    s["paired"] = {"clara/f1": {"mean": 0.3266, "se": 0.0512, "n": 10}, "answer_ce": {"mean": 0.75, "se": 0.125, "n": 10}}
     return s
 
 
@@ -49,9 +50,12 @@ def test_diagnostics_table_rows_and_no_absolute_paths(tmp_path, monkeypatch):
                                                  "examples": [example]}}}
     runs = [_with_diagnostics("CR=16", str(tmp_path / "runs" / "cr16" / "model")), stage1, _summary("old", 4, 0.3)]
     table = diagnostics_table(runs)
-    assert "| CR=16 | 45.00 | 12.34 | 32.66 | 1.500 | 2.250 | 0.750 | - | - |" in table
+    assert "| CR=16 | 45.00 | 12.34 | 32.66 ± 5.12 | 1.500 | 2.250 | 0.750 ± 0.125 | - | - |" in table
     assert "| stage 1 | - | - | - | - | - | - | 62.50 | 7.5 |" in table
     assert "| old |" not in table  # nothing measured: no row
+    del runs[0]["paired"]  # a summary written before standard errors were kept
+    assert "| CR=16 | 45.00 | 12.34 | 32.66 | 1.500 | 2.250 | 0.750 | - | - |" in diagnostics_table(runs)
+    runs[0]["paired"] = _with_diagnostics("CR=16", "")["paired"]
     assert "| CR=16 | clara | wrong_memory | 10 | 10.00 | 0.00 | 12.34 | 100 |" in generation_table(runs)
 
     text = write_report(runs, tmp_path / "report").read_text()
