@@ -124,7 +124,7 @@ def main(squad: Path | None, steps: int, questions: int, doc_max_length: int, th
         build_squad_data(source, data, instruct_docs=5, end_to_end_docs=candidates,
                          window=TokenWindow("smollm2-135m", doc_max_length), reconstruction=True)
         s1 = stage1(data, steps, doc_max_length, threads)
-        before, after, fill, cached, epoch, corpus = stage3(data, questions, doc_max_length, threads)
+        s3 = stage3(data, questions, doc_max_length, threads) if questions else None
     print(f"\ntraining speed-ups: SmolLM2-135M, CR 16, doc_max_length {doc_max_length}, {threads} threads, "
           f"data {source.name}")
     print(f"stage 1: {steps} steps x {MICRO * ACCUMULATION} records (reconstruction + QA)")
@@ -134,6 +134,12 @@ def main(squad: Path | None, steps: int, questions: int, doc_max_length: int, th
     for arm, label in ((s1[1], "buckets + label-only logits"), (s1[2], "... + bf16 autocast")):
         ratio = (arm.tokens / arm.seconds) / (s1[0].tokens / s1[0].seconds)
         print(f"  real tokens/s, {label}: {ratio:.2f}x (target >= 1.5x)")
+    if s3 is not None:
+        _print_stage3(s3, questions, candidates)
+
+
+def _print_stage3(s3: tuple[Arm, Arm, float, int, int, int], questions: int, candidates: int) -> None:
+    before, after, fill, cached, epoch, corpus = s3
     print(f"stage 3: {questions} questions x {candidates} candidates")
     print(before.line("reference (recompress every candidate)"))
     print(after.line("candidate cache + label-only logits"))

@@ -120,7 +120,7 @@ def main() -> None:
                         help="SQuAD JSON for the speed-up arms (default: the bundled sample; SQuAD's length mix "
                              "is what the targets are about)")
     parser.add_argument("--speedup-steps", type=int, default=8, help="stage-1 optimizer steps per speed-up arm")
-    parser.add_argument("--speedup-questions", type=int, default=16, help="stage-3 questions per speed-up arm")
+    parser.add_argument("--speedup-questions", type=int, default=16, help="stage-3 questions per speed-up arm (0: stage 1 only)")
     args = parser.parse_args()
     if args.steps < 2:
         parser.error("--steps must be at least 2 (the first step is reported apart)")
