@@ -57,24 +57,12 @@ class ResourcesConfig(_Strict):
 class DeepSpeedConfig(_Strict):
     zero_stage: Literal[0, 1, 2, 3] = 2
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    # Mixed precision over fp32 weights (DeepSpeed's `torch_autocast`): matmuls of Linear layers in
-    # the lower dtype, weights, optimizer and the rest in fp32. On a CPU with AMX, bf16 matmuls are
-    # the fast ones; `precision: bf16` instead casts the weights themselves (the GPU profile).
-    autocast: Optional[Literal["bfloat16", "float16"]] = Field(
-        None, description="torch.autocast dtype of the forward over fp32 weights; None = off")
     gradient_checkpointing: bool = False
     backend: Literal["nccl", "gloo"] = "gloo"
     # DeepSpeed's CPU shared-memory all-reduce is JIT-compiled on first use (~2 min); gloo is
     # fast enough for CPU runs, so it stays off unless asked for.
     cpu_shm_allreduce: bool = False
     extra: dict[str, Any] = Field(default_factory=dict, description="merged into the generated DeepSpeed JSON")
-
-    @model_validator(mode="after")
-    def _autocast_over_fp32(self):
-        if self.autocast is not None and self.precision != "fp32":
-            raise ValueError(f"deepspeed.autocast={self.autocast} runs over fp32 weights; "
-                             f"precision is {self.precision} (set one or the other)")
-        return self
 
 
 class MonitorConfig(_Strict):

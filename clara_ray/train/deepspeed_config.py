@@ -39,8 +39,6 @@ def build_deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
         "steps_per_print": 10**9,  # progress is ours (rank-0 log + TensorBoard), not DeepSpeed's
         "wall_clock_breakdown": False,
     }
-    if ds.autocast is not None:
-        config["torch_autocast"] = {"enabled": True, "dtype": ds.autocast}
     return merge_dicts(config, ds.extra)
 
 

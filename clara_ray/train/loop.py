@@ -196,15 +196,15 @@ def _tensorboard(cfg: TrainConfig, start_step: int):
     return SummaryWriter(str(cfg.run.log_path / "tensorboard"), purge_step=start_step or None)
 
 
-def initialize(cfg: TrainConfig, total_steps: int, device: str):
-    """The stage's model wrapped by DeepSpeed: (model, engine, lr scheduler, trainable params).
-    Needs the process group (Ray Train's, or one the caller started)."""
+def _initialize(cfg: TrainConfig, total_steps: int):
+    """The stage's model wrapped by DeepSpeed: (model, engine, lr scheduler, trainable params)."""
     import deepspeed
+    import ray.train.torch
 
     from clara_ray.train.deepspeed_config import build_deepspeed_config, scheduler_factory
 
     _skip_shm_allreduce(cfg)
-    model = build_model(cfg, device)
+    model = build_model(cfg, str(ray.train.torch.get_device()))
     if cfg.deepspeed.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -218,7 +218,6 @@ def initialize(cfg: TrainConfig, total_steps: int, device: str):
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry: one rank of the stage's training."""
     import ray.train
-    import ray.train.torch
     import torch
 
     setup_began = time.perf_counter()
@@ -226,7 +225,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     total_steps: int = loop_config["total_steps"]
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(cfg.seed)
-    model, engine, scheduler, trainable = initialize(cfg, total_steps, str(ray.train.torch.get_device()))
+    model, engine, scheduler, trainable = _initialize(cfg, total_steps)
     start_step = _restore(engine)
     if rank == 0:
         print(f"[{cfg.stage}] rank 0 ready in {time.perf_counter() - setup_began:.1f}s: "

@@ -48,11 +48,3 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor():
 def test_stage3_schedule_is_constant():
     f = lr_lambda(_cfg("cpu/end_to_end.yaml"), 50)
     assert {f(s) for s in range(50)} == {1.0}
-
-
-def test_autocast_is_deepspeeds_torch_autocast_over_fp32_weights_only():
-    ds = build_deepspeed_config(_cfg("cpu/compress_pretrain.yaml", "deepspeed.autocast=bfloat16"))
-    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and not ds["bf16"]["enabled"]
-    assert "torch_autocast" not in build_deepspeed_config(_cfg("cpu/compress_pretrain.yaml"))
-    with pytest.raises(ValueError, match="autocast=bfloat16 runs over fp32 weights; precision is bf16"):
-        _cfg("compress_pretrain.yaml", "deepspeed.autocast=bfloat16")
