@@ -385,11 +385,14 @@ def _write_results(plan: Plan, results_dir: Path, command: str, timings: dict[st
 
     summaries = [json.loads((d / "summary.json").read_text()) for d in plan.eval_dirs() if (d / "summary.json").exists()]
     # a work dir shared by two profiles (quick, quick-ablation) holds both plans' timings
-    planned = {step.name for step in plan.steps()}
-    timings = {name: seconds for name, seconds in timings.items() if name in planned}
-    lines = [f"Command: `{command}`", "",
-             f"Total wall time of all steps (summed over sessions): {sum(timings.values()) / 3600:.2f} h", "",
-             "| step | wall time (min) |", "|---|---:|"]
+    steps = plan.steps()
+    timings = {name: seconds for name, seconds in timings.items() if name in {step.name for step in steps}}
+    lines = [f"Command: `{command}`", ""]
+    if pending := [step.name for step in steps if not step.finished]:
+        lines += [f"**Partial: {len(steps) - len(pending)} of {len(steps)} steps finished.** Not run yet: "
+                  f"{', '.join(pending)}. Rerunning the command resumes.", ""]
+    lines += [f"Total wall time of all steps (summed over sessions): {sum(timings.values()) / 3600:.2f} h", "",
+              "| step | wall time (min) |", "|---|---:|"]
     lines += [f"| {name} | {seconds / 60:.1f} |" for name, seconds in timings.items()]
     return write_report(summaries, results_dir, title="CLaRa in miniature: SQuAD, SmolLM2-135M, CPU",
                         preamble="\n".join(lines))

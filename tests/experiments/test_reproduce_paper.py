@@ -184,8 +184,8 @@ def test_stage2_variants_branch_from_the_stage1_export_and_are_evaluated_like_th
     assert settings[0] == settings[1] == settings[2] and any("wrong_memory" in a for a in settings[0])
 
 
-def test_the_report_times_only_its_own_profiles_steps_in_a_shared_work_dir(tmp_path):
-    from experiments.reproduce_paper import _write_results
+def test_the_report_times_only_its_own_profiles_steps_and_says_when_it_is_partial(tmp_path, monkeypatch):
+    from experiments.reproduce_paper import Step, _write_results
 
     plan = Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=PROFILES["quick"])
     timings = {"build_data": 60.0, "train_cr16_compress_windows": 300.0, "train_cr16_reset_instruct": 600.0}
@@ -193,3 +193,7 @@ def test_the_report_times_only_its_own_profiles_steps_in_a_shared_work_dir(tmp_p
     text = Path(report).read_text()
     assert "| train_cr16_compress_windows | 5.0 |" in text
     assert "reset_instruct" not in text and "0.10 h" in text  # quick-ablation's step is not quick's time
+    assert "**Partial: 0 of " in text and "Not run yet: build_data, train_cr16_compress_windows," in text
+
+    monkeypatch.setattr(Step, "finished", property(lambda step: True))  # every step's output in place
+    assert "Partial" not in Path(_write_results(plan, tmp_path / "results", "cmd", timings)).read_text()
