@@ -75,6 +75,13 @@ class HarnessConfig(BaseModel):
         return next((s for s in self.systems if s.kind == "clara"), None) if self.answer_loss else None
 
     @property
+    def reads_memory(self) -> bool:
+        """Whether anything evaluated depends on the checkpoint's compressed documents (and so on
+        its compression rate): a CLaRa system, the query reasoner ranking them, reconstruction."""
+        ranked_by = set(self.retrievers) | {s.retriever for s in self.systems if s.kind != "closed_book"}
+        return any(s.kind == "clara" for s in self.systems) or "clara" in ranked_by or bool(self.reconstruction)
+
+    @property
     def needs_foreign_docs(self) -> bool:
         return self.answer_loss_system is not None or any(WRONG in self.settings_of(s) for s in self.systems)
 

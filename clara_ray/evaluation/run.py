@@ -188,7 +188,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = checkpoint_info(cfg.checkpoint)  # fails early, naming the path, if not a checkpoint
-    if not any(s.kind == "clara" for s in cfg.harness.systems) and not cfg.harness.reconstruction:
+    if not cfg.harness.reads_memory:
         info["compression_rate"] = None  # baselines only: no compressed documents are read
     _claim_output_dir(cfg, out)
     questions = questions_for(cfg)

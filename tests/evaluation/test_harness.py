@@ -155,3 +155,16 @@ def test_paired_gaps_pair_each_systems_oracle_and_wrong_memory_f1_per_question()
     gaps = paired_gaps([row((1.0, 0.5), text=1.0), row((0.25, 0.5)), row((1.0, 0.0))])
     assert set(gaps) == {"clara/f1"}  # nothing else scored both ways, no answer CE measured
     assert gaps["clara/f1"]["n"] == 3 and gaps["clara/f1"]["mean"] == pytest.approx(1.25 / 3)
+
+
+def test_a_run_reads_memory_when_clara_answers_ranks_or_reconstructs():
+    def config(systems=(), retrievers=(), reconstruction=0):
+        return HarnessConfig(systems=list(systems), retrievers=list(retrievers), reconstruction=reconstruction)
+
+    closed = SystemSpec(name="closed", kind="closed_book")  # its default retriever is never used
+    assert not config([closed], ["minilm", "bm25"]).reads_memory
+    assert not config([SystemSpec(name="t", kind="text_rag", retriever="minilm")]).reads_memory
+    assert config([], ["clara"]).reads_memory  # the query reasoner ranks compressed documents
+    assert config([SystemSpec(name="t", kind="text_rag", retriever="clara")]).reads_memory
+    assert config([SystemSpec(name="clara", kind="clara")]).reads_memory
+    assert config(reconstruction=4).reads_memory
