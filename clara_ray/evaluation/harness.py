@@ -75,11 +75,17 @@ class HarnessConfig(BaseModel):
         return next((s for s in self.systems if s.kind == "clara"), None) if self.answer_loss else None
 
     @property
+    def needed_retrievers(self) -> set[str]:
+        """The retrievers scored or used by a system; `clara` also whenever a CLaRa system answers
+        (its cache holds the compressed documents the generator reads)."""
+        needed = set(self.retrievers) | {s.retriever for s in self.systems if s.kind != "closed_book"}
+        return needed | ({"clara"} if any(s.kind == "clara" for s in self.systems) else set())
+
+    @property
     def reads_memory(self) -> bool:
         """Whether anything evaluated depends on the checkpoint's compressed documents (and so on
         its compression rate): a CLaRa system, the query reasoner ranking them, reconstruction."""
-        ranked_by = set(self.retrievers) | {s.retriever for s in self.systems if s.kind != "closed_book"}
-        return any(s.kind == "clara" for s in self.systems) or "clara" in ranked_by or bool(self.reconstruction)
+        return "clara" in self.needed_retrievers or bool(self.reconstruction)
 
     @property
     def needs_foreign_docs(self) -> bool:
@@ -132,9 +138,7 @@ class Evaluator:
 
     def __init__(self, model, config: HarnessConfig, minilm_path: str | None = None):
         self.model, self.config = model, config
-        needed = set(config.retrievers) | {s.retriever for s in config.systems if s.kind != "closed_book"}
-        if any(s.kind == "clara" for s in config.systems):
-            needed.add("clara")  # its cache holds the compressed documents the generator reads
+        needed = config.needed_retrievers
         # MiniLM runs beside the CLaRa model (on its GPU on a cluster)
         options = {"minilm": {"model_path": minilm_path, "device": str(model.device)}}
         self.retrievers: dict[str, Retriever] = {
