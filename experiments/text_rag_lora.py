@@ -6,8 +6,10 @@ documents given as *text*, on the same stage-2 records CLaRa's generator learns 
 
 The result is a CLaRa checkpoint directory whose generator reads text: evaluate it with a
 `text_rag` system with `adapter: generator`. Plain PyTorch on one process (a baseline, not the
-product); the output directory appears whole (temp dir + rename), so a rerun after a crash
-starts over and a finished run is skipped.
+product). At the full profile's budget it trains for over an hour, so every `--checkpoint-every`
+steps it writes its adapter, optimizer and random states to `.<out>.resume.pt` beside `out`: a rerun
+of the same command continues from there with the same batches. The output directory appears whole
+(temp dir + rename) and a finished run is skipped.
 """
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ def text_rag_loss(model, records):
 
 
 def train_text_rag_lora(data: Path, out: Path, backbone: str, steps: int, batch_size: int = 4, lr: float = 1e-4,
-                        max_docs: int = 5, seed: int = 0, log_every: int = 10) -> list[float]:
+                        max_docs: int = 5, seed: int = 0, log_every: int = 10,
+                        checkpoint_every: int = 40) -> list[float]:
     import torch
 
     from clara_ray import CLaRa, CLaRaConfig
@@ -53,10 +56,13 @@ def train_text_rag_lora(data: Path, out: Path, backbone: str, steps: int, batch_
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    run = {"data": str(data), "backbone": backbone, "steps": steps, "batch_size": batch_size, "lr": lr,
+           "max_docs": max_docs, "seed": seed}
+    resume = _resume_path(out)
+    losses = _load_resume_state(resume, run, params, optimizer, rng)
     model.train()
-    losses = []
     start = time.perf_counter()
-    for step in range(1, steps + 1):
+    for step in range(len(losses) + 1, steps + 1):
         batch = [r.model_copy(update={"docs": r.docs[:max_docs]}) for r in rng.sample(records, batch_size)]
         optimizer.zero_grad()
         # One record per forward: five SQuAD paragraphs as text are ~1,000 tokens, and a batch of
@@ -72,6 +78,8 @@ def train_text_rag_lora(data: Path, out: Path, backbone: str, steps: int, batch_
         losses.append(float(loss.detach()))
         if step % log_every == 0 or step == steps:
             typer.echo(f"step {step}/{steps} loss {loss:.4f} ({time.perf_counter() - start:.0f}s)")
+        if step % checkpoint_every == 0 and step < steps:
+            _save_resume_state(resume, run, params, optimizer, rng, losses)
     model.eval()
     model.config.trained["generator"] = TEXT_STAGE
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +89,46 @@ def train_text_rag_lora(data: Path, out: Path, backbone: str, steps: int, batch_
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
+    resume.unlink(missing_ok=True)
     return losses
+
+
+def _resume_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.resume.pt"
+
+
+def _save_resume_state(path: Path, run: dict, params, optimizer, rng: random.Random, losses: list[float]) -> None:
+    """Everything the next steps depend on: adapter weights, AdamW moments and both random
+    generators (batches come from `rng`, LoRA dropout from torch's), written whole (temp + rename)."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"run": run, "losses": losses, "params": [p.detach().clone() for p in params],
+             "optimizer": optimizer.state_dict(), "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}
+    staging = path.with_name(path.name + ".tmp")
+    torch.save(state, staging)
+    staging.replace(path)
+
+
+def _load_resume_state(path: Path, run: dict, params, optimizer, rng: random.Random) -> list[float]:
+    """The losses of the steps already done (none without a resume file); restores their state."""
+    import torch
+
+    if not path.exists():
+        return []
+    state = torch.load(path, weights_only=False)
+    if state["run"] != run:
+        changed = sorted(k for k in run if state["run"].get(k) != run[k])
+        raise ValueError(f"{path}: saved by a run with other settings ({', '.join(changed)}); "
+                         f"delete it to start over")
+    with torch.no_grad():
+        for p, saved in zip(params, state["params"], strict=True):
+            p.copy_(saved)
+    optimizer.load_state_dict(state["optimizer"])
+    rng.setstate(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    typer.echo(f"resumed from {path} at step {len(state['losses'])}")
+    return list(state["losses"])
 
 
 def main(
@@ -91,12 +138,13 @@ def main(
     steps: Annotated[int, typer.Option(min=1)] = 100,
     batch_size: Annotated[int, typer.Option(min=1)] = 4,
     lr: Annotated[float, typer.Option()] = 1e-4,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="steps between resume checkpoints")] = 40,
 ) -> None:
     """Fine-tune the text-RAG LoRA baseline; skipped when `out` already holds a finished run."""
     if (out / "text_rag_lora.json").exists():
         typer.echo(f"{out}: already trained, skipped")
         return
-    train_text_rag_lora(data, out, backbone, steps, batch_size, lr)
+    train_text_rag_lora(data, out, backbone, steps, batch_size, lr, checkpoint_every=checkpoint_every)
     typer.echo(f"saved {out}")
 
 

@@ -160,26 +160,25 @@ def test_stage2_variants_branch_from_the_stage1_export_and_are_evaluated_like_th
     quick = [s.name for s in Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=PROFILES["quick"]).steps()]
     assert names[:len(quick)] == quick  # a finished quick run in the same work dir is reused as is
     assert names[len(quick):] == ["evaluate_cr16_stage2", "train_cr16_reset_instruct", "evaluate_cr16_stage2_reset",
-                                  "train_cr16_k1_warmup_instruct_k1", "train_cr16_k1_warmup_instruct",
-                                  "evaluate_cr16_stage2_k1_warmup"]
+                                  "train_cr16_k5_only_instruct", "evaluate_cr16_stage2_k5_only"]
     steps = _steps(plan)
     stage1, store = plan.export_dir(16, "compress_pretrain"), plan.store_dir(16)
-    reset, k1 = steps["train_cr16_reset_instruct"].argv, steps["train_cr16_k1_warmup_instruct_k1"].argv
-    for argv in (reset, k1):
+    reset, k5_only = steps["train_cr16_reset_instruct"].argv, steps["train_cr16_k5_only_instruct"].argv
+    for argv in (reset, k5_only):
         assert f"init_from={stage1}" in argv and f"speed.candidate_store={store}" in argv
-        assert "train_compressor=false" in argv
-    assert "generator_init=reset" in reset and "max_steps=20" in reset
-    assert "generator_init=previous" in k1 and "max_steps=10" in k1 and any(a.endswith("instruction_data_k1.jsonl]") for a in k1)
-    k5 = steps["train_cr16_k1_warmup_instruct"].argv
-    assert f"init_from={plan.export_dir(16, 'k1_warmup_instruct_k1')}" in k5 and "max_steps=10" in k5
-    profiles_own = steps["train_cr16_instruct"].argv
-    strip = lambda argv: [a for a in argv if not a.startswith(("generator_init=", "run.name=", "max_steps=",
-                                                                 "checkpoint.every_steps="))]
-    assert strip(profiles_own) == strip(reset)  # only the generator's start differs
+        assert "train_compressor=false" in argv and "max_steps=20" in argv
+        assert any(a.startswith("data.paths=") and a.endswith("instruction_data.jsonl]") for a in argv)
+    assert "generator_init=reset" in reset and "generator_init=previous" in k5_only
+    strip = lambda argv: [a for a in argv if not a.startswith(("generator_init=", "run.name="))]
+    assert strip(k5_only) == strip(reset)  # only the generator's start differs
+    # the profile's own stage 2: the same 20 steps, the first 10 on the gold paragraph alone
+    own_k1, own_k5 = steps["train_cr16_instruct_k1"].argv, steps["train_cr16_instruct"].argv
+    assert f"init_from={stage1}" in own_k1 and "max_steps=10" in own_k1
+    assert f"init_from={plan.export_dir(16, 'instruct_k1')}" in own_k5 and "max_steps=10" in own_k5
     evaluations = [steps[n].argv for n in ("evaluate_cr16_stage2", "evaluate_cr16_stage2_reset",
-                                            "evaluate_cr16_stage2_k1_warmup")]
+                                            "evaluate_cr16_stage2_k5_only")]
     assert f"checkpoint={plan.export_dir(16, 'instruct')}" in evaluations[0]
-    assert f"checkpoint={plan.export_dir(16, 'k1_warmup_instruct')}" in evaluations[2]
+    assert f"checkpoint={plan.export_dir(16, 'k5_only_instruct')}" in evaluations[2]
     settings = [[a for a in argv if a.startswith(("harness.", "data."))] for argv in evaluations]
     assert settings[0] == settings[1] == settings[2] and any("wrong_memory" in a for a in settings[0])
 
