@@ -3,7 +3,7 @@
     python -m experiments.reproduce_paper --profile quick --squad ../shared/data/squad/squad-v1.1-dev-part-a.json
     python -m experiments.reproduce_paper --profile full  --squad ../shared/data/squad/squad-v1.1-dev-part-a.json
 
-Profiles (see PROFILES): `quick` (CR 16, <= 45 minutes on 2 cores, 18-32 measured: is memory
+Profiles (see PROFILES): `quick` (CR 16, <= 45 minutes on 2 cores, 18-39 measured: is memory
 read?), `full` (CR 16, 4, 32, >= 200 evaluation questions, several hours, resumable across
 sessions), `quick-ablation` (quick plus two alternatives to its stage 2, both k=5 throughout: the
 reference's reset generator, and stage 1's generator kept without the k=1 warm-up) and `reference` (the paper's recipe at the first run's small budget,
