@@ -100,14 +100,17 @@ def _resume_path(out: Path) -> Path:
 def _save_resume_state(path: Path, run: dict, params, optimizer, rng: random.Random, losses: list[float]) -> None:
     """Everything the next steps depend on: adapter weights, AdamW moments and both random
     generators (batches come from `rng`, LoRA dropout from torch's), written whole (temp + rename)."""
+    import io
+
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from clara_ray.ingest.storage import write_atomic
+
     state = {"run": run, "losses": losses, "params": [p.detach().clone() for p in params],
              "optimizer": optimizer.state_dict(), "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}
-    staging = path.with_name(path.name + ".tmp")
-    torch.save(state, staging)
-    staging.replace(path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def _load_resume_state(path: Path, run: dict, params, optimizer, rng: random.Random) -> list[float]:
