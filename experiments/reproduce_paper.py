@@ -32,6 +32,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
+from clara_ray.atomic import write_atomic
 from clara_ray.data.squad import CORPUS_FILE, INSTRUCT_K1_FILE, STAGE_FILES, WINDOWS_FILE
 from pipelines.cli_step import cli_step
 
@@ -374,8 +375,8 @@ def _timing_recorder(timings: dict[str, float], timings_file: Path, name: str) -
 
     def spent(seconds: float) -> None:
         timings[name] = before + seconds
-        timings_file.parent.mkdir(parents=True, exist_ok=True)
-        timings_file.write_text(json.dumps(timings, indent=2))
+        # rewritten every TIMING_FLUSH_S: a kill mid-write must not lose every step's time
+        write_atomic(timings_file, json.dumps(timings, indent=2))
 
     return spent
 

@@ -104,7 +104,7 @@ def _save_resume_state(path: Path, run: dict, params, optimizer, rng: random.Ran
 
     import torch
 
-    from clara_ray.ingest.storage import write_atomic
+    from clara_ray.atomic import write_atomic
 
     state = {"run": run, "losses": losses, "params": [p.detach().clone() for p in params],
              "optimizer": optimizer.state_dict(), "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}

@@ -28,13 +28,12 @@ evaluation built from them is not made easier.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from clara_ray.atomic import write_atomic
 from clara_ray.config import InputError
 from clara_ray.data.records import parse_record
 
@@ -212,16 +211,7 @@ def stage_records(articles: list[list[Paragraph]], instruct_docs: int, end_to_en
 
 def write_jsonl(records: list[dict[str, Any]], path: Path) -> None:
     """Write records to `path` via a temporary sibling, so a crash leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for record in records:
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 def build_squad_data(squad_path: str | Path, out_dir: str | Path, train_articles: int | None = None,

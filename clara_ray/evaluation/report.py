@@ -214,7 +214,7 @@ def write_report(summaries: Sequence[dict[str, Any]], out_dir: str | Path, title
     matplotlib.use("Agg")  # no display on cluster nodes
     import matplotlib.pyplot as plt
 
-    from clara_ray.evaluation.run import write_atomic
+    from clara_ray.atomic import write_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from clara_ray.atomic import write_atomic
 from clara_ray.config import InputError
 from clara_ray.evaluation.config import EvalConfig
 from clara_ray.evaluation.loaders import EvalQuestion, load_questions
@@ -23,14 +22,6 @@ from clara_ray.evaluation.loaders import EvalQuestion, load_questions
 log = logging.getLogger(__name__)
 PARTIAL = "predictions.jsonl.partial"
 RECONSTRUCTIONS = "reconstructions.jsonl"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def read_partial(path: Path) -> dict[str, dict[str, Any]]:

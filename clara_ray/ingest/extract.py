@@ -11,10 +11,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from clara_ray.atomic import write_atomic
 from clara_ray.ingest.config import ExtractConfig
 from clara_ray.ingest.failures import ItemError, guarded_row, read_item
 from clara_ray.ingest.images import ImageError, guard_image_opens, normalise_image, sniff_image, take_refusals
-from clara_ray.ingest.storage import to_columns, write_atomic
+from clara_ray.ingest.storage import to_columns
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
 INPUT_SUFFIXES = {".pdf", ".docx", ".pptx", ".html", ".htm", ".md", ".markdown"} | IMAGE_SUFFIXES

@@ -1,4 +1,4 @@
-"""Crash-safe files: atomic writes, and per-stage Parquet parts keyed by content hash.
+"""Crash-safe ingest outputs: JSONL, tables, and per-stage Parquet parts keyed by content hash.
 
 Each stage appends parts `<out>/work/<stage>/part-<hash>.parquet` as results stream back to the
 driver; a part appears whole or not at all (temp file + rename), so after kill -9 a rerun reads
@@ -7,27 +7,14 @@ the finished keys and only submits the rest.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clara_ray.atomic import write_atomic
 from clara_ray.ingest.hashing import content_key
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:

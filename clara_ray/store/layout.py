@@ -10,10 +10,9 @@ an open reader sees, and a crashed writer never leaves a half-visible version.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from clara_ray.atomic import write_atomic
 from clara_ray.store.errors import StoreError
 
 CURRENT = "CURRENT"
@@ -44,9 +43,4 @@ def next_version_number(root: Path) -> int:
 
 
 def swap_current(root: Path, name: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{CURRENT}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(name + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, root / CURRENT)
+    write_atomic(root / CURRENT, name + "\n")

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from clara_ray.atomic import write_atomic
 from clara_ray.store.errors import StoreError
 
 MANIFEST_NAME = "manifest.json"
@@ -98,16 +97,7 @@ def checkpoint_identity(checkpoint_dir: str | Path, model) -> CheckpointIdentity
 
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Write JSON next to `path` and rename it into place: readers see old or new, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def write_manifest(version_dir: Path, manifest: Manifest) -> None:

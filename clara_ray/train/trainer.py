@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from clara_ray.atomic import write_atomic
 from clara_ray.train.config import TrainConfig
 from clara_ray.train.data import read_stage_dataset
 from clara_ray.train.loop import EXPORT_SUBDIR, train_worker
@@ -38,14 +39,6 @@ class TrainSummary(BaseModel):
         return (f"[{self.stage}] {self.total_steps} steps on {self.records} records{resumed} in "
                 f"{self.wall_seconds:.1f}s; final {' '.join(parts)}\n"
                 f"  model: {self.model_dir}\n  run:   {self.run_dir} (TensorBoard: {self.run_dir}/tensorboard)")
-
-
-def _write_atomically(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def _export(checkpoint, target: Path) -> None:
@@ -109,5 +102,5 @@ def train_stage(cfg: TrainConfig) -> TrainSummary:
         total_steps=total_steps, resumed_from_step=int(metrics.get("resumed_from_step", 0)),
         final_metrics=metrics, wall_seconds=time.perf_counter() - began,
     )
-    _write_atomically(summary.model_dump_json(indent=1), cfg.run.log_path / "summary.json")
+    write_atomic(cfg.run.log_path / "summary.json", summary.model_dump_json(indent=1))
     return summary
