@@ -13,6 +13,7 @@ of the same command continues from there with the same batches. The output direc
 """
 from __future__ import annotations
 
+import io
 import json
 import random
 import shutil
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from clara_ray.atomic import write_atomic
 
 TEXT_STAGE = "text_rag_lora"  # recorded as the generator's trainer in the saved config
 
@@ -100,11 +103,7 @@ def _resume_path(out: Path) -> Path:
 def _save_resume_state(path: Path, run: dict, params, optimizer, rng: random.Random, losses: list[float]) -> None:
     """Everything the next steps depend on: adapter weights, AdamW moments and both random
     generators (batches come from `rng`, LoRA dropout from torch's), written whole (temp + rename)."""
-    import io
-
     import torch
-
-    from clara_ray.atomic import write_atomic
 
     state = {"run": run, "losses": losses, "params": [p.detach().clone() for p in params],
              "optimizer": optimizer.state_dict(), "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}
