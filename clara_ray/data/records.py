@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator, Literal, Union
+from typing import Any, Iterable, Iterator, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from clara_ray.atomic import write_atomic
 from clara_ray.config import InputError
 
 Stage = Literal["compress_pretrain", "instruct", "retrieval_warmup", "end_to_end"]
@@ -151,6 +152,14 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
                 yield number, json.loads(text)
             except json.JSONDecodeError as exc:
                 raise RecordError(str(path), number, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write `rows` as JSONL in one atomic step (a crash leaves the old file or none, never half
+    of one); keys sorted, so rebuilding from the same inputs gives the same bytes. Returns the count."""
+    lines = [json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows]
+    write_atomic(Path(path), "".join(lines))
+    return len(lines)
 
 
 def read_records(path: str | Path, stage: str) -> list[Record]:

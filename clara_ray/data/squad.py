@@ -33,9 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from clara_ray.atomic import write_atomic
 from clara_ray.config import InputError
-from clara_ray.data.records import parse_record
+from clara_ray.data.records import parse_record, write_jsonl
 
 STAGE_FILES = {
     "compress_pretrain": "pretrain_data.jsonl",
@@ -209,11 +208,6 @@ def stage_records(articles: list[list[Paragraph]], instruct_docs: int, end_to_en
     return out, past_window
 
 
-def write_jsonl(records: list[dict[str, Any]], path: Path) -> None:
-    """Write records to `path` via a temporary sibling, so a crash leaves no half file."""
-    write_atomic(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
-
-
 def build_squad_data(squad_path: str | Path, out_dir: str | Path, train_articles: int | None = None,
                      instruct_docs: int = 5, end_to_end_docs: int = 20, max_questions_per_paragraph: int = 5,
                      seed: int = 0, window: TokenWindow | None = None, reconstruction: bool = False,
@@ -234,6 +228,6 @@ def build_squad_data(squad_path: str | Path, out_dir: str | Path, train_articles
             keep_past_window=bool(prefix), reconstruction_window=reconstruction_window)
         for stage, records in records_by_stage.items():
             name = prefix + (EXTRA_FILES.get(stage) or STAGE_FILES[stage])
-            write_jsonl(records, out_dir / name)
+            write_jsonl(out_dir / name, records)
             stats.files[name] = len(records)
     return stats

@@ -10,9 +10,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from clara_ray.data.records import parse_record
+from clara_ray.data.records import parse_record, write_jsonl
 from clara_ray.ingest.hashing import content_key
-from clara_ray.ingest.storage import write_jsonl
 
 PRETRAIN, INSTRUCT, END_TO_END = "pretrain_data.jsonl", "instruction_data.jsonl", "end_to_end_data.jsonl"
 RAW, ERRORS = "raw_knowledge.jsonl", "errors.jsonl"

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 from clara_ray.atomic import write_atomic
 from clara_ray.config import InputError
+from clara_ray.data.records import write_jsonl
 from clara_ray.ingest.captions import Captioner, insert_captions
 from clara_ray.ingest.chunking import chunk_documents
 from clara_ray.ingest.config import ApiConfig, IngestConfig
@@ -25,7 +26,7 @@ from clara_ray.ingest.extract import Extractor
 from clara_ray.ingest.hashing import content_key
 from clara_ray.ingest.inputs import discover, error_row
 from clara_ray.ingest.outputs import ERRORS, RAW, build_records, raw_knowledge_rows, write_records
-from clara_ray.ingest.storage import StageParts, write_jsonl, write_table
+from clara_ray.ingest.storage import StageParts, write_table
 from clara_ray.ingest.synthesis import Synthesizer
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Crash-safe ingest outputs: JSONL, tables, and per-stage Parquet parts keyed by content hash.
+"""Crash-safe ingest outputs: tables and per-stage Parquet parts keyed by content hash.
 
 Each stage appends parts `<out>/work/<stage>/part-<hash>.parquet` as results stream back to the
 driver; a part appears whole or not at all (temp file + rename), so after kill -9 a rerun reads
@@ -6,21 +6,14 @@ the finished keys and only submits the rest.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clara_ray.atomic import write_atomic
 from clara_ray.ingest.hashing import content_key
-
-
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    lines = [json.dumps(row, ensure_ascii=False, sort_keys=True) for row in rows]
-    write_atomic(path, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
-    return len(lines)
 
 
 def write_table(path: Path, rows: list[dict[str, Any]]) -> None:

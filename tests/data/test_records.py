@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from clara_ray.data.records import RecordError, parse_record, read_records
+from clara_ray.data.records import RecordError, iter_jsonl, parse_record, read_records, write_jsonl
 
 
 @pytest.mark.parametrize("field", ["answer", "answers", "golden_answers", "gold_answer"])
@@ -51,3 +51,15 @@ def test_empty_file_is_an_error(tmp_path):
     path.write_text("\n")
     with pytest.raises(RecordError, match="no records"):
         read_records(path, "instruct")
+
+
+def test_written_jsonl_reads_back_and_is_the_same_bytes_for_the_same_rows(tmp_path):
+    rows = [{"question": "où?", "answers": ["Zürich"], "docs": ["d"]}, {"b": 1, "a": 2}]
+    path = tmp_path / "out.jsonl"
+    assert write_jsonl(path, rows) == 2
+    assert [obj for _, obj in iter_jsonl(path)] == rows
+    first = path.read_bytes()
+    assert "Zürich" in first.decode("utf-8")  # not \u-escaped: the files stay readable
+    write_jsonl(path, [{"docs": ["d"], "answers": ["Zürich"], "question": "où?"}, {"a": 2, "b": 1}])
+    assert path.read_bytes() == first  # key order does not leak into the file
+    assert write_jsonl(path, []) == 0 and path.read_bytes() == b""
