@@ -390,11 +390,13 @@ def _write_results(plan: Plan, results_dir: Path, command: str, timings: dict[st
     timings = {name: seconds for name, seconds in timings.items() if name in {step.name for step in steps}}
     lines = [f"Command: `{command}`", ""]
     if pending := [step.name for step in steps if not step.finished]:
-        lines += [f"**Partial: {len(steps) - len(pending)} of {len(steps)} steps finished.** Not run yet: "
+        lines += [f"**Partial: {len(steps) - len(pending)} of {len(steps)} steps finished.** Not finished yet: "
                   f"{', '.join(pending)}. Rerunning the command resumes.", ""]
     lines += [f"Total wall time of all steps (summed over sessions): {sum(timings.values()) / 3600:.2f} h", "",
               "| step | wall time (min) |", "|---|---:|"]
-    lines += [f"| {name} | {seconds / 60:.1f} |" for name, seconds in timings.items()]
+    # an interrupted step keeps the time it has spent so far; say so rather than pass it off as its time
+    lines += [f"| {name} | {seconds / 60:.1f}{' (unfinished)' if name in pending else ''} |"
+              for name, seconds in timings.items()]
     return write_report(summaries, results_dir, title="CLaRa in miniature: SQuAD, SmolLM2-135M, CPU",
                         preamble="\n".join(lines))
 
