@@ -17,7 +17,10 @@ resumes in the next: finished steps are not redone, and the interrupted step res
 (training from its last Ray Train checkpoint, evaluation from its partial predictions).
 Step timings accumulate in <work-dir>/timings.json, written while a step runs (an interrupted step
 keeps the time it spent); the combined report (Markdown + PNG) lands in --results-dir with the
-command and the wall time of each step.
+command and the wall time of each step, rewritten as each step ends. Beside it, run_record.json
+keeps the finished steps, their times and every evaluation's summary: commit it with the report,
+and a report survives the loss of its work dir (`--only-report` rebuilds it from the record).
+`--only` runs a subset of the plan, e.g. one baseline on a new machine.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -381,15 +385,62 @@ def _timing_recorder(timings: dict[str, float], timings_file: Path, name: str) -
     return spent
 
 
+# Beside the report, in git: every finished step, its time and each evaluation's summary (paths
+# relative to the working directory). The work dir (checkpoints, logs) is lost with its machine;
+# the report is then rebuilt from this record, and a new run of the same plan adds to it.
+RUN_RECORD = "run_record.json"
+
+
+def _read_record(path: Path) -> dict:
+    if not path.exists():
+        return {"finished": [], "timings": {}, "summaries": {}}
+    try:
+        record = json.loads(path.read_text())
+        return {key: record[key] for key in ("finished", "timings", "summaries")}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise typer.BadParameter(f"{path} is not a run record of this script ({exc!r}); move it away to start "
+                                 "a new one", param_hint="--results-dir") from None
+
+
+def _portable(summary: dict) -> dict:
+    """The summary with its machine paths (checkpoint, store, data file) relative to the working directory."""
+    from clara_ray.evaluation.report import display_path
+
+    root = Path.cwd()
+    data = {**summary.get("data", {}), "path": display_path(summary.get("data", {}).get("path"), root)}
+    return {**summary, "checkpoint": display_path(summary.get("checkpoint"), root),
+            "store": summary.get("store") and display_path(summary["store"], root), "data": data}
+
+
+def _update_record(plan: Plan, results_dir: Path, timings: dict[str, float]) -> dict:
+    """Adds the work dir's finished steps, times and evaluation summaries to the run record."""
+    path = results_dir / RUN_RECORD
+    record = _read_record(path)
+    steps = plan.steps()
+    finished = set(record["finished"]) | {step.name for step in steps if step.finished}
+    for name, seconds in timings.items():  # a step redone on a new machine keeps its longer attempt
+        record["timings"][name] = max(seconds, record["timings"].get(name, 0.0))
+    for step in steps:
+        summary = step.done_marker if step.name.startswith("evaluate") else None
+        if summary is not None and summary.exists():
+            record["summaries"][step.name] = _portable(json.loads(summary.read_text()))
+    record["finished"] = [step.name for step in steps if step.name in finished] + sorted(
+        finished - {step.name for step in steps})  # another profile's steps in a shared results dir stay
+    results_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(record, indent=1, sort_keys=True))
+    return record
+
+
 def _write_results(plan: Plan, results_dir: Path, command: str, timings: dict[str, float]) -> Path:
     from clara_ray.evaluation.report import write_report
 
-    summaries = [json.loads((d / "summary.json").read_text()) for d in plan.eval_dirs() if (d / "summary.json").exists()]
-    # a work dir shared by two profiles (quick, quick-ablation) holds both plans' timings
+    record = _update_record(plan, results_dir, timings)
     steps = plan.steps()
-    timings = {name: seconds for name, seconds in timings.items() if name in {step.name for step in steps}}
+    summaries = [record["summaries"][step.name] for step in steps if step.name in record["summaries"]]
+    # a work dir shared by two profiles (quick, quick-ablation) holds both plans' timings
+    timings = {step.name: record["timings"][step.name] for step in steps if step.name in record["timings"]}
     lines = [f"Command: `{command}`", ""]
-    if pending := [step.name for step in steps if not step.finished]:
+    if pending := [step.name for step in steps if step.name not in record["finished"]]:
         lines += [f"**Partial: {len(steps) - len(pending)} of {len(steps)} steps finished.** Not finished yet: "
                   f"{', '.join(pending)}. Rerunning the command resumes.", ""]
     lines += [f"Total wall time of all steps (summed over sessions): {sum(timings.values()) / 3600:.2f} h", "",
@@ -416,6 +467,17 @@ def _parse_rates(text: str) -> tuple[int, ...]:
     return rates
 
 
+def _select_steps(steps: list[Step], only: Optional[str]) -> set[str]:
+    """Names of the steps `--only` selects (all without it); a pattern matching no step is an error."""
+    if only is None:
+        return {step.name for step in steps}
+    patterns = [part.strip() for part in only.split(",") if part.strip()]
+    if unmatched := [p for p in patterns if not any(fnmatch(step.name, p) for step in steps)]:
+        raise typer.BadParameter(f"{', '.join(unmatched)} matches no step of this plan (see --dry-run)",
+                                 param_hint="--only")
+    return {step.name for step in steps if any(fnmatch(step.name, p) for p in patterns)}
+
+
 def _relative_to_cwd(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
@@ -435,7 +497,10 @@ def main(
     rates: Annotated[Optional[str], typer.Option(
         help="compression rates to run instead of the profile's, comma-separated (e.g. 16,4)")] = None,
     dry_run: Annotated[bool, typer.Option(help="print the plan, run nothing")] = False,
-    only_report: Annotated[bool, typer.Option(help="rebuild the report from finished evaluations")] = False,
+    only_report: Annotated[bool, typer.Option(help="rebuild the report from finished evaluations and the run record")] = False,
+    only: Annotated[Optional[str], typer.Option(
+        help="run only the steps matching these comma-separated names or globs (e.g. 'build_data,*text_rag_lora'); "
+             "the report still covers the whole plan")] = None,
 ) -> None:
     """Run (or resume) the whole reproduction and write the report.
 
@@ -460,20 +525,23 @@ def main(
                 train_articles=train_articles)
     timings_file = work_dir / "timings.json"
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    selected = _select_steps(plan.steps(), only)
+    args = ["--profile", profile, "--squad", _relative_to_cwd(squad)]
+    args += ["--rates", ",".join(map(str, plan.rates))] if rates is not None else []
+    args += ["--eval-squad", _relative_to_cwd(eval_squad)] if eval_squad else []
+    args += ["--work-dir", _relative_to_cwd(work_dir), "--results-dir", _relative_to_cwd(results_dir)]
+    command = shlex.join(["python", "-m", "experiments.reproduce_paper", *args])
     for step in [] if only_report else plan.steps():
         if step.finished:
             typer.echo(f"[{step.name}] done, skipped")
-            continue
-        if dry_run:
+        elif step.name not in selected:
+            typer.echo(f"[{step.name}] not selected by --only")
+        elif dry_run:
             typer.echo(f"[{step.name}] would run: {shlex.join(step.argv)}")
-            continue
-        _run_step(step, work_dir / "logs", _timing_recorder(timings, timings_file, step.name))
+        else:
+            _run_step(step, work_dir / "logs", _timing_recorder(timings, timings_file, step.name))
+            _write_results(plan, results_dir, command, timings)  # the record gains each step as it ends
     if not dry_run:
-        args = ["--profile", profile, "--squad", _relative_to_cwd(squad)]
-        args += ["--rates", ",".join(map(str, plan.rates))] if rates is not None else []
-        args += ["--eval-squad", _relative_to_cwd(eval_squad)] if eval_squad else []
-        args += ["--work-dir", _relative_to_cwd(work_dir), "--results-dir", _relative_to_cwd(results_dir)]
-        command = shlex.join(["python", "-m", "experiments.reproduce_paper", *args])
         typer.echo(f"report: {_write_results(plan, results_dir, command, timings)}")
 
 

@@ -192,7 +192,7 @@ def _plot_diagnostics(summaries, path: Path, plt) -> None:
     plt.close(fig)
 
 
-def _display_path(path: str | None, root: Path) -> str:
+def display_path(path: str | None, root: Path) -> str:
     """Relative to `root` when under it, else the last two path parts: no machine paths."""
     if not path:
         return "-"
@@ -223,7 +223,7 @@ def write_report(summaries: Sequence[dict[str, Any]], out_dir: str | Path, title
     _plot_latency(summaries, out / PLOTS["latency"], plt)
     _plot_diagnostics(summaries, out / PLOTS["diagnostics"], plt)
     root = Path(root) if root is not None else Path.cwd()
-    runs = "\n".join(f"- {s['label']}: `{_display_path(s.get('checkpoint'), root)}` ({s['num_questions']} questions, "
+    runs = "\n".join(f"- {s['label']}: `{display_path(s.get('checkpoint'), root)}` ({s['num_questions']} questions, "
                      f"backbone {s.get('backbone')}, compression rate {s.get('compression_rate')})" for s in summaries)
     has_diagnostics = any(_has_diagnostics(diagnostics(s)) for s in summaries)
     text = "\n\n".join(part for part in [

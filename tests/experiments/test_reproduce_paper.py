@@ -1,6 +1,7 @@
 """The reproduction plan: profiles, step order, chaining of checkpoints, and resume by output markers."""
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -130,8 +131,6 @@ def test_a_steps_time_is_kept_while_it_runs_and_adds_to_earlier_sessions(tmp_pat
     import json
     import sys
 
-    import pytest
-
     from experiments import reproduce_paper
     from experiments.reproduce_paper import Step, _run_step, _timing_recorder
 
@@ -197,3 +196,60 @@ def test_the_report_times_only_its_own_profiles_steps_and_says_when_it_is_partia
     monkeypatch.setattr(Step, "finished", property(lambda step: True))  # every step's output in place
     text = Path(_write_results(plan, tmp_path / "results", "cmd", timings)).read_text()
     assert "Partial" not in text and "| train_cr16_compress_windows | 5.0 |" in text
+
+
+def test_the_run_record_rebuilds_the_same_report_once_the_work_dir_is_gone(tmp_path, monkeypatch):
+    """A machine lost mid-run loses checkpoints and evaluations; the record beside the report keeps
+    every finished step, its time and each evaluation's summary, without machine paths."""
+    import json
+    import shutil
+
+    from experiments.reproduce_paper import RUN_RECORD, _write_results
+
+    monkeypatch.chdir(tmp_path)
+    work, results = tmp_path / "work", tmp_path / "results"
+    plan = Plan(squad=tmp_path / "squad.json", work_dir=work, recipe=PROFILES["quick"])
+    steps = _steps(plan)
+    for name in ("build_data", "train_cr16_compress_windows", "evaluate_cr16_stage1"):
+        steps[name].done_marker.parent.mkdir(parents=True, exist_ok=True)
+        steps[name].done_marker.write_text("{}")
+    summary = {"label": "CR=16 stage 1", "checkpoint": str(plan.export_dir(16, "compress_pretrain")),
+               "store": None, "data": {"path": str(tmp_path / "squad.json"), "per_article": 5},
+               "num_questions": 3, "backbone": "smollm2-135m", "compression_rate": 16, "retrieval": {},
+               "generation": {"clara/oracle": {"acc": 0.5, "em": 0.25, "f1": 0.4567, "latency_s": 0.1, "n": 3}}}
+    steps["evaluate_cr16_stage1"].done_marker.write_text(json.dumps(summary))
+    timings = {"build_data": 60.0, "train_cr16_compress_windows": 300.0, "train_cr16_compress_pretrain": 120.0}
+    before = Path(_write_results(plan, results, "cmd", timings)).read_text()
+    record = json.loads((results / RUN_RECORD).read_text())
+    assert str(tmp_path) not in (results / RUN_RECORD).read_text()
+    assert record["summaries"]["evaluate_cr16_stage1"]["checkpoint"] == "work/runs/cr16-compress_pretrain/model"
+    assert record["finished"] == ["build_data", "train_cr16_compress_windows", "evaluate_cr16_stage1"]
+
+    shutil.rmtree(work)  # a new machine: no work dir, no timings of its own
+    after = Path(_write_results(plan, results, "cmd", {})).read_text()
+    assert after == before
+    assert "| train_cr16_compress_pretrain | 2.0 (unfinished) |" in after and "| CR=16 stage 1 | clara | oracle | 3 |" in after
+    # a step redone there keeps its longer attempt; one finished there joins the record
+    steps["build_data"].done_marker.parent.mkdir(parents=True)
+    steps["build_data"].done_marker.write_text("{}")
+    _write_results(plan, results, "cmd", {"build_data": 30.0, "train_cr16_compress_pretrain": 600.0})
+    record = json.loads((results / RUN_RECORD).read_text())
+    assert record["timings"]["build_data"] == 60.0 and record["timings"]["train_cr16_compress_pretrain"] == 600.0
+    (results / RUN_RECORD).write_text("[1, 2]")
+    with pytest.raises(typer.BadParameter, match=RUN_RECORD):
+        _write_results(plan, results, "cmd", {})
+
+
+def test_only_runs_the_selected_steps_and_an_unknown_pattern_is_refused(tmp_path):
+    squad = tmp_path / "squad.json"
+    squad.write_text("{}")
+    app = typer.Typer()
+    app.command()(main)
+    args = ["--squad", str(squad), "--work-dir", str(tmp_path), "--profile", "full", "--dry-run"]
+    result = CliRunner().invoke(app, [*args, "--only", "build_data,*text_rag_lora"])
+    assert result.exit_code == 0, result.output
+    run = [line.split("]")[0][1:] for line in result.output.splitlines() if "would run" in line]
+    assert run == ["build_data", "train_text_rag_lora", "evaluate_text_rag_lora"]
+    assert "[train_cr16_compress_pretrain] not selected by --only" in result.output
+    result = CliRunner().invoke(app, [*args, "--only", "train_cr8_*"])
+    assert result.exit_code == 2 and "train_cr8_*" in result.output
