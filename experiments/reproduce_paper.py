@@ -431,11 +431,14 @@ def _update_record(plan: Plan, results_dir: Path, timings: dict[str, float]) -> 
     return record
 
 
-def _write_results(plan: Plan, results_dir: Path, command: str, timings: dict[str, float]) -> Path:
+def _write_results(plan: Plan, results_dir: Path, command: str, timings: dict[str, float],
+                   selected: Optional[set[str]] = None) -> Path:
+    """The report of the plan's steps, or with `--only` of the `selected` ones and those the record holds."""
     from clara_ray.evaluation.report import write_report
 
     record = _update_record(plan, results_dir, timings)
-    steps = plan.steps()
+    steps = [step for step in plan.steps() if selected is None or step.name in selected
+             or step.name in record["finished"] or step.name in record["timings"]]
     summaries = [record["summaries"][step.name] for step in steps if step.name in record["summaries"]]
     # a work dir shared by two profiles (quick, quick-ablation) holds both plans' timings
     timings = {step.name: record["timings"][step.name] for step in steps if step.name in record["timings"]}
@@ -500,7 +503,7 @@ def main(
     only_report: Annotated[bool, typer.Option(help="rebuild the report from finished evaluations and the run record")] = False,
     only: Annotated[Optional[str], typer.Option(
         help="run only the steps matching these comma-separated names or globs (e.g. 'build_data,*text_rag_lora'); "
-             "the report still covers the whole plan")] = None,
+             "the report covers them and the steps its run record already holds")] = None,
 ) -> None:
     """Run (or resume) the whole reproduction and write the report.
 
@@ -526,9 +529,11 @@ def main(
     timings_file = work_dir / "timings.json"
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     selected = _select_steps(plan.steps(), only)
+    report_steps = selected if only is not None else None
     args = ["--profile", profile, "--squad", _relative_to_cwd(squad)]
     args += ["--rates", ",".join(map(str, plan.rates))] if rates is not None else []
     args += ["--eval-squad", _relative_to_cwd(eval_squad)] if eval_squad else []
+    args += ["--only", only] if only is not None else []
     args += ["--work-dir", _relative_to_cwd(work_dir), "--results-dir", _relative_to_cwd(results_dir)]
     command = shlex.join(["python", "-m", "experiments.reproduce_paper", *args])
     for step in [] if only_report else plan.steps():
@@ -540,9 +545,9 @@ def main(
             typer.echo(f"[{step.name}] would run: {shlex.join(step.argv)}")
         else:
             _run_step(step, work_dir / "logs", _timing_recorder(timings, timings_file, step.name))
-            _write_results(plan, results_dir, command, timings)  # the record gains each step as it ends
+            _write_results(plan, results_dir, command, timings, report_steps)  # the record gains each step
     if not dry_run:
-        typer.echo(f"report: {_write_results(plan, results_dir, command, timings)}")
+        typer.echo(f"report: {_write_results(plan, results_dir, command, timings, report_steps)}")
 
 
 if __name__ == "__main__":

@@ -253,3 +253,16 @@ def test_only_runs_the_selected_steps_and_an_unknown_pattern_is_refused(tmp_path
     assert "[train_cr16_compress_pretrain] not selected by --only" in result.output
     result = CliRunner().invoke(app, [*args, "--only", "train_cr8_*"])
     assert result.exit_code == 2 and "train_cr8_*" in result.output
+
+
+def test_a_report_of_selected_steps_lists_those_and_the_recorded_ones(tmp_path):
+    from experiments.reproduce_paper import _write_results
+
+    plan = Plan(squad=tmp_path / "squad.json", work_dir=tmp_path / "work", recipe=PROFILES["full"])
+    selected = {"build_data", "train_text_rag_lora", "evaluate_text_rag_lora"}
+    timings = {"build_data": 60.0, "train_cr4_compress_windows": 120.0}  # the latter from an earlier run
+    text = Path(_write_results(plan, tmp_path / "results", "cmd", timings, selected)).read_text()
+    assert ("**Partial: 0 of 4 steps finished.** Not finished yet: build_data, train_cr4_compress_windows, "
+            "train_text_rag_lora, evaluate_text_rag_lora.") in text
+    whole = Path(_write_results(plan, tmp_path / "results", "cmd", timings)).read_text()
+    assert f"0 of {len(plan.steps())} steps" in whole
