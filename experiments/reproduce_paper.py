@@ -202,10 +202,6 @@ class Plan:
     def eval_dir_named(self, name: str) -> Path:
         return (self.work_dir / "eval" / name).resolve()
 
-    def eval_dirs(self) -> list[Path]:
-        """Every evaluation of the plan, in report order."""
-        return [Path(s.done_marker).parent for s in self.steps() if s.name.startswith("evaluate")]
-
     @property
     def data_dir(self) -> Path:
         return (self.work_dir / "data").resolve()
@@ -412,18 +408,16 @@ def _portable(summary: dict) -> dict:
             "store": summary.get("store") and display_path(summary["store"], root), "data": data}
 
 
-def _update_record(plan: Plan, results_dir: Path, timings: dict[str, float]) -> dict:
+def _update_record(steps: list[Step], results_dir: Path, timings: dict[str, float]) -> dict:
     """Adds the work dir's finished steps, times and evaluation summaries to the run record."""
     path = results_dir / RUN_RECORD
     record = _read_record(path)
-    steps = plan.steps()
     finished = set(record["finished"]) | {step.name for step in steps if step.finished}
     for name, seconds in timings.items():  # a step redone on a new machine keeps its longer attempt
         record["timings"][name] = max(seconds, record["timings"].get(name, 0.0))
-    for step in steps:
-        summary = step.done_marker if step.name.startswith("evaluate") else None
-        if summary is not None and summary.exists():
-            record["summaries"][step.name] = _portable(json.loads(summary.read_text()))
+    for step in steps:  # an evaluation's done marker is its summary.json
+        if step.name.startswith("evaluate") and step.done_marker.exists():
+            record["summaries"][step.name] = _portable(json.loads(step.done_marker.read_text()))
     record["finished"] = [step.name for step in steps if step.name in finished] + sorted(
         finished - {step.name for step in steps})  # another profile's steps in a shared results dir stay
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -436,8 +430,9 @@ def _write_results(plan: Plan, results_dir: Path, command: str, timings: dict[st
     """The report of the plan's steps, or with `--only` of the `selected` ones and those the record holds."""
     from clara_ray.evaluation.report import write_report
 
-    record = _update_record(plan, results_dir, timings)
-    steps = [step for step in plan.steps() if selected is None or step.name in selected
+    steps = plan.steps()
+    record = _update_record(steps, results_dir, timings)
+    steps = [step for step in steps if selected is None or step.name in selected
              or step.name in record["finished"] or step.name in record["timings"]]
     summaries = [record["summaries"][step.name] for step in steps if step.name in record["summaries"]]
     # a work dir shared by two profiles (quick, quick-ablation) holds both plans' timings
