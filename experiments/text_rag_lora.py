@@ -55,6 +55,9 @@ def train_text_rag_lora(data: Path, out: Path, backbone: str, steps: int, batch_
     rng = random.Random(seed)
     torch.manual_seed(seed)
     model = CLaRa.from_config(CLaRaConfig(backbone=backbone), device="cpu")
+    # Text RAG reads its documents whole (five SQuAD paragraphs reach ~2,100 tokens): its limit is
+    # the backbone's window, not the cap on CLaRa's compressed prompts (max_length, 2,048).
+    model.config.max_length = model.language_model.config.max_position_embeddings
     params = model.adapter_parameters("generator")
     for p in params:
         p.requires_grad_(True)
@@ -73,7 +76,10 @@ def train_text_rag_lora(data: Path, out: Path, backbone: str, steps: int, batch_
         # was killed for memory at 24 GB.
         loss = torch.zeros(())
         for record in batch:
-            part = text_rag_loss(model, [record]) / len(batch)
+            try:
+                part = text_rag_loss(model, [record]) / len(batch)
+            except ValueError as exc:  # a prompt longer than the window: say which record
+                raise ValueError(f"{data}: the record of question {record.question!r}: {exc}") from None
             part.backward()
             loss += part.detach()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

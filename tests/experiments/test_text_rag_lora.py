@@ -83,3 +83,12 @@ def _raise_on_call(n):
             raise _Crash
         return real_loss(model, records)
     return loss
+
+
+def test_a_record_past_the_backbone_s_window_is_named_and_nothing_is_written(tmp_path):
+    long_doc = " ".join(["word"] * 1400)  # two of them pass the tiny backbone's 2,048-token window
+    too_long = {"question": "What is too long?", "docs": [long_doc, long_doc], "answer": "word"}
+    data = _write_data(tmp_path, [too_long])
+    with pytest.raises(ValueError, match=r"instruction_data\.jsonl: the record of question 'What is too long\?'"):
+        train_text_rag_lora(data, tmp_path / "lora", "tiny-random", steps=1, batch_size=1, log_every=100)
+    assert not (tmp_path / "lora").exists()
