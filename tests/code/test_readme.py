@@ -1,7 +1,8 @@
 """The README as a new user follows it: every command of "Your own documents in five commands"
 parses against the real CLI and its step's config, reads only what the repository ships or an
 earlier command writes, and the requests it sends match the served routes; every repository path
-and link in the README and docs/ exists, and none points outside the repository.
+and link in the README and docs/ exists, and none points outside the repository; no committed
+result (docs/results) names a path of the machine that wrote it.
 
 Running the walkthrough itself takes minutes (ingest synthesis, three Ray Train stages): the demo
 (tests/demo) and tests/cluster/test_job_specs_run.py run that chain."""
@@ -167,6 +168,16 @@ def test_no_page_points_outside_the_repository(page):
     text = page.read_text()
     outside = re.findall(r"\.\./[\w.-]+|\bSPEC(?:\.md)?\b|PLATFORM-NOTES|/work/\w+", text)
     assert not outside, f"{page.relative_to(REPO)} refers to files a user does not have: {outside}"
+
+
+RESULTS = sorted(p for p in (REPO / "docs" / "results").rglob("*") if p.suffix in (".md", ".json"))
+
+
+@pytest.mark.parametrize("page", RESULTS, ids=lambda p: str(p.relative_to(REPO)))
+def test_no_committed_result_names_a_machine_path(page):
+    # reports and run records are rebuilt on other machines: paths in them are relative to the repository
+    absolute = re.findall(r"(?<![\w.])/(?:work|home|tmp|root|Users|mnt)/[^\s`\"]*", page.read_text())
+    assert not absolute, f"{page.relative_to(REPO)} names paths of the machine that wrote it: {absolute[:3]}"
 
 
 def test_the_readme_is_a_first_page():
