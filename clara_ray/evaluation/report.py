@@ -218,21 +218,28 @@ def write_report(summaries: Sequence[dict[str, Any]], out_dir: str | Path, title
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _plot_f1_vs_rate(summaries, out / PLOTS["f1_vs_rate"], plt)
-    _plot_recall(summaries, out / PLOTS["recall"], plt)
-    _plot_latency(summaries, out / PLOTS["latency"], plt)
-    _plot_diagnostics(summaries, out / PLOTS["diagnostics"], plt)
+    has_diagnostics = any(_has_diagnostics(diagnostics(s)) for s in summaries)
+    # A plot with nothing to draw is left out (a text baseline has no compression rate and no
+    # memory diagnostics), and so is its file from an earlier report in the same directory.
+    drawn = {"f1_vs_rate": any(s.get("compression_rate") for s in summaries), "recall": True, "latency": True,
+             "diagnostics": has_diagnostics}
+    draw = {"f1_vs_rate": _plot_f1_vs_rate, "recall": _plot_recall, "latency": _plot_latency,
+            "diagnostics": _plot_diagnostics}
+    for name, file in PLOTS.items():
+        if drawn[name]:
+            draw[name](summaries, out / file, plt)
+        else:
+            (out / file).unlink(missing_ok=True)
     root = Path(root) if root is not None else Path.cwd()
     runs = "\n".join(f"- {s['label']}: `{display_path(s.get('checkpoint'), root)}` ({s['num_questions']} questions, "
                      f"backbone {s.get('backbone')}, compression rate {s.get('compression_rate')})" for s in summaries)
-    has_diagnostics = any(_has_diagnostics(diagnostics(s)) for s in summaries)
     text = "\n\n".join(part for part in [
         f"# {title}", preamble, "## Runs", runs,
         "## Answers (acc = cover-EM, EM, F1; docs/design.md section 8)", generation_table(summaries),
         *(["## Diagnostics: is memory read?", DIAGNOSTICS_NOTE, diagnostics_table(summaries),
            reconstruction_examples(summaries)] if has_diagnostics else []),
         "## Retrieval over each question's candidates", retrieval_table(summaries),
-        "## Plots", "\n".join(f"![{name}]({file})" for name, file in PLOTS.items()),
+        "## Plots", "\n".join(f"![{name}]({file})" for name, file in PLOTS.items() if drawn[name]),
     ] if part) + "\n"
     path = out / "report.md"
     write_atomic(path, text)

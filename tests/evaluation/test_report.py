@@ -25,8 +25,20 @@ def test_write_report_makes_markdown_and_pngs(tmp_path):
     path = write_report([_summary("CR=4", 4, 0.4), _summary("CR=16", 16, 0.35)], tmp_path, title="Mini", preamble="cmd")
     text = path.read_text()
     assert text.startswith("# Mini\n\ncmd\n") and "runs/CR=16" in text
-    for name in PLOTS.values():
-        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG" and f"({name})" in text
+    for key, name in PLOTS.items():
+        if key != "diagnostics":  # none measured here; drawn in test_diagnostics_table_rows_...
+            assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG" and f"({name})" in text
+
+
+def test_plots_with_nothing_to_draw_are_left_out_with_their_old_files(tmp_path):
+    write_report([_with_diagnostics("CR=16", "runs/cr16")], tmp_path)  # an earlier report: every plot drawn
+    assert all((tmp_path / name).exists() for name in PLOTS.values())
+    baseline = _summary("text-RAG LoRA", None, 0.5)  # a text baseline: no rate, no memory diagnostics
+    text = write_report([baseline], tmp_path).read_text()
+    for name in ("f1_vs_rate", "diagnostics"):
+        assert f"({PLOTS[name]})" not in text and not (tmp_path / PLOTS[name]).exists()
+    for name in ("recall", "latency"):
+        assert f"({PLOTS[name]})" in text and (tmp_path / PLOTS[name]).exists()
 
 
 def _with_diagnostics(label, checkpoint):
@@ -65,3 +77,4 @@ def test_diagnostics_table_rows_and_no_absolute_paths(tmp_path, monkeypatch):
     assert "`runs/cr16/model`" in text and "`cr16-compress_pretrain/model`" in text
     assert not re.search(r"(^|[\s`(])/\w", text), "absolute path in report"
     assert (tmp_path / "report" / PLOTS["diagnostics"]).read_bytes()[:4] == b"\x89PNG"
+    assert f"({PLOTS['diagnostics']})" in text
