@@ -221,13 +221,12 @@ def write_report(summaries: Sequence[dict[str, Any]], out_dir: str | Path, title
     has_diagnostics = any(_has_diagnostics(diagnostics(s)) for s in summaries)
     # A plot with nothing to draw is left out (a text baseline has no compression rate and no
     # memory diagnostics), and so is its file from an earlier report in the same directory.
-    drawn = {"f1_vs_rate": any(s.get("compression_rate") for s in summaries), "recall": True, "latency": True,
-             "diagnostics": has_diagnostics}
-    draw = {"f1_vs_rate": _plot_f1_vs_rate, "recall": _plot_recall, "latency": _plot_latency,
-            "diagnostics": _plot_diagnostics}
+    plotters = {"f1_vs_rate": _plot_f1_vs_rate if any(s.get("compression_rate") for s in summaries) else None,
+                "recall": _plot_recall, "latency": _plot_latency,
+                "diagnostics": _plot_diagnostics if has_diagnostics else None}
     for name, file in PLOTS.items():
-        if drawn[name]:
-            draw[name](summaries, out / file, plt)
+        if plotters[name]:
+            plotters[name](summaries, out / file, plt)
         else:
             (out / file).unlink(missing_ok=True)
     root = Path(root) if root is not None else Path.cwd()
@@ -239,7 +238,7 @@ def write_report(summaries: Sequence[dict[str, Any]], out_dir: str | Path, title
         *(["## Diagnostics: is memory read?", DIAGNOSTICS_NOTE, diagnostics_table(summaries),
            reconstruction_examples(summaries)] if has_diagnostics else []),
         "## Retrieval over each question's candidates", retrieval_table(summaries),
-        "## Plots", "\n".join(f"![{name}]({file})" for name, file in PLOTS.items() if drawn[name]),
+        "## Plots", "\n".join(f"![{name}]({file})" for name, file in PLOTS.items() if plotters[name]),
     ] if part) + "\n"
     path = out / "report.md"
     write_atomic(path, text)
