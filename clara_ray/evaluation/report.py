@@ -220,15 +220,18 @@ def write_report(summaries: Sequence[dict[str, Any]], out_dir: str | Path, title
     out.mkdir(parents=True, exist_ok=True)
     has_diagnostics = any(_has_diagnostics(diagnostics(s)) for s in summaries)
     # A plot with nothing to draw is left out (a text baseline has no compression rate and no
-    # memory diagnostics), and so is its file from an earlier report in the same directory.
+    # memory diagnostics, a partial run no evaluation yet), and so is its file from an earlier
+    # report in the same directory.
     plotters = {"f1_vs_rate": _plot_f1_vs_rate if any(s.get("compression_rate") for s in summaries) else None,
-                "recall": _plot_recall, "latency": _plot_latency,
+                "recall": _plot_recall if any(s["retrieval"] for s in summaries) else None,
+                "latency": _plot_latency if any(s["generation"] for s in summaries) else None,
                 "diagnostics": _plot_diagnostics if has_diagnostics else None}
     for name, file in PLOTS.items():
         if plotters[name]:
             plotters[name](summaries, out / file, plt)
         else:
             (out / file).unlink(missing_ok=True)
+    drawn = [f"![{name}]({file})" for name, file in PLOTS.items() if plotters[name]]
     root = Path(root) if root is not None else Path.cwd()
     runs = "\n".join(f"- {s['label']}: `{display_path(s.get('checkpoint'), root)}` ({s['num_questions']} questions, "
                      f"backbone {s.get('backbone')}, compression rate {s.get('compression_rate')})" for s in summaries)
@@ -238,7 +241,7 @@ def write_report(summaries: Sequence[dict[str, Any]], out_dir: str | Path, title
         *(["## Diagnostics: is memory read?", DIAGNOSTICS_NOTE, diagnostics_table(summaries),
            reconstruction_examples(summaries)] if has_diagnostics else []),
         "## Retrieval over each question's candidates", retrieval_table(summaries),
-        "## Plots", "\n".join(f"![{name}]({file})" for name, file in PLOTS.items() if plotters[name]),
+        *(["## Plots", "\n".join(drawn)] if drawn else []),
     ] if part) + "\n"
     path = out / "report.md"
     write_atomic(path, text)

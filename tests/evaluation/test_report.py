@@ -39,6 +39,12 @@ def test_plots_with_nothing_to_draw_are_left_out_with_their_old_files(tmp_path):
         assert f"({PLOTS[name]})" not in text and not (tmp_path / PLOTS[name]).exists()
     for name in ("recall", "latency"):
         assert f"({PLOTS[name]})" in text and (tmp_path / PLOTS[name]).exists()
+    no_retrieval = {**baseline, "retrieval": {}}  # e.g. closed book only: answers, no retriever
+    text = write_report([no_retrieval], tmp_path).read_text()
+    assert f"({PLOTS['recall']})" not in text and not (tmp_path / PLOTS["recall"]).exists()
+    assert f"({PLOTS['latency']})" in text
+    text = write_report([], tmp_path).read_text()  # a partial run: nothing evaluated yet
+    assert "## Plots" not in text and not any((tmp_path / name).exists() for name in PLOTS.values())
 
 
 def _with_diagnostics(label, checkpoint):
