@@ -33,6 +33,11 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+def _table(lines: list[str]) -> str:
+    """The Markdown table, or "" when it has no rows below its two header lines (nothing evaluated)."""
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def generation_table(summaries: Sequence[dict[str, Any]]) -> str:
     lines = ["| run | system | setting | n | acc | EM | F1 | latency (ms/question) |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
@@ -41,7 +46,7 @@ def generation_table(summaries: Sequence[dict[str, Any]]) -> str:
             system, _, setting = key.partition("/")
             lines.append(f"| {s['label']} | {system} | {setting} | {m['n']} | {_pct(m.get('acc'))} | "
                          f"{_pct(m.get('em'))} | {_pct(m.get('f1'))} | {1000 * m.get('latency_s', 0):.0f} |")
-    return "\n".join(lines)
+    return _table(lines)
 
 
 def _clara_system(summary: dict[str, Any]) -> str:
@@ -123,7 +128,7 @@ def retrieval_table(summaries: Sequence[dict[str, Any]]) -> str:
         for name, m in s["retrieval"].items():
             values = [m.get(f"recall@{k}") for k in RETRIEVAL_KS] + [m.get(f"precision@{k}") for k in RETRIEVAL_KS]
             lines.append(f"| {s['label']} | {name} | {m['n']} | " + " | ".join(_pct(v) for v in values) + " |")
-    return "\n".join(lines)
+    return _table(lines)
 
 
 def _finish(fig, ax, path: Path, plt, title: str, xlabel: str | None, ylabel: str, legend: bool = True) -> None:
@@ -182,11 +187,12 @@ def _plot_diagnostics(summaries, path: Path, plt) -> None:
         ax.bar([x - 0.2 for x in xs], [scale * d[first] for _, d in shown], 0.4, label=first_label)
         ax.bar([x + 0.2 for x in xs], [scale * d[second] for _, d in shown], 0.4, label=second_label)
         ax.set_xticks(list(xs), [label for label, _ in shown], fontsize=7)
-        if not shown:
+        if shown:
+            ax.legend(fontsize=7)
+        else:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -222,7 +228,8 @@ def write_report(summaries: Sequence[dict[str, Any]], out_dir: str | Path, title
     # A plot with nothing to draw is left out (a text baseline has no compression rate and no
     # memory diagnostics, a partial run no evaluation yet), and so is its file from an earlier
     # report in the same directory.
-    plotters = {"f1_vs_rate": _plot_f1_vs_rate if any(s.get("compression_rate") for s in summaries) else None,
+    plotters = {"f1_vs_rate": _plot_f1_vs_rate if any(s.get("compression_rate") and s["generation"]
+                                                      for s in summaries) else None,
                 "recall": _plot_recall if any(s["retrieval"] for s in summaries) else None,
                 "latency": _plot_latency if any(s["generation"] for s in summaries) else None,
                 "diagnostics": _plot_diagnostics if has_diagnostics else None}
@@ -235,12 +242,14 @@ def write_report(summaries: Sequence[dict[str, Any]], out_dir: str | Path, title
     root = Path(root) if root is not None else Path.cwd()
     runs = "\n".join(f"- {s['label']}: `{display_path(s.get('checkpoint'), root)}` ({s['num_questions']} questions, "
                      f"backbone {s.get('backbone')}, compression rate {s.get('compression_rate')})" for s in summaries)
+    # A section with nothing measured is left out with its heading (e.g. a stage-1 check: no answers).
+    answers, retrieval = generation_table(summaries), retrieval_table(summaries)
     text = "\n\n".join(part for part in [
         f"# {title}", preamble, "## Runs", runs,
-        "## Answers (acc = cover-EM, EM, F1; docs/design.md section 8)", generation_table(summaries),
+        *(["## Answers (acc = cover-EM, EM, F1; docs/design.md section 8)", answers] if answers else []),
         *(["## Diagnostics: is memory read?", DIAGNOSTICS_NOTE, diagnostics_table(summaries),
            reconstruction_examples(summaries)] if has_diagnostics else []),
-        "## Retrieval over each question's candidates", retrieval_table(summaries),
+        *(["## Retrieval over each question's candidates", retrieval] if retrieval else []),
         *(["## Plots", "\n".join(drawn)] if drawn else []),
     ] if part) + "\n"
     path = out / "report.md"

@@ -84,3 +84,9 @@ def test_diagnostics_table_rows_and_no_absolute_paths(tmp_path, monkeypatch):
     assert not re.search(r"(^|[\s`(])/\w", text), "absolute path in report"
     assert (tmp_path / "report" / PLOTS["diagnostics"]).read_bytes()[:4] == b"\x89PNG"
     assert f"({PLOTS['diagnostics']})" in text
+    # A stage-1 check alone (reconstruction, no answers, no retriever): only what it measured is shown.
+    text = write_report([stage1], tmp_path / "stage1").read_text()
+    assert "## Diagnostics" in text and "| stage 1 | - | - | - | - | - | - | 62.50 | 7.5 |" in text
+    assert "## Answers" not in text and "## Retrieval" not in text
+    assert f"({PLOTS['diagnostics']})" in text and f"({PLOTS['f1_vs_rate']})" not in text
+    assert not (tmp_path / "stage1" / PLOTS["f1_vs_rate"]).exists()
