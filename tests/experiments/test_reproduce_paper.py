@@ -75,8 +75,12 @@ def test_quick_profile_is_cr16_only_and_a_separate_eval_file_replaces_the_held_o
     assert build[build.index("--use-train-articles") + 1] == "6" and build[build.index("--train-articles") + 1] == "28"
 
 
-def test_stage1_epoch_profile_changes_only_stage_1s_length_and_covers_an_epoch_of_each_file(tmp_path):
-    full, long = PROFILES["full"], PROFILES["full-stage1-epoch"]
+@pytest.mark.parametrize("profile, window_epochs, paragraph_records", [
+    ("full-stage1-epoch", 1, 2550),  # one epoch of each file
+    ("full-stage1-2epochs", 2, 960),  # two of the windows, a shorter paragraph phase
+])
+def test_long_stage1_profiles_change_only_stage_1s_length(tmp_path, profile, window_epochs, paragraph_records):
+    full, long = PROFILES["full"], PROFILES[profile]
     assert long.rates == (16,) and not long.text_rag_lora
     pairs = list(zip(full.stages, long.stages, strict=True))
     for before, after in pairs:
@@ -84,8 +88,9 @@ def test_stage1_epoch_profile_changes_only_stage_1s_length_and_covers_an_epoch_o
                                                                             after.data)
         assert after.steps == before.steps or after.stage == "compress_pretrain"
     windows, paragraphs = long.stages[0], long.stages[1]
-    # one epoch of the full data: 4,310 windows and 2,550 paragraph records (28 training articles)
-    assert windows.steps * 16 >= 4310 and paragraphs.steps * 8 >= 2550
+    # the full data has 4,310 windows and 2,550 paragraph records (28 training articles)
+    assert window_epochs * 4310 <= windows.steps * 16 < (window_epochs + 1) * 4310
+    assert paragraphs.steps * 8 >= paragraph_records
     assert windows.steps > full.stages[0].steps and paragraphs.steps > full.stages[1].steps
     names = [s.name for s in Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=long).steps()]
     assert "evaluate_cr16_stage1" in names and not any("cr4" in n or "text_rag_lora" in n for n in names)
