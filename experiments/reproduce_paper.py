@@ -143,6 +143,11 @@ def stage2_ablation(steps: int) -> tuple[Variant, ...]:
     )
 
 
+def longer_stage2(k1: int, k5: int) -> Variant:
+    """The miniature stage 2 (k=1 warm-up, then k=5, stage 1's generator kept) with other step counts."""
+    return Variant(f"stage2_{k1}_{k5}", (_instruct_k1(k1), StageRun("instruct", k5, ("generator_init=previous", *_STAGE2))))
+
+
 _MINIATURE = dict(doc_max_length=192, model=_MINIATURE_MODEL, reconstruction=True, reconstruction_window=48,
                   candidate_store=True)
 PROFILES: dict[str, Recipe] = {
@@ -172,8 +177,11 @@ PROFILES["full-stage1-epoch"] = replace(PROFILES["full"], rates=(16,), text_rag_
 # `full-stage1-epoch`'s stage 1 split differently, in about the same time (3.7 h): two epochs of
 # windows (540 x 16), where its held-out CE was still falling ~0.1 nats per 20 steps at one epoch,
 # and a shorter paragraph phase (120 x 8), whose gap grew only ~0.3 nats over its last 260 steps.
+# Its stage 2 is also trained twice as long beside the profile's (stage 2 is cheap: the compressor is
+# frozen and the candidates come from the store), both evaluated on oracle vs wrong_memory answers.
 PROFILES["full-stage1-2epochs"] = replace(PROFILES["full-stage1-epoch"],
-                                          stages=miniature_stages(540, 120, 60, 60, 40, instruct_k1=60))
+                                          stages=miniature_stages(540, 120, 60, 60, 40, instruct_k1=60),
+                                          stage2_variants=(longer_stage2(120, 120),))
 # The quick profile plus two alternatives to its stage 2; with `--work-dir runs/repro-quick` it
 # reuses a finished quick run and only trains and evaluates the alternatives (15 minutes measured).
 PROFILES["quick-ablation"] = replace(PROFILES["quick"], stage2_variants=stage2_ablation(20))

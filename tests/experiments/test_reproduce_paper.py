@@ -96,6 +96,18 @@ def test_long_stage1_profiles_change_only_stage_1s_length(tmp_path, profile, win
     assert "evaluate_cr16_stage1" in names and not any("cr4" in n or "text_rag_lora" in n for n in names)
 
 
+def test_longer_stage2_variant_repeats_the_profiles_stage_2_with_more_steps(tmp_path):
+    recipe = PROFILES["full-stage1-2epochs"]
+    own = [run for run in recipe.stages if run.stage == "instruct"]
+    (variant,) = recipe.stage2_variants
+    assert [(r.data, r.overrides) for r in variant.stages] == [(r.data, r.overrides) for r in own]
+    assert [r.steps for r in variant.stages] == [2 * r.steps for r in own]
+    names = [s.name for s in Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=recipe).steps()]
+    trained = [n for n in names if n.startswith(f"train_cr16_{variant.name}_")]
+    assert len(trained) == 2 and names.index(trained[-1]) < names.index(f"evaluate_cr16_stage2_{variant.name}")
+    assert "evaluate_cr16_stage2" in names  # the profile's own stage 2, evaluated alike
+
+
 def test_rerun_skips_finished_steps_and_unknown_profiles_are_refused(tmp_path):
     squad = tmp_path / "squad.json"
     squad.write_text("{}")
