@@ -123,15 +123,21 @@ def miniature_stages(windows: int, paragraphs: int, instruct: int, warmup: int, 
                  data=WINDOWS_FILE),
         StageRun("compress_pretrain", paragraphs, ("optim.lr=1e-3", *_FLAT, *_SMALL, *_FAST)),
         _instruct_k1(instruct_k1),
-        StageRun("instruct", instruct, ("generator_init=previous", *_STAGE2)),
+        _instruct_k5(instruct),
         StageRun("retrieval_warmup", warmup, ("optim.lr=5e-4", *_BIG)),
         StageRun("end_to_end", end_to_end, ("optim.lr=1e-4", *_SMALL)),
     )
     return tuple(run for run in runs if run.steps)
 
 
+def _instruct_k5(steps: int) -> StageRun:
+    """Stage 2 at k=5 with stage 1's generator kept."""
+    return StageRun("instruct", steps, ("generator_init=previous", *_STAGE2))
+
+
 def _instruct_k1(steps: int) -> StageRun:
-    return StageRun("instruct", steps, ("generator_init=previous", *_STAGE2), name="instruct_k1", data=INSTRUCT_K1_FILE)
+    """The same run on each question with its gold paragraph alone."""
+    return replace(_instruct_k5(steps), name="instruct_k1", data=INSTRUCT_K1_FILE)
 
 
 def stage2_ablation(steps: int) -> tuple[Variant, ...]:
@@ -139,13 +145,13 @@ def stage2_ablation(steps: int) -> tuple[Variant, ...]:
     same number of steps at k=5 throughout: the reference's (reset generator) and stage 1's generator kept."""
     return (
         Variant("reset", (StageRun("instruct", steps, ("generator_init=reset", *_STAGE2)),)),
-        Variant("k5_only", (StageRun("instruct", steps, ("generator_init=previous", *_STAGE2)),)),
+        Variant("k5_only", (_instruct_k5(steps),)),
     )
 
 
 def longer_stage2(k1: int, k5: int) -> Variant:
     """The miniature stage 2 (k=1 warm-up, then k=5, stage 1's generator kept) with other step counts."""
-    return Variant(f"stage2_{k1}_{k5}", (_instruct_k1(k1), StageRun("instruct", k5, ("generator_init=previous", *_STAGE2))))
+    return Variant(f"stage2_{k1}_{k5}", (_instruct_k1(k1), _instruct_k5(k5)))
 
 
 _MINIATURE = dict(doc_max_length=192, model=_MINIATURE_MODEL, reconstruction=True, reconstruction_window=48,
