@@ -178,16 +178,18 @@ PROFILES: dict[str, Recipe] = {
 # 2,550 paragraph records / 8): the full run's stage 1 saw 37% and 13% of them, and its memories
 # reconstruct held-out paragraphs at ROUGE-L 12-15. Does a longer stage 1 make the generator read?
 # Later stages as in `full`; the bare backbone's rows and the LoRA baseline are full's (unchanged).
+# Its stage 2 is also trained twice as long beside the profile's (stage 2 is cheap: the compressor is
+# frozen and the candidates come from the store), both evaluated on oracle vs wrong_memory answers;
+# added after the run, so rerunning the profile in its work dir trains and evaluates only that.
 PROFILES["full-stage1-epoch"] = replace(PROFILES["full"], rates=(16,), text_rag_systems=False, text_rag_lora=False,
-                                        stages=miniature_stages(270, 320, 60, 60, 40, instruct_k1=60))
+                                        stages=miniature_stages(270, 320, 60, 60, 40, instruct_k1=60),
+                                        stage2_variants=(longer_stage2(120, 120),))
 # `full-stage1-epoch`'s stage 1 split differently, in about the same time (3.7 h): two epochs of
 # windows (540 x 16), where its held-out CE was still falling ~0.1 nats per 20 steps at one epoch,
 # and a shorter paragraph phase (120 x 8), whose gap grew only ~0.3 nats over its last 260 steps.
-# Its stage 2 is also trained twice as long beside the profile's (stage 2 is cheap: the compressor is
-# frozen and the candidates come from the store), both evaluated on oracle vs wrong_memory answers.
+# Later stages and the stage-2 variant as in `full-stage1-epoch`.
 PROFILES["full-stage1-2epochs"] = replace(PROFILES["full-stage1-epoch"],
-                                          stages=miniature_stages(540, 120, 60, 60, 40, instruct_k1=60),
-                                          stage2_variants=(longer_stage2(120, 120),))
+                                          stages=miniature_stages(540, 120, 60, 60, 40, instruct_k1=60))
 # The quick profile plus two alternatives to its stage 2; with `--work-dir runs/repro-quick` it
 # reuses a finished quick run and only trains and evaluates the alternatives (15 minutes measured).
 PROFILES["quick-ablation"] = replace(PROFILES["quick"], stage2_variants=stage2_ablation(20))

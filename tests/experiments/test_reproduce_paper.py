@@ -96,8 +96,9 @@ def test_long_stage1_profiles_change_only_stage_1s_length(tmp_path, profile, win
     assert "evaluate_cr16_stage1" in names and not any("cr4" in n or "text_rag_lora" in n for n in names)
 
 
-def test_longer_stage2_variant_repeats_the_profiles_stage_2_with_more_steps(tmp_path):
-    recipe = PROFILES["full-stage1-2epochs"]
+@pytest.mark.parametrize("profile", ["full-stage1-epoch", "full-stage1-2epochs"])
+def test_longer_stage2_variant_repeats_the_profiles_stage_2_with_more_steps(tmp_path, profile):
+    recipe = PROFILES[profile]
     own = [run for run in recipe.stages if run.stage == "instruct"]
     (variant,) = recipe.stage2_variants
     assert [(r.data, r.overrides) for r in variant.stages] == [(r.data, r.overrides) for r in own]
