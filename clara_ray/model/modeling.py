@@ -85,6 +85,8 @@ class CLaRa(nn.Module):
         # Training computes logits only where a label is predicted (see _generator_ce); off, every
         # position gets logits as in a plain `labels=` forward (the reference cost).
         self.label_logits_only = True
+        # Each distinct text of a batch is encoded once (see _encode); off, every copy is encoded.
+        self.encode_distinct = True
         # memory_norm "centered": the running mean memory per slot, and how many batches made it.
         n, hidden = config.num_memory_tokens, backbone.get_input_embeddings().embedding_dim
         self.register_buffer("memory_center", torch.zeros(n, hidden), persistent=True)
@@ -309,7 +311,25 @@ class CLaRa(nn.Module):
 
     # ------------------------------------------------------------------ compression
     def _encode(self, texts: Sequence[str], adapter: str, with_mse: bool = False):
-        """Last-layer states at the memory positions: (B, n, hidden) [and the MSE term]."""
+        """Last-layer states at the memory positions: (B, n, hidden) [and the MSE term].
+
+        With `encode_distinct`, a text listed several times (a paragraph's reconstruction and QA
+        records in one micro-batch) goes through the backbone once and its states are repeated:
+        the loss and the gradient are the ones of encoding each copy (the MSE term still weighs
+        every row), up to LoRA dropout, which then draws one mask per distinct text."""
+        if not self.encode_distinct:
+            return self._encode_rows(texts, adapter, with_mse)
+        index: dict[str, int] = {}
+        rows = torch.tensor([index.setdefault(t, len(index)) for t in texts], device=self.device)
+        if len(index) == len(texts):
+            return self._encode_rows(texts, adapter, with_mse)
+        out = self._encode_rows(list(index), adapter, with_mse, per_row_mse=True)
+        if not with_mse:
+            return out[rows]
+        memory, mse = out
+        return memory[rows], mse[rows].mean()
+
+    def _encode_rows(self, texts: Sequence[str], adapter: str, with_mse: bool = False, per_row_mse: bool = False):
         batch = self._memory_inputs(texts)
         self._count(batch)
         with self.adapter(adapter):
@@ -325,8 +345,8 @@ class CLaRa(nn.Module):
         text_mask[:, -n:] = 0
         text_mask = text_mask.unsqueeze(-1).to(hidden.dtype)
         text_mean = (hidden * text_mask).sum(1) / text_mask.sum(1).clamp(min=1)
-        mse = F.mse_loss(memory.mean(1).float(), text_mean.float())
-        return memory, mse
+        mse = (memory.mean(1).float() - text_mean.float()).pow(2).mean(-1)
+        return memory, mse if per_row_mse else mse.mean()
 
     def _encode_by_length(self, texts: list[str], adapter: str, chunk: int = 16) -> torch.Tensor:
         """_encode over chunks of similar length (far less padding than one batch of all)."""

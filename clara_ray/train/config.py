@@ -26,6 +26,13 @@ class DataConfig(_Strict):
     # by length (then the micro-batches are shuffled), so a forward pass pads little. 0 = every
     # micro-batch in stream order, padded to its longest record (the reference behaviour).
     length_buckets: int = Field(0, ge=0, description="micro-batches sorted by length together; 0 = off")
+    # Document groups: records that list the same documents (stage 1: a paragraph's reconstruction
+    # and QA records) go into the same micro-batch, where the model compresses their document once
+    # (speed.encode_distinct). The local shuffle then moves whole groups (within windows of
+    # max(shuffle_buffer, micro_size x length_buckets) records) instead of records, and length
+    # buckets sort by document size. A micro-batch then holds fewer distinct documents than
+    # records, so it is not the reference's stream: opt-in.
+    group_documents: bool = False
 
 
 class OptimConfig(_Strict):
@@ -147,6 +154,9 @@ class SpeedConfig(_Strict):
     candidate_store: Optional[str] = None
     # The generator's vocabulary projection only where a label is predicted.
     label_logits_only: bool = True
+    # A document listed by several records of a micro-batch is compressed once (most useful with
+    # data.group_documents, which puts a paragraph's reconstruction and QA records together).
+    encode_distinct: bool = True
 
 
 class TrainConfig(_Strict):

@@ -93,41 +93,85 @@ def record_size(record: Record) -> int:
         + sum(len(a) for a in record.answers)
 
 
-def length_bucketed(batches: Iterator[list[Record]], buckets: int, rng: random.Random) -> Iterator[list[Record]]:
-    """Regroup each run of `buckets` micro-batches by record size, then shuffle their order:
-    the same records in the same number of micro-batches, each padded far less."""
+def document_size(record: Record) -> tuple:
+    """Length-bucketing key that keeps records listing the same documents next to each other:
+    documents' size first (the compressor's padding), then the documents themselves, then the
+    record's own size."""
+    return sum(len(d) for d in record.docs), tuple(record.docs), record_size(record)
+
+
+def length_bucketed(batches: Iterator[list[Record]], buckets: int, rng: random.Random,
+                    key=record_size) -> Iterator[list[Record]]:
+    """Regroup each run of `buckets` micro-batches by record size (`key`), then shuffle their
+    order: the same records in the same number of micro-batches, each padded far less."""
     while True:
         window = list(itertools.islice(batches, buckets))
         if not window:
             return
         size = len(window[0])
-        records = sorted((r for b in window for r in b), key=record_size)
+        records = sorted((r for b in window for r in b), key=key)
         regrouped = [records[i:i + size] for i in range(0, len(records), size)]
         rng.shuffle(regrouped)
         yield from regrouped
 
 
+def document_grouped(records: Iterator[Record], window: int, rng: random.Random | None) -> Iterator[Record]:
+    """The records of each run of `window`, those that list the same documents made adjacent;
+    the groups in shuffled order (`rng`), or in order of first appearance without one."""
+    while True:
+        chunk = list(itertools.islice(records, window))
+        if not chunk:
+            return
+        groups: dict[tuple[str, ...], list[Record]] = {}
+        for record in chunk:
+            groups.setdefault(tuple(record.docs), []).append(record)
+        order = list(groups.values())
+        if rng is not None:
+            rng.shuffle(order)
+        for group in order:
+            yield from group
+
+
+def _cut(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
+    """Consecutive full micro-batches of `size` records (a short tail is dropped)."""
+    while len(batch := list(itertools.islice(records, size))) == size:
+        yield batch
+
+
+def arrange(batches: Iterator[list[Record]], micro_size: int, shuffle_buffer: int, length_buckets: int,
+            group_documents: bool, seed: int) -> Iterator[list[Record]]:
+    """The stream's micro-batches as training sees them: document groups, then length buckets
+    (see DataConfig). Without group_documents the stream arrives shuffled by Ray Data."""
+    if group_documents:
+        window = max(shuffle_buffer, micro_size * max(length_buckets, 1))
+        shuffle = random.Random(seed) if shuffle_buffer else None
+        batches = _cut(document_grouped(itertools.chain.from_iterable(batches), window, shuffle), micro_size)
+    if length_buckets > 1:
+        batches = length_bucketed(batches, length_buckets, random.Random(seed),
+                                  key=document_size if group_documents else record_size)
+    return batches
+
+
 def micro_batches(shard, stage: str, micro_size: int, shuffle_buffer: int, seed: int,
-                  length_buckets: int = 0) -> Iterator[list[Record]]:
+                  length_buckets: int = 0, group_documents: bool = False) -> Iterator[list[Record]]:
     """Endless stream of full micro-batches from a worker's shard, one epoch after another
-    (length-bucketed when `length_buckets` > 1, see `length_bucketed`).
+    (arranged by `arrange`: document groups, length buckets).
 
     Every worker draws the same number of micro-batches per step, so no rank waits for a
     collective that a peer with a shorter shard would never enter.
     """
     epoch = 0
+    ray_shuffle = shuffle_buffer if not group_documents else 0  # groups are shuffled by `arrange`
     while True:
         produced = 0
         batches = (records_from_batch(batch, stage) for batch in shard.iter_batches(
             batch_size=micro_size,
             batch_format="numpy",
             drop_last=True,
-            local_shuffle_buffer_size=shuffle_buffer or None,
-            local_shuffle_seed=seed + epoch if shuffle_buffer else None,
+            local_shuffle_buffer_size=ray_shuffle or None,
+            local_shuffle_seed=seed + epoch if ray_shuffle else None,
         ))
-        if length_buckets > 1:
-            batches = length_bucketed(batches, length_buckets, random.Random(seed + epoch))
-        for records in batches:
+        for records in arrange(batches, micro_size, shuffle_buffer, length_buckets, group_documents, seed + epoch):
             produced += 1
             yield records
         if produced == 0:

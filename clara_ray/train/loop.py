@@ -30,6 +30,7 @@ def build_model(cfg: TrainConfig, device: str):
         model = CLaRa.from_config(CLaRaConfig(**cfg.model), device=device)
     model.prepare_stage(cfg.stage, generator_init=cfg.generator_init, train_compressor=cfg.train_compressor)
     model.label_logits_only = cfg.speed.label_logits_only
+    model.encode_distinct = cfg.speed.encode_distinct
     if cfg.speed.candidate_cache and not model.trains("compressor"):
         model.cache_candidates(stored_candidates(cfg.speed.candidate_store, model))
     elif cfg.speed.candidate_store:
@@ -233,7 +234,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
               f"{start_step}/{total_steps}", flush=True)
     accum = cfg.grad_accum_steps
     stream = micro_batches(ray.train.get_dataset_shard("train"), cfg.stage, cfg.batch.micro_size,
-                           cfg.data.shuffle_buffer, cfg.seed, cfg.data.length_buckets)
+                           cfg.data.shuffle_buffer, cfg.seed, cfg.data.length_buckets, cfg.data.group_documents)
     # Resume where the data stream was: skip the micro-batches the restored steps consumed.
     stream = itertools.islice(stream, start_step * accum, None)
 

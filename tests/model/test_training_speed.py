@@ -76,6 +76,52 @@ def test_length_buckets_keep_every_record_once_and_cut_padding():
     assert waste(bucketed) < waste(stream) / 3
 
 
+def _paragraph_pairs():
+    """Two paragraphs, each with its reconstruction and its QA record (as build_squad_data writes)."""
+    docs = ["Ada wrote the first program in 1843.", "Paris is the capital of France, on the Seine, a river."]
+    return [parse_record(r, "compress_pretrain") for d, q, a in zip(docs, ["Who wrote it?", "Which river?"],
+                                                                      ["Ada", "the Seine"])
+            for r in ({"data_type": "paraphrase", "answers": [d], "docs": [d]},
+                      {"data_type": "qa", "question": [q], "answers": [a], "docs": [d]})]
+
+
+def test_a_document_its_records_share_is_compressed_once_with_the_same_loss_and_gradients(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    randomise_adapters(model)
+    model.prepare_stage("compress_pretrain")
+    model.eval()  # no LoRA dropout: both passes must see the same network
+    results = []
+    for distinct in (False, True):
+        model.encode_distinct = distinct
+        model._rng = random.Random(0)  # the same paraphrase prompts in both passes
+        model.zero_grad(set_to_none=True)
+        out = model(_paragraph_pairs(), "compress_pretrain")
+        out.loss.backward()
+        results.append((out, [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (every, every_grads), (once, once_grads) = results
+    torch.testing.assert_close(once.ce, every.ce)
+    torch.testing.assert_close(once.mse, every.mse)
+    torch.testing.assert_close(once.loss, every.loss)
+    for a, b in zip(every_grads, once_grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    assert any(g.abs().sum() > 0 for g in once_grads)
+    # the compressor read the 2 documents once each instead of 4 rows: 2 rows fewer computed
+    two_documents = model._memory_inputs([r.docs[0] for r in _paragraph_pairs()[::2]]).attention_mask
+    assert every.num_positions - once.num_positions == two_documents.numel()
+
+
+def test_distinct_encoding_weighs_the_mse_of_a_repeated_document_by_its_copies(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    randomise_adapters(model)
+    model.eval()
+    texts = ["Ada wrote the first program in 1843.", "Water boils at 100 degrees at sea level."]
+    with torch.no_grad():
+        (a, mse_a), (b, mse_b) = (model._encode([t], "compressor", with_mse=True) for t in texts)
+        states, mse = model._encode([texts[0], texts[1], texts[0]], "compressor", with_mse=True)
+    torch.testing.assert_close(states, torch.cat([a, b, a]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mse, (2 * mse_a + mse_b) / 3, rtol=1e-4, atol=1e-6)
+
+
 def test_candidate_cache_gives_the_same_topk_loss_and_gradients_as_recompressing(tiny_model):
     model = copy.deepcopy(tiny_model)
     randomise_adapters(model)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 
 import pytest
 
-from clara_ray.data.records import EndToEndRecord, RecordError
-from clara_ray.train.data import micro_batches, read_stage_dataset
+from clara_ray.data.records import CompressPretrainRecord, EndToEndRecord, RecordError
+from clara_ray.train.data import document_grouped, micro_batches, read_stage_dataset
 
 GOOD = {"question": "Where does the Danube rise?", "docs": ["The Danube rises in the Black Forest.", "Other."],
         "golden_answers": ["the Black Forest"], "pos_index": [0]}
@@ -55,3 +56,48 @@ def test_micro_batch_stream_cycles_epochs_with_full_batches(ray_cluster, tmp_pat
     questions = [r.question for b in batches for r in b]
     assert questions[:4] == questions[4:8]  # the second epoch replays the data
     assert set(questions) <= {f"q{i}" for i in range(5)}
+
+
+def _paragraph_lines(paragraphs: int) -> list[str]:
+    """Stage-1 JSONL as build_squad_data writes it: each paragraph's reconstruction, then its QA."""
+    lines = []
+    for i in range(paragraphs):
+        doc = f"Paragraph {i} " + "word " * (i * 7 % 40)
+        lines += [json.dumps({"data_type": "paraphrase", "answers": [doc], "docs": [doc]}),
+                  json.dumps({"data_type": "qa", "question": [f"q{i}?"], "answers": [f"a{i}"], "docs": [doc]})]
+    return lines
+
+
+def test_document_groups_put_a_paragraphs_records_in_one_micro_batch(ray_cluster, tmp_path):
+    path = _write(tmp_path / "pretrain.jsonl", _paragraph_lines(32))
+    ds = read_stage_dataset([str(path)], "compress_pretrain")
+    epoch = list(itertools.islice(micro_batches(ds.iterator(), "compress_pretrain", 4, 16, 0, length_buckets=4,
+                                                group_documents=True), 16))
+    records = [r for b in epoch for r in b]
+    assert sorted(r.model_dump_json() for r in records) == sorted(
+        CompressPretrainRecord.model_validate_json(line).model_dump_json() for line in _paragraph_lines(32))
+    for batch in epoch:  # two whole paragraphs per micro-batch: their documents compressed once
+        assert sorted(r.data_type for r in batch) == ["paraphrase", "paraphrase", "qa", "qa"]
+        assert len({r.docs[0] for r in batch}) == 2
+
+
+def test_without_document_groups_the_shuffle_splits_paragraphs(ray_cluster, tmp_path):
+    """What group_documents changes: Ray Data's record-level shuffle scatters a paragraph's records."""
+    path = _write(tmp_path / "pretrain.jsonl", _paragraph_lines(32))
+    ds = read_stage_dataset([str(path)], "compress_pretrain")
+    epoch = list(itertools.islice(micro_batches(ds.iterator(), "compress_pretrain", 4, 16, 0, length_buckets=4), 16))
+    assert sum(len({r.docs[0] for r in b}) for b in epoch) > 2 * len(epoch)
+
+
+def test_document_grouped_keeps_every_record_once_and_each_group_adjacent():
+    rng = random.Random(0)
+    docs = [f"doc {i}" for i in range(10)]
+    records = [CompressPretrainRecord(data_type="paraphrase", answers=[str(n)], docs=[rng.choice(docs)])
+               for n in range(40)]
+    out = list(document_grouped(iter(records), 40, random.Random(1)))
+    assert sorted(map(id, out)) == sorted(map(id, records))
+    runs = [d for d, _ in itertools.groupby(r.docs[0] for r in out)]
+    assert len(runs) == len(set(runs))  # each document's records form one run
+    unshuffled = list(document_grouped(iter(records), 40, None))
+    assert [r.docs[0] for r in unshuffled][0] == records[0].docs[0]  # first appearance order
+    assert [r.answers for r in out] != [r.answers for r in unshuffled]
