@@ -317,12 +317,11 @@ class CLaRa(nn.Module):
         records in one micro-batch) goes through the backbone once and its states are repeated:
         the loss and the gradient are the ones of encoding each copy (the MSE term still weighs
         every row), up to LoRA dropout, which then draws one mask per distinct text."""
-        if not self.encode_distinct:
-            return self._encode_rows(texts, adapter, with_mse)
         index: dict[str, int] = {}
-        rows = torch.tensor([index.setdefault(t, len(index)) for t in texts], device=self.device)
-        if len(index) == len(texts):
+        rows = [index.setdefault(t, len(index)) for t in texts] if self.encode_distinct else None
+        if rows is None or len(index) == len(texts):
             return self._encode_rows(texts, adapter, with_mse)
+        rows = torch.tensor(rows, device=self.device)
         out = self._encode_rows(list(index), adapter, with_mse, per_row_mse=True)
         if not with_mse:
             return out[rows]
