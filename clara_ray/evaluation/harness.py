@@ -10,7 +10,9 @@ Settings: `normal` answers from the retrieved top-k; `oracle` guarantees the gol
 among the k (they replace the lowest-ranked non-gold picks), isolating generation quality from
 retrieval quality; `wrong_memory` is the oracle top-k with each gold document replaced, in place,
 by a foreign one (another article's), so the documents cannot hold the answer: a generator that
-reads its memory scores clearly lower there than in `oracle`.
+reads its memory scores clearly lower there than in `oracle`. The rest of that top-k is still the
+question's own article, which sometimes holds the answer too; `foreign_memory` replaces all k
+documents by foreign ones, a floor for reading memory (closed book has no memory at all).
 
 Diagnostic `answer_loss`: the teacher-forced CE of each question's first gold answer given the
 oracle top-k compressed documents (own) and given the wrong_memory ones (other), ranked by the
@@ -28,9 +30,11 @@ from clara_ray.evaluation.loaders import EvalQuestion
 from clara_ray.evaluation.metrics import answer_scores, mean_scores, paired_difference, retrieval_scores
 from clara_ray.evaluation.retrievers import ClaraRetriever, Retriever, build_retriever
 
-Setting = Literal["normal", "oracle", "wrong_memory"]
+Setting = Literal["normal", "oracle", "wrong_memory", "foreign_memory"]
 CLOSED = "closed"  # the setting label of closed-book rows: no documents, so no normal/oracle
 WRONG = "wrong_memory"
+FOREIGN = "foreign_memory"
+SWAPPED = (WRONG, FOREIGN)  # settings whose top-k holds foreign documents
 
 
 class SystemSpec(BaseModel):
@@ -89,7 +93,13 @@ class HarnessConfig(BaseModel):
 
     @property
     def needs_foreign_docs(self) -> bool:
-        return self.answer_loss_system is not None or any(WRONG in self.settings_of(s) for s in self.systems)
+        return self.answer_loss_system is not None or any(
+            setting in SWAPPED for s in self.systems for setting in self.settings_of(s))
+
+    @property
+    def foreign_docs_needed(self) -> int:
+        """The least foreign documents per question: k with foreign_memory, else 0 (one per gold document)."""
+        return self.top_k if any(FOREIGN in self.settings_of(s) for s in self.systems) else 0
 
 
 def select_topk(ranked: Sequence[int], gold: Sequence[int], k: int, oracle: bool) -> list[int]:
@@ -109,21 +119,24 @@ def check_foreign_docs(q: EvalQuestion, needed: int) -> list[str]:
     candidates may include one); an error naming the question if it has fewer than `needed`
     or no gold document to replace."""
     if not q.pos_index:
-        raise InputError(f"question {q.id!r} has no gold document (pos_index) for the wrong_memory setting "
-                         "or the answer_loss diagnostic to replace")
+        raise InputError(f"question {q.id!r} has no gold document (pos_index) for the wrong_memory / foreign_memory "
+                         "settings or the answer_loss diagnostic to replace")
     candidates = set(q.docs)
     foreign = [d for d in q.foreign_docs if d not in candidates]
     if len(foreign) < needed:
         raise InputError(f"question {q.id!r} has {len(foreign)} foreign document(s) (not among its candidates) "
-                         f"but {needed} gold to replace; wrong_memory and answer_loss need one per gold document "
-                         "(the loader takes them from other SQuAD articles or other JSONL questions' gold documents)")
+                         f"but needs {needed}: wrong_memory and answer_loss one per gold document, foreign_memory "
+                         "top_k (the loader takes them from other SQuAD articles or other JSONL questions' gold documents)")
     return foreign
 
 
 def memory_docs(q: EvalQuestion, top: Sequence[int], setting: str) -> tuple[list[str], list[int]]:
     """The texts of a top-k and the positions that hold a foreign document: in wrong_memory each
-    gold document is replaced in place (same k, same order) by one of the question's foreign ones."""
+    gold document is replaced in place (same k, same order) by one of the question's foreign ones,
+    in foreign_memory every document (the first k foreign ones)."""
     docs = [q.docs[i] for i in top]
+    if setting == FOREIGN:
+        return check_foreign_docs(q, len(top))[:len(top)], list(range(len(top)))
     if setting != WRONG:
         return docs, []
     gold = set(q.pos_index)
@@ -166,7 +179,7 @@ class Evaluator:
                 for row, q, top, at, answer in zip(rows, questions, topk, foreign_at, answers):
                     row["systems"][f"{system.name}/{setting}"] = {
                         "prediction": answer, "topk": top, "latency_s": elapsed / len(questions),
-                        **({"foreign_at": at} if setting == WRONG else {}), **answer_scores(answer, q.answers)}
+                        **({"foreign_at": at} if setting in SWAPPED else {}), **answer_scores(answer, q.answers)}
         if (measured := self.config.answer_loss_system) is not None:
             for row, ce in zip(rows, self.answer_ce(questions, rankings[measured.retriever])):
                 row["diagnostics"] = ce
@@ -200,7 +213,7 @@ class Evaluator:
         none = [[] for _ in questions]
         if system.kind == "closed_book":
             return none, none, model.generate_from_text(texts, none, new_tokens, adapter=None)
-        topk = [select_topk(ranked, q.pos_index, self.config.top_k, oracle=setting in ("oracle", WRONG))
+        topk = [select_topk(ranked, q.pos_index, self.config.top_k, oracle=setting in ("oracle", *SWAPPED))
                 for ranked, q in zip(rankings[system.retriever], questions)]
         docs, foreign_at = map(list, zip(*(memory_docs(q, top, setting) for q, top in zip(questions, topk))))
         if system.kind == "text_rag":
@@ -241,15 +254,17 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def paired_gaps(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """Whether memory is read, per question and with a standard error: `<system>/f1` is F1 with
-    the oracle memory minus F1 with `wrong_memory` (each system scored both ways), `answer_ce` the
-    answer CE with another article's memory minus with the question's own."""
+    the oracle memory minus F1 with `wrong_memory` (each system scored both ways),
+    `<system>/f1_foreign` minus F1 with `foreign_memory`, `answer_ce` the answer CE with another
+    article's memory minus with the question's own."""
     gaps = {}
     for system in sorted({key.partition("/")[0] for row in rows for key in row["systems"]}):
-        own, other = f"{system}/oracle", f"{system}/{WRONG}"
-        pairs = [(row["systems"][own]["f1"], row["systems"][other]["f1"])
-                 for row in rows if own in row["systems"] and other in row["systems"]]
-        if pairs:
-            gaps[f"{system}/f1"] = paired_difference(pairs)
+        own = f"{system}/oracle"
+        for name, other in ((f"{system}/f1", f"{system}/{WRONG}"), (f"{system}/f1_foreign", f"{system}/{FOREIGN}")):
+            pairs = [(row["systems"][own]["f1"], row["systems"][other]["f1"])
+                     for row in rows if own in row["systems"] and other in row["systems"]]
+            if pairs:
+                gaps[name] = paired_difference(pairs)
     ce = [(d["answer_ce_other"], d["answer_ce_own"]) for row in rows if (d := row.get("diagnostics"))]
     if ce:
         gaps["answer_ce"] = paired_difference(ce)

@@ -6,7 +6,7 @@ and the line (JSONL) or the JSON path (SQuAD) of the offending field.
 
 `load_questions` also gives each question foreign documents (another SQuAD article's paragraphs,
 or other JSONL questions' gold documents), which the `wrong_memory` setting puts in place of its
-gold documents.
+gold documents and the `foreign_memory` setting in place of its whole top-k.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class EvalQuestion(BaseModel):
     answers: list[str] = Field(min_length=1)
     docs: list[str] = Field(default_factory=list)
     pos_index: list[int] = Field(default_factory=list)
-    # documents that cannot hold the answer (not among the candidates), one per gold document
+    # documents that cannot hold the answer (not among the candidates): one per gold document, or more
     foreign_docs: list[str] = Field(default_factory=list)
 
     _positions = model_validator(mode="after")(check_positions)
@@ -197,12 +197,12 @@ def cap_candidates(question: EvalQuestion, max_candidates: int, seed: int = 0) -
     })
 
 
-def with_foreign_docs(question: EvalQuestion, pool: Sequence[str], seed: int = 0) -> EvalQuestion:
-    """Give the question one foreign document per gold document (at least one): texts of `pool`
-    that are not among its documents, picked by a generator seeded with `seed` and its id.
-    Fewer (or none) when the pool has too few."""
+def with_foreign_docs(question: EvalQuestion, pool: Sequence[str], seed: int = 0, at_least: int = 0) -> EvalQuestion:
+    """Give the question one foreign document per gold document, and at least one and `at_least`: texts of
+    `pool` that are not among its documents, picked by a generator seeded with `seed` and its id
+    (from a mostly foreign pool a larger count keeps the first picks). Fewer (or none) when the pool has too few."""
     rng = random.Random(f"{seed}:foreign:{question.id}")
-    own, count, picked = set(question.docs), max(1, len(set(question.pos_index))), []
+    own, count, picked = set(question.docs), max(1, at_least, len(set(question.pos_index))), []
     # rejection sampling: the pool is mostly foreign, and a full shuffle per question is quadratic
     for _ in range(50 * count):
         if len(picked) == count or not pool:
@@ -218,12 +218,12 @@ def with_foreign_docs(question: EvalQuestion, pool: Sequence[str], seed: int = 0
 
 def load_questions(fmt: str, path: str | Path, *, dataset: str | None = None, articles: Sequence[int] | None = None,
                    limit: int | None = None, per_article: int | None = None, max_candidates: int | None = None,
-                   seed: int = 0) -> list[EvalQuestion]:
+                   seed: int = 0, foreign: int = 0) -> list[EvalQuestion]:
     """One entry for the harness: `fmt` is "squad" or "jsonl" (the paper's layout).
 
     Foreign documents come from all articles of a SQuAD file (a held-out range still gets them;
     its own article's paragraphs never count), or from the other loaded JSONL questions' gold
-    documents."""
+    documents; `foreign` is the least number of them per question (else one per gold document)."""
     if fmt == "squad":
         questions = load_squad(path, articles, limit, per_article)
         pool = squad_paragraphs(path)
@@ -233,7 +233,7 @@ def load_questions(fmt: str, path: str | Path, *, dataset: str | None = None, ar
     else:
         raise ValueError(f"unknown evaluation data format {fmt!r}; expected 'squad' or 'jsonl'")
     # before capping: a SQuAD question's docs are then its whole article
-    questions = [with_foreign_docs(q, pool, seed) for q in questions]
+    questions = [with_foreign_docs(q, pool, seed, foreign) for q in questions]
     if max_candidates:
         questions = [cap_candidates(q, max_candidates, seed) for q in questions]
     return questions

@@ -24,7 +24,9 @@ DIAGNOSTICS_NOTE = (
     "CLaRa's F1 with the oracle top-k and with `wrong_memory` (the same top-k, each gold document replaced by "
     "another article's), and the teacher-forced cross-entropy of the first gold answer (nats per answer token) "
     "with the oracle memories (own) and the swapped ones (other). Gaps are oracle - wrong_memory and other - own: "
-    "both near 0 mean the generator answers without reading its memory. Reconstruction: held-out gold paragraphs "
+    "both near 0 mean the generator answers without reading its memory. `foreign_memory` replaces all k "
+    "documents by other articles' (the rest of wrong_memory's top-k is the question's own article, which may hold "
+    "the answer too); its gap is oracle - foreign_memory. Reconstruction: held-out gold paragraphs "
     "regenerated from their memory, against the paragraph cut to doc_max_length tokens (ROUGE-L F1 %, longest "
     "shared word run; SQuAD-normalised words). `-`: not measured.")
 
@@ -63,10 +65,12 @@ def diagnostics(summary: dict[str, Any]) -> dict[str, float | None]:
     """The run's memory diagnostics (None where not measured); F1 as fractions, CE in nats."""
     generation, diag = summary["generation"], summary.get("diagnostics", {})
     system = _clara_system(summary)
-    f1 = {s: generation.get(f"{system}/{s}", {}).get("f1") for s in ("oracle", "wrong_memory")}
+    f1 = {s: generation.get(f"{system}/{s}", {}).get("f1") for s in ("oracle", "wrong_memory", "foreign_memory")}
     recon, paired = diag.get("reconstruction", {}), summary.get("paired", {})
     return {"oracle_f1": f1["oracle"], "wrong_f1": f1["wrong_memory"], "f1_gap": _gap(f1["oracle"], f1["wrong_memory"]),
-            "f1_gap_se": paired.get(f"{system}/f1", {}).get("se"),
+            "f1_gap_se": paired.get(f"{system}/f1", {}).get("se"), "foreign_f1": f1["foreign_memory"],
+            "foreign_gap": _gap(f1["oracle"], f1["foreign_memory"]),
+            "foreign_gap_se": paired.get(f"{system}/f1_foreign", {}).get("se"),
             "ce_own": diag.get("answer_ce_own"), "ce_other": diag.get("answer_ce_other"),
             "ce_gap": _gap(diag.get("answer_ce_other"), diag.get("answer_ce_own")),
             "ce_gap_se": paired.get("answer_ce", {}).get("se"),
@@ -93,15 +97,16 @@ def diagnostics_table(summaries: Sequence[dict[str, Any]]) -> str:
     """Per run with any diagnostic: F1 gap = oracle - wrong_memory (points), CE gap = other - own
     (nats per answer token); both positive when the generator reads its memory. ± is one standard
     error of the per-question differences (summaries written before it was kept have none)."""
-    lines = ["| run | oracle F1 | wrong_memory F1 | F1 gap | answer CE own | answer CE other | CE gap | "
-             "reconstruction ROUGE-L | longest run (words) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| run | oracle F1 | wrong_memory F1 | F1 gap | foreign_memory F1 | F1 gap (foreign) | answer CE own | "
+             "answer CE other | CE gap | reconstruction ROUGE-L | longest run (words) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summaries:
         d = diagnostics(s)
         if not _has_diagnostics(d):
             continue
         lines.append(f"| {s['label']} | {_pct(d['oracle_f1'])} | {_pct(d['wrong_f1'])} | "
-                     f"{_gap_cell(d['f1_gap'], d['f1_gap_se'], _pct)} | {_nats(d['ce_own'])} | {_nats(d['ce_other'])} | "
+                     f"{_gap_cell(d['f1_gap'], d['f1_gap_se'], _pct)} | {_pct(d['foreign_f1'])} | "
+                     f"{_gap_cell(d['foreign_gap'], d['foreign_gap_se'], _pct)} | {_nats(d['ce_own'])} | {_nats(d['ce_other'])} | "
                      f"{_gap_cell(d['ce_gap'], d['ce_gap_se'], _nats)} | "
                      f"{_pct(d['rouge_l'])} | {_num(d['longest_run'], 1)} |")
     return "\n".join(lines)

@@ -42,14 +42,15 @@ def questions_for(cfg: EvalConfig) -> list[EvalQuestion]:
 
     d = cfg.data
     questions = load_questions(d.format, d.path, dataset=d.dataset, articles=d.article_indices, limit=d.limit,
-                               per_article=d.per_article, max_candidates=d.max_candidates, seed=d.seed)
+                               per_article=d.per_article, max_candidates=d.max_candidates, seed=d.seed,
+                               foreign=cfg.harness.foreign_docs_needed)
     seen: set[str] = set()
     for q in questions:
         if q.id in seen:
             raise InputError(f"{d.path}: question id {q.id!r} occurs twice; ids must be unique")
         seen.add(q.id)
         if cfg.harness.needs_foreign_docs:  # fail before any model loads, not in an actor
-            check_foreign_docs(q, min(len(set(q.pos_index)), cfg.harness.top_k))
+            check_foreign_docs(q, max(min(len(set(q.pos_index)), cfg.harness.top_k), cfg.harness.foreign_docs_needed))
     return questions
 
 

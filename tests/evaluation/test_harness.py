@@ -112,6 +112,35 @@ def test_wrong_memory_generator_reads_foreign_not_gold(tiny_model, monkeypatch):
         Evaluator(tiny_model, config).evaluate(QUESTIONS)
 
 
+def test_foreign_memory_generator_reads_only_foreign_documents(tiny_model, monkeypatch):
+    """foreign_memory = all k documents replaced by the question's first k foreign ones."""
+    read = []
+
+    def spy(questions, compressed, max_new_tokens=64):
+        read.append(compressed)
+        return original(questions, compressed, max_new_tokens)
+
+    original = tiny_model.generate_from_compressed_documents_and_questions
+    monkeypatch.setattr(tiny_model, "generate_from_compressed_documents_and_questions", spy)
+    extra = ["Basalt cools from lava.", "The Rhine rises in the Alps."]
+    questions = [q.model_copy(update={"foreign_docs": q.foreign_docs + extra}) for q in SWAPPABLE]
+    config = HarnessConfig(top_k=2, max_new_tokens=4, settings=["oracle", "foreign_memory"], retrievers=["bm25"],
+                           systems=[SystemSpec(name="clara", kind="clara")])
+    assert config.foreign_docs_needed == 2 and config.needs_foreign_docs
+    rows = Evaluator(tiny_model, config).evaluate(questions)
+    for i, (row, q) in enumerate(zip(rows, questions)):
+        foreign = row["systems"]["clara/foreign_memory"]
+        assert foreign["foreign_at"] == [0, 1] and foreign["topk"] == row["systems"]["clara/oracle"]["topk"]
+        assert _close(read[1][i], tiny_model.compress_documents(q.foreign_docs[:2]))
+        own = tiny_model.compress_documents(q.docs)
+        assert not any(_close(m, o) for m in read[1][i] for o in own)  # nothing of the question's own documents
+    gaps = summarise(rows)["paired"]
+    assert set(gaps) == {"clara/f1_foreign"} and gaps["clara/f1_foreign"]["n"] == 2
+
+    with pytest.raises(ValueError, match="question 'a' has 1 foreign document.*needs 2"):
+        Evaluator(tiny_model, config).evaluate(SWAPPABLE)  # one foreign document each, k = 2
+
+
 def test_answer_loss_is_stage2_ce_with_own_and_other_memory(tiny_model):
     from clara_ray.data.records import InstructRecord
 
@@ -155,6 +184,11 @@ def test_paired_gaps_pair_each_systems_oracle_and_wrong_memory_f1_per_question()
     gaps = paired_gaps([row((1.0, 0.5), text=1.0), row((0.25, 0.5)), row((1.0, 0.0))])
     assert set(gaps) == {"clara/f1"}  # nothing else scored both ways, no answer CE measured
     assert gaps["clara/f1"]["n"] == 3 and gaps["clara/f1"]["mean"] == pytest.approx(1.25 / 3)
+    rows = [row((1.0, 0.5)), row((0.5, 0.5))]
+    rows[0]["systems"]["clara/foreign_memory"] = {"f1": 0.25}
+    gaps = paired_gaps(rows)
+    assert gaps["clara/f1_foreign"]["n"] == 1 and gaps["clara/f1_foreign"]["mean"] == pytest.approx(0.75)
+    assert gaps["clara/f1"]["n"] == 2
 
 
 def test_a_run_reads_memory_when_clara_answers_ranks_or_reconstructs():

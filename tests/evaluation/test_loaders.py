@@ -112,6 +112,10 @@ def test_squad_foreign_docs_come_from_other_articles_of_the_whole_file(tmp_path)
     assert any(f != [q.foreign_docs for q in questions] for f in other_seeds)
     capped = load_questions("squad", path, articles=[1], max_candidates=2)
     assert [q.foreign_docs for q in capped] == [q.foreign_docs for q in questions]
+    five = load_questions("squad", path, articles=[1], seed=0, foreign=5)  # foreign_memory at k = 5
+    for q, one in zip(five, questions):
+        assert len(set(q.foreign_docs)) == 5 and q.foreign_docs[0] == one.foreign_docs[0]
+        assert not set(q.foreign_docs) & set(q.docs)
     # one article: nothing is foreign (the harness refuses wrong_memory then)
     assert all(q.foreign_docs == [] for q in load_questions("squad", _squad_file(tmp_path / "one.json", 1)))
 

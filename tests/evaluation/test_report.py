@@ -68,12 +68,16 @@ def test_diagnostics_table_rows_and_no_absolute_paths(tmp_path, monkeypatch):
                                                  "examples": [example]}}}
     runs = [_with_diagnostics("CR=16", str(tmp_path / "runs" / "cr16" / "model")), stage1, _summary("old", 4, 0.3)]
     table = diagnostics_table(runs)
-    assert "| CR=16 | 45.00 | 12.34 | 32.66 ± 5.12 | 1.500 | 2.250 | 0.750 ± 0.125 | - | - |" in table
-    assert "| stage 1 | - | - | - | - | - | - | 62.50 | 7.5 |" in table
+    assert "| CR=16 | 45.00 | 12.34 | 32.66 ± 5.12 | - | - | 1.500 | 2.250 | 0.750 ± 0.125 | - | - |" in table
+    assert "| stage 1 | - | - | - | - | - | - | - | - | 62.50 | 7.5 |" in table
     assert "| old |" not in table  # nothing measured: no row
     del runs[0]["paired"]  # a summary written before standard errors were kept
-    assert "| CR=16 | 45.00 | 12.34 | 32.66 | 1.500 | 2.250 | 0.750 | - | - |" in diagnostics_table(runs)
+    assert "| CR=16 | 45.00 | 12.34 | 32.66 | - | - | 1.500 | 2.250 | 0.750 | - | - |" in diagnostics_table(runs)
     runs[0]["paired"] = _with_diagnostics("CR=16", "")["paired"]
+    runs[0]["generation"]["clara/foreign_memory"] = {"acc": 0.0, "em": 0.0, "f1": 0.05, "latency_s": 0.1, "n": 10}
+    runs[0]["paired"]["clara/f1_foreign"] = {"mean": 0.4, "se": 0.0625, "n": 10}
+    assert "| CR=16 | 45.00 | 12.34 | 32.66 ± 5.12 | 5.00 | 40.00 ± 6.25 | 1.500 |" in diagnostics_table(runs)
+    table = diagnostics_table(runs)
     assert "| CR=16 | clara | wrong_memory | 10 | 10.00 | 0.00 | 12.34 | 100 |" in generation_table(runs)
 
     text = write_report(runs, tmp_path / "report").read_text()
@@ -86,7 +90,7 @@ def test_diagnostics_table_rows_and_no_absolute_paths(tmp_path, monkeypatch):
     assert f"({PLOTS['diagnostics']})" in text
     # A stage-1 check alone (reconstruction, no answers, no retriever): only what it measured is shown.
     text = write_report([stage1], tmp_path / "stage1").read_text()
-    assert "## Diagnostics" in text and "| stage 1 | - | - | - | - | - | - | 62.50 | 7.5 |" in text
+    assert "## Diagnostics" in text and "| stage 1 | - | - | - | - | - | - | - | - | 62.50 | 7.5 |" in text
     assert "## Answers" not in text and "## Retrieval" not in text
     assert f"({PLOTS['diagnostics']})" in text and f"({PLOTS['f1_vs_rate']})" not in text
     assert not (tmp_path / "stage1" / PLOTS["f1_vs_rate"]).exists()

@@ -45,11 +45,11 @@ def test_full_profile_chains_every_stage_and_rate_with_diagnostics(tmp_path):
     assert f"checkpoint={plan.export_dir(16, 'end_to_end')}" in evaluate
     assert "data.article_range=[28,36]" in evaluate  # evaluation articles are never trained on
     assert "data.per_article=25" in evaluate  # 8 held-out articles x 25 = 200 questions
-    assert not any(a.startswith("harness.systems") for a in evaluate)  # the YAML's: wrong_memory, answer CE
+    assert not any(a.startswith("harness.systems") for a in evaluate)  # the YAML's: wrong_memory, foreign_memory, answer CE
     # the bare backbone's rows (text RAG over MiniLM's top-k, closed book) do not change with the rate
     for rate in (4, 32):
         systems = [a for a in steps[f"evaluate_cr{rate}"].argv if a.startswith("harness.systems=")]
-        assert len(systems) == 1 and "wrong_memory" in systems[0] and "text_rag_clara_topk" in systems[0]
+        assert len(systems) == 1 and "wrong_memory, foreign_memory" in systems[0] and "text_rag_clara_topk" in systems[0]
         assert "minilm" not in systems[0] and "closed_book" not in systems[0]
     assert "harness.reconstruction=32" in steps["evaluate_cr16_stage1"].argv
     # the text-RAG LoRA baseline: stage 2's data, as many samples, scored on the same questions
@@ -69,7 +69,8 @@ def test_quick_profile_is_cr16_only_and_a_separate_eval_file_replaces_the_held_o
     assert not any("cr4" in n or "cr32" in n or "text_rag_lora" in n for n in steps)
     evaluate = steps["evaluate_cr16"].argv
     assert "data.path=/data/other.json" in evaluate and not any("article_range" in a for a in evaluate)
-    assert any("wrong_memory" in a for a in evaluate if a.startswith("harness.systems"))
+    (systems,) = [a for a in evaluate if a.startswith("harness.systems")]
+    assert "wrong_memory" in systems and "foreign_memory" not in systems  # left out for its time budget
     build = steps["build_data"].argv
     assert "--squad" in build and "/data/squad.json" in build
     assert build[build.index("--use-train-articles") + 1] == "6" and build[build.index("--train-articles") + 1] == "28"
@@ -107,6 +108,9 @@ def test_longer_stage2_variant_repeats_the_profiles_stage_2_with_more_steps(tmp_
     trained = [n for n in names if n.startswith(f"train_cr16_{variant.name}_")]
     assert len(trained) == 2 and names.index(trained[-1]) < names.index(f"evaluate_cr16_stage2_{variant.name}")
     assert "evaluate_cr16_stage2" in names  # the profile's own stage 2, evaluated alike
+    steps = _steps(Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=recipe))
+    for name in ("evaluate_cr16_stage2", f"evaluate_cr16_stage2_{variant.name}"):
+        assert any("oracle, wrong_memory, foreign_memory" in a for a in steps[name].argv)
 
 
 def test_rerun_skips_finished_steps_and_unknown_profiles_are_refused(tmp_path):
