@@ -103,6 +103,24 @@ def test_wrong_memory_without_foreign_document_fails_before_scoring(tmp_path, ev
     assert not Path(cfg.output_dir, PARTIAL).exists()
 
 
+def test_foreign_memory_asks_the_loader_for_top_k_foreign_documents(tmp_path, eval_config):
+    from clara_ray.evaluation.run import questions_for
+
+    rows = [{"id": "a", "question": "Who?", "answers": ["Ada"], "docs": DOCS[:2], "pos_index": [0]},
+            {"id": "b", "question": "Where?", "answers": ["north"], "docs": DOCS[2:], "pos_index": [0]}]
+    data = tmp_path / "two.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def config(settings):
+        return EvalConfig.model_validate({**eval_config.model_dump(), "data": {"format": "jsonl", "path": str(data)},
+                                          "harness": {**eval_config.harness.model_dump(), "settings": settings}})
+
+    a, b = questions_for(config(["wrong_memory"]))  # one foreign gold document each: enough
+    assert a.foreign_docs == [DOCS[2]] and b.foreign_docs == [DOCS[0]]
+    with pytest.raises(ValueError, match="question 'a' has 1 foreign document.*needs 2"):
+        questions_for(config(["foreign_memory"]))  # top_k = 2 foreign documents each
+
+
 def test_article_range_and_bad_checkpoint(tmp_path, eval_config):
     cfg = EvalConfig.model_validate({**eval_config.model_dump(), "data": {
         "format": "squad", "path": "x.json", "article_range": [3, 6]}})
