@@ -91,6 +91,12 @@ class Recipe:
     # evaluated beside the profile's own stage-2 export (oracle vs wrong_memory, answer CE).
     stage2_variants: tuple["Variant", ...] = ()
 
+    def __post_init__(self):
+        # With the text-RAG rows the first rate keeps the evaluation YAML's systems, which list foreign_memory.
+        if not self.foreign_memory and self.text_rag_systems:
+            raise ValueError("a profile without foreign_memory needs text_rag_systems=False: with the text-RAG rows "
+                             "its first rate evaluates the YAML's systems, foreign_memory among them")
+
 
 @dataclass(frozen=True)
 class Variant:

@@ -101,6 +101,11 @@ class HarnessConfig(BaseModel):
         """The least foreign documents per question: k with foreign_memory, else 0 (one per gold document)."""
         return self.top_k if any(FOREIGN in self.settings_of(s) for s in self.systems) else 0
 
+    def foreign_docs_for(self, q: EvalQuestion) -> int:
+        """The foreign documents question `q` needs: one per gold document in its top-k
+        (wrong_memory, answer_loss), at least foreign_docs_needed (foreign_memory)."""
+        return max(min(len(set(q.pos_index)), self.top_k), self.foreign_docs_needed)
+
 
 def select_topk(ranked: Sequence[int], gold: Sequence[int], k: int, oracle: bool) -> list[int]:
     """Top-k of a ranking; in oracle mode the best-ranked gold documents (up to k) are always

@@ -50,7 +50,7 @@ def questions_for(cfg: EvalConfig) -> list[EvalQuestion]:
             raise InputError(f"{d.path}: question id {q.id!r} occurs twice; ids must be unique")
         seen.add(q.id)
         if cfg.harness.needs_foreign_docs:  # fail before any model loads, not in an actor
-            check_foreign_docs(q, max(min(len(set(q.pos_index)), cfg.harness.top_k), cfg.harness.foreign_docs_needed))
+            check_foreign_docs(q, cfg.harness.foreign_docs_for(q))
     return questions
 
 

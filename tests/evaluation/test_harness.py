@@ -141,6 +141,16 @@ def test_foreign_memory_generator_reads_only_foreign_documents(tiny_model, monke
         Evaluator(tiny_model, config).evaluate(SWAPPABLE)  # one foreign document each, k = 2
 
 
+def test_foreign_documents_a_question_needs():
+    two_golds = QUESTIONS[0].model_copy(update={"pos_index": [3, 5, 3]})
+    clara = [SystemSpec(name="clara", kind="clara")]
+    wrong = HarnessConfig(top_k=3, settings=["wrong_memory"], retrievers=[], systems=clara)
+    assert [wrong.foreign_docs_for(q) for q in (QUESTIONS[0], two_golds)] == [1, 2]  # one per distinct gold
+    assert HarnessConfig(top_k=1, settings=["wrong_memory"], retrievers=[], systems=clara).foreign_docs_for(two_golds) == 1
+    foreign = HarnessConfig(top_k=3, settings=["wrong_memory", "foreign_memory"], retrievers=[], systems=clara)
+    assert [foreign.foreign_docs_for(q) for q in (QUESTIONS[0], two_golds)] == [3, 3]  # k for foreign_memory
+
+
 def test_answer_loss_is_stage2_ce_with_own_and_other_memory(tiny_model):
     from clara_ray.data.records import InstructRecord
 

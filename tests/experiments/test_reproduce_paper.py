@@ -1,4 +1,5 @@
 """The reproduction plan: profiles, step order, chaining of checkpoints, and resume by output markers."""
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,8 @@ def test_quick_profile_is_cr16_only_and_a_separate_eval_file_replaces_the_held_o
     assert "data.path=/data/other.json" in evaluate and not any("article_range" in a for a in evaluate)
     (systems,) = [a for a in evaluate if a.startswith("harness.systems")]
     assert "wrong_memory" in systems and "foreign_memory" not in systems  # left out for its time budget
+    with pytest.raises(ValueError, match="without foreign_memory needs text_rag_systems=False"):
+        replace(PROFILES["quick"], text_rag_systems=True)  # its first rate would keep the YAML's foreign_memory
     build = steps["build_data"].argv
     assert "--squad" in build and "/data/squad.json" in build
     assert build[build.index("--use-train-articles") + 1] == "6" and build[build.index("--train-articles") + 1] == "28"
