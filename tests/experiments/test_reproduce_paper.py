@@ -116,6 +116,16 @@ def test_longer_stage2_variant_repeats_the_profiles_stage_2_with_more_steps(tmp_
         assert any("oracle, wrong_memory, foreign_memory" in a for a in steps[name].argv)
 
 
+def test_stage2x2_profile_is_stage1_epoch_with_its_variant_as_stage_2():
+    base, long = PROFILES["full-stage1-epoch"], PROFILES["full-stage2x2"]
+    (variant,) = base.stage2_variants
+    fields = lambda runs: [(r.stage, r.steps, r.overrides, r.data, r.label) for r in runs]
+    instruct = [r for r in long.stages if r.stage == "instruct"]
+    assert fields(instruct) == fields(variant.stages)  # the variant's runs, under the profile's own labels
+    assert fields(r for r in long.stages if r.stage != "instruct") == fields(r for r in base.stages if r.stage != "instruct")
+    assert not long.stage2_variants and long.rates == base.rates and long.foreign_memory
+
+
 def test_rerun_skips_finished_steps_and_unknown_profiles_are_refused(tmp_path):
     squad = tmp_path / "squad.json"
     squad.write_text("{}")
