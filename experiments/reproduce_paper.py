@@ -202,6 +202,7 @@ PROFILES["full-stage1-2epochs"] = replace(PROFILES["full-stage1-epoch"],
 # in two pairs of runs from one stage-1 export each, the doubled stage 2 raised the answer CE gap
 # (own vs swapped memory) both times (+0.06, +0.07 +- 0.02 nats/token, paired) and oracle F1 within
 # noise (+1.2, +0.7). This profile carries it through the warm-up and stage 3 to the final evaluation.
+# Measured (2026-12-06): after stage 3 the gain is gone (oracle F1 -1.1 +- 1.4, CE gap +0.007 +- 0.020).
 # A work dir of `full-stage1-epoch` that trained the variant can seed it (docs/results/squad-mini/README.md).
 PROFILES["full-stage2x2"] = replace(PROFILES["full-stage1-epoch"], stage2_variants=(),
                                     stages=miniature_stages(270, 320, 120, 60, 40, instruct_k1=120))
