@@ -126,6 +126,27 @@ def test_stage2x2_profile_is_stage1_epoch_with_its_variant_as_stage_2():
     assert not long.stage2_variants and long.rates == base.rates and long.foreign_memory
 
 
+def test_anneal_profile_adds_a_decaying_stage_1_run_that_the_later_steps_read(tmp_path):
+    base, anneal = PROFILES["full-stage1-epoch"], PROFILES["full-stage1-anneal"]
+    runs = list(anneal.stages)
+    added = runs.pop(2)
+    fields = lambda rs: [(r.stage, r.steps, r.overrides, r.data, r.label) for r in rs]
+    assert fields(runs) == fields(base.stages) and not anneal.stage2_variants
+    assert (added.stage, added.label, added.data_file) == ("compress_pretrain", "compress_anneal", runs[1].data_file)
+    assert {"optim.schedule=cosine", "optim.min_lr_ratio=0"} <= set(added.overrides)
+    steps = _steps(Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=anneal))
+    names = list(steps)
+    annealed = tmp_path.resolve() / "runs" / "cr16-compress_anneal" / "model"
+    assert f"init_from={tmp_path.resolve() / 'runs' / 'cr16-compress_pretrain' / 'model'}" in steps[
+        "train_cr16_compress_anneal"].argv
+    # the reconstruction diagnostic, the store and stage 2 all read the annealed compressor
+    for name in ("evaluate_cr16_stage1", "precompress_cr16"):
+        assert any(str(annealed) in a for a in steps[name].argv)
+        assert names.index("train_cr16_compress_anneal") < names.index(name)
+    assert f"init_from={annealed}" in steps["train_cr16_instruct_k1"].argv
+    assert sum(n.startswith("evaluate_cr16_stage1") for n in names) == 1
+
+
 def test_rerun_skips_finished_steps_and_unknown_profiles_are_refused(tmp_path):
     squad = tmp_path / "squad.json"
     squad.write_text("{}")
