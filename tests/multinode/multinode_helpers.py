@@ -27,7 +27,9 @@ class MultiNodeCluster:
         self.workers = workers
         self.saved_address = os.environ.get("RAY_ADDRESS")
         _loopback_only(True)
-        self.cluster = Cluster()
+        # shutdown_at_exit=False: with it Ray's Node registers a SIGTERM handler, which Python allows on the
+        # main thread only, and a test's watcher thread adds the replacement node; shutdown() ends the nodes.
+        self.cluster = Cluster(shutdown_at_exit=False)
         try:
             _started(self._add_head)
             self.restore()

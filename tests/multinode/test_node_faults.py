@@ -123,10 +123,11 @@ def test_precompress_on_two_nodes_stores_every_document_once_after_losing_one(no
     killed: list = []
     watcher = _kill_a_worker_node_when(both_compressing, nodes, compressor, killed, replace=True)
     runs = _until_done(lambda: run_precompress(checkpoint, corpus, out, cfg))
-    watcher.join(timeout=1)
+    watcher.join(timeout=120)
 
     assert killed, "no compressor actor was on a worker node to kill"
     assert len(killed[0][1]) == 2, "the two compressor actors were not on two nodes"
+    assert len(nodes.worker_ids()) == 2 and killed[0][0] not in nodes.worker_ids(), "no node replaced the lost one"
     ids = CompressedStore.open(out, expect_checkpoint=checkpoint).ids  # checksums of every shard and the index
     assert len(ids) == count and set(ids) == {f"d{i}" for i in range(count)}  # each document exactly once
     print(f"precompress: runs to the end after the node kill: {runs}")
