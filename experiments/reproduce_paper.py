@@ -360,8 +360,8 @@ class Plan:
         return [f"monitor.path={self.data_dir / ('heldout_' + run.data_file)}", "monitor.every_steps=10"]
 
     def _checkpoint_diagnostics(self, rate: int, stage: str, export: Path, stage1_done: bool) -> list[Step]:
-        """Evaluations of intermediate exports (by run label): stage-1 reconstruction (of the last run that
-        trains the compressor), retrieval before stage 3."""
+        """Evaluations of intermediate exports (by run label): stage-1 reconstruction (of the last stage-1 run),
+        retrieval before stage 3."""
         recipe, none = self.recipe, ["harness.systems=[]"]
         if stage1_done and recipe.reconstruction_eval:
             return [self._evaluate(f"cr{rate}-stage1", export, f"CR={rate} stage 1",
