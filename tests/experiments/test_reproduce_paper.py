@@ -147,6 +147,20 @@ def test_anneal_profile_adds_a_decaying_stage_1_run_that_the_later_steps_read(tm
     assert sum(n.startswith("evaluate_cr16_stage1") for n in names) == 1
 
 
+def test_stage2_decay_profile_changes_only_stage_2s_lr_schedule(tmp_path):
+    base, decay = PROFILES["full-stage1-epoch"], PROFILES["full-stage2-decay"]
+    assert [(r.stage, r.steps, r.label) for r in decay.stages] == [(r.stage, r.steps, r.label) for r in base.stages]
+    steps, base_steps = (_steps(Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=r))
+                         for r in (decay, base))
+    for name in ("train_cr16_instruct_k1", "train_cr16_instruct"):
+        assert "optim.schedule=cosine" in steps[name].argv and "optim.min_lr_ratio=0" in steps[name].argv
+        assert "optim.schedule=constant" not in steps[name].argv
+        assert "optim.schedule=constant" in base_steps[name].argv
+    # everything else, stage 1 included, runs as in full-stage1-epoch (so its work dir can seed it)
+    for name in set(steps) - {"train_cr16_instruct_k1", "train_cr16_instruct"}:
+        assert steps[name].argv == base_steps[name].argv, name
+
+
 def test_rerun_skips_finished_steps_and_unknown_profiles_are_refused(tmp_path):
     squad = tmp_path / "squad.json"
     squad.write_text("{}")
