@@ -224,7 +224,9 @@ PROFILES["full-stage1-anneal"] = replace(PROFILES["full-stage1-epoch"], stage2_v
 # `full-stage1-epoch` with stage 2's lr decaying from 5e-4 to 0 on a cosine in each of its two runs
 # (k=1, then k=5) instead of flat: in the rerun and in `full-stage1-anneal` the k=1 run's held-out
 # memory gap fell by ~40% over its steps 30-60 (1.01 -> 0.60, 1.10 -> 0.65) while its held-out CE rose,
-# at the flat 5e-4. A work dir of `full-stage1-epoch` can seed its stage 1 and store.
+# at the flat 5e-4. A work dir of `full-stage1-epoch` can seed its stage 1 and store. Measured (2026-12-06):
+# the k=1 run keeps its gap (0.95 against 0.60), the k=5 run ends as before (0.31 against 0.30), and after
+# stage 3 oracle F1 -1.4 +- 1.4 and the answer CE gap -0.022 +- 0.014 against the rerun.
 PROFILES["full-stage2-decay"] = replace(PROFILES["full-stage1-epoch"], stage2_variants=(),
                                         stages=miniature_stages(270, 320, 60, 60, 40, instruct_k1=60,
                                                                 stage2_decay=True))
