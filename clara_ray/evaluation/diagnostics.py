@@ -5,19 +5,25 @@ the inference paraphrase prompt); the reference is the paragraph cut to the mode
 doc_max_length tokens, all the compressor saw. Both sides are compared as words after the SQuAD
 normalisation of `metrics.normalize_answer`:
 - longest shared word run (difflib's longest matching block): copying, not just topic words;
-- ROUGE-L F1 (longest common subsequence of words; Lin 2004, no stemming).
+- ROUGE-L F1 (longest common subsequence of words; Lin 2004, no stemming);
+- by position: the share of the reference's words, per position group (`positions`), that the
+  reconstruction copies in a shared run of at least COPIED_RUN words: which part of a paragraph
+  its memory keeps.
 """
 from __future__ import annotations
 
+from collections import Counter
 from difflib import SequenceMatcher
 from typing import Any, Sequence
 
 from clara_ray.evaluation.loaders import EvalQuestion
 from clara_ray.evaluation.metrics import normalize_answer
+from clara_ray.evaluation.positions import GROUPS, position_group
 
 EXAMPLES = 3  # reconstructions quoted in summary.json and the report
 EXAMPLE_WORDS = 25
 NEW_TOKEN_SLACK = 16  # a reconstruction may tokenise a little longer than its source
+COPIED_RUN = 2  # words: a shared run this long counts as copied (one shared word is often a topic word)
 
 
 def _words(text: str) -> list[str]:
@@ -29,6 +35,14 @@ def longest_shared_run(reference: str, candidate: str) -> int:
     a, b = _words(reference), _words(candidate)
     # autojunk off: it would drop words frequent in long texts from the match
     return SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b)).size
+
+
+def copied_words(reference: str, candidate: str) -> set[int]:
+    """Positions of the reference's words inside a run of >= COPIED_RUN words the candidate shares
+    (difflib's matching blocks: one non-crossing alignment, longest runs first)."""
+    a, b = _words(reference), _words(candidate)
+    blocks = SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks()
+    return {i for block in blocks if block.size >= COPIED_RUN for i in range(block.a, block.a + block.size)}
 
 
 def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
@@ -82,12 +96,24 @@ def _start(text: str) -> str:
     return " ".join(words[:EXAMPLE_WORDS]) + (" ..." if len(words) > EXAMPLE_WORDS else "")
 
 
+def copied_by_position(results: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Per position group of the references' words: the share the reconstructions copy."""
+    copied, total = Counter(), Counter()
+    for r in results:
+        kept = copied_words(r["reference"], r["reconstruction"])
+        for i in range(len(_words(r["reference"]))):
+            total[position_group(i)] += 1
+            copied[position_group(i)] += i in kept
+    return {group: copied[group] / total[group] for group in GROUPS if group in total}
+
+
 def summarise_reconstruction(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     n = len(results)
     return {
         "n": n,
         "longest_run_words_mean": sum(r["longest_run_words"] for r in results) / n if n else None,
         "rouge_l_f1_mean": sum(r["rouge_l_f1"] for r in results) / n if n else None,
+        "copied_by_position": copied_by_position(results),
         "examples": [{"paragraph": _start(r["reference"]), "reconstruction": _start(r["reconstruction"])}
                      for r in results[:EXAMPLES]],
     }

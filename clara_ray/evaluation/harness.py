@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from clara_ray.config import InputError
 from clara_ray.evaluation.loaders import EvalQuestion
 from clara_ray.evaluation.metrics import answer_scores, mean_scores, paired_difference, retrieval_scores
+from clara_ray.evaluation.positions import answer_position, by_answer_position
 from clara_ray.evaluation.retrievers import ClaraRetriever, Retriever, build_retriever
 
 Setting = Literal["normal", "oracle", "wrong_memory", "foreign_memory"]
@@ -208,6 +209,8 @@ class Evaluator:
             "pos_index": q.pos_index, "num_candidates": len(q.docs),
             "retrieval": {name: {"ranked": r[:keep], **retrieval_scores(r, q.pos_index)} for name, r in ranked.items()},
             "systems": {},
+            # where the answer sits in its gold document (report: scores by answer position)
+            **answer_position(q),
         }
 
     def _answer(self, system: SystemSpec, setting: str, questions: Sequence[EvalQuestion],
@@ -236,7 +239,8 @@ class Evaluator:
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per-system/setting mean acc, em, f1 and latency; per-retriever mean Recall/Precision@k."""
+    """Per-system/setting mean acc, em, f1 and latency; per-retriever mean Recall/Precision@k;
+    the memory diagnostics, paired gaps and scores by answer position where measured."""
     systems = sorted({key for row in rows for key in row["systems"]})
     retrievers = sorted({key for row in rows for key in row["retrieval"]})
     generation = {}
@@ -254,6 +258,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         summary["diagnostics"] = {**mean_scores(diagnostics), "n": len(diagnostics)}
     if paired := paired_gaps(rows):
         summary["paired"] = paired
+    if by_position := by_answer_position(rows):
+        summary["by_answer_position"] = by_position
     return summary
 
 

@@ -3,7 +3,8 @@
 Several summaries (one per checkpoint, e.g. compression rates 4/16/32) go into one report:
 - generation table: acc / EM / F1 / latency per run, system and setting;
 - diagnostics table (is memory read?): CLaRa's oracle vs wrong_memory F1, answer CE with own vs
-  other memory, stage-1 reconstruction scores, per run;
+  other memory, stage-1 reconstruction scores (also by position in the paragraph), per run;
+- scores by where the answer sits in its gold document, per run and position group;
 - retrieval table: Recall@k and Precision@k per run and retriever;
 - plots: F1 vs compression rate, Recall@k per retriever, latency vs F1, the diagnostics.
 Reports name checkpoints relative to the working directory, never by absolute machine path.
@@ -14,7 +15,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from clara_ray.evaluation.diagnostics import COPIED_RUN
+from clara_ray.evaluation.harness import CLOSED, HarnessConfig
 from clara_ray.evaluation.metrics import RETRIEVAL_KS
+from clara_ray.evaluation.positions import GROUPS, RECALL
 
 PLOTS = {"f1_vs_rate": "f1_vs_compression_rate.png", "recall": "recall_at_k.png", "latency": "latency_vs_f1.png",
          "diagnostics": "diagnostics.png"}
@@ -29,6 +33,16 @@ DIAGNOSTICS_NOTE = (
     "the answer too); its gap is oracle - foreign_memory. Reconstruction: held-out gold paragraphs "
     "regenerated from their memory, against the paragraph cut to doc_max_length tokens (ROUGE-L F1 %, longest "
     "shared word run; SQuAD-normalised words). `-`: not measured.")
+
+
+COPIED_NOTE = (
+    "Which part of a paragraph its memory keeps: the share of the cut paragraph's (normalised) words, by position, "
+    f"that its reconstruction copies in a shared run of at least {COPIED_RUN} words.")
+POSITION_NOTE = (
+    "Questions grouped by the (SQuAD-normalised) words before the first occurrence of a "
+    "gold answer in its gold document. A memory that keeps only a document's start answers the first group and "
+    "not the later ones; closed book shows how hard each group is without any memory. CE gap: answer CE with other "
+    f"minus own memory; R@{max(RETRIEVAL_KS)}: the CLaRa system's retriever over the question's candidates.")
 
 
 def _pct(value: float | None) -> str:
@@ -51,10 +65,16 @@ def generation_table(summaries: Sequence[dict[str, Any]]) -> str:
     return _table(lines)
 
 
+def _system(summary: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The spec of the run's first system of `kind` (the default harness's systems for a summary
+    that does not record its own), or one named after the kind."""
+    systems = summary.get("harness", {}).get("systems") or [s.model_dump() for s in HarnessConfig().systems]
+    return next((s for s in systems if s["kind"] == kind), {"name": kind, "kind": kind, "retriever": "clara"})
+
+
 def _clara_system(summary: dict[str, Any]) -> str:
     """The run's (first) CLaRa system name: its rows carry the oracle / wrong_memory F1."""
-    systems = summary.get("harness", {}).get("systems", [])
-    return next((s["name"] for s in systems if s.get("kind") == "clara"), "clara")
+    return _system(summary, "clara")["name"]
 
 
 def _gap(a: float | None, b: float | None) -> float | None:
@@ -112,6 +132,23 @@ def diagnostics_table(summaries: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def position_table(summaries: Sequence[dict[str, Any]]) -> str:
+    """Per run and answer-position group: the CLaRa system's F1 per setting, closed-book F1, the
+    answer CE gap and the Recall@k of the CLaRa system's retriever; "" when no run grouped its questions."""
+    lines = ["| run | answer at words | n | normal F1 | oracle F1 | wrong_memory F1 | closed-book F1 | CE gap | "
+             f"R@{max(RETRIEVAL_KS)} |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in summaries:
+        clara, closed = _system(s, "clara"), _system(s, "closed_book")["name"]
+        for group in s.get("by_answer_position", []):
+            f1 = group["f1"]
+            cells = [f1.get(f"{clara['name']}/{setting}") for setting in ("normal", "oracle", "wrong_memory")]
+            cells += [f1.get(f"{closed}/{CLOSED}")]
+            recall = group[RECALL].get(clara["retriever"])
+            lines.append(f"| {s['label']} | {group['words']} | {group['n']} | " + " | ".join(_pct(v) for v in cells)
+                         + f" | {_nats(group['answer_ce_gap'])} | {_pct(recall)} |")
+    return _table(lines)
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -124,6 +161,15 @@ def reconstruction_examples(summaries: Sequence[dict[str, Any]]) -> str:
         return ""
     return "\n".join(["| run | paragraph (start) | reconstruction (start) |", "|---|---|---|"] + [
         f"| {label} | {_cell(ex['paragraph'])} | {_cell(ex['reconstruction'])} |" for label, ex in rows])
+
+
+def copied_table(summaries: Sequence[dict[str, Any]]) -> str:
+    """Per run that reconstructed paragraphs: % of the reference's words copied, by position."""
+    runs = [(s["label"], copied) for s in summaries
+            if (copied := s.get("diagnostics", {}).get("reconstruction", {}).get("copied_by_position"))]
+    lines = ["| run | " + " | ".join(f"copied, words {g}" for g in GROUPS) + " |", "|---|" + "---:|" * len(GROUPS)]
+    lines += [f"| {label} | " + " | ".join(_pct(copied.get(g)) for g in GROUPS) + " |" for label, copied in runs]
+    return _table(lines)
 
 
 def retrieval_table(summaries: Sequence[dict[str, Any]]) -> str:
@@ -248,12 +294,15 @@ def write_report(summaries: Sequence[dict[str, Any]], out_dir: str | Path, title
     runs = "\n".join(f"- {s['label']}: `{display_path(s.get('checkpoint'), root)}` ({s['num_questions']} questions, "
                      f"backbone {s.get('backbone')}, compression rate {s.get('compression_rate')})" for s in summaries)
     # A section with nothing measured is left out with its heading (e.g. a stage-1 check: no answers).
-    answers, retrieval = generation_table(summaries), retrieval_table(summaries)
+    answers, retrieval, positions = generation_table(summaries), retrieval_table(summaries), position_table(summaries)
+    copied = copied_table(summaries)
     text = "\n\n".join(part for part in [
         f"# {title}", preamble, "## Runs", runs,
         *(["## Answers (acc = cover-EM, EM, F1; docs/design.md section 8)", answers] if answers else []),
         *(["## Diagnostics: is memory read?", DIAGNOSTICS_NOTE, diagnostics_table(summaries),
            reconstruction_examples(summaries)] if has_diagnostics else []),
+        *([COPIED_NOTE, copied] if copied else []),
+        *(["## Scores by where the answer sits in its gold document", POSITION_NOTE, positions] if positions else []),
         *(["## Retrieval over each question's candidates", retrieval] if retrieval else []),
         *(["## Plots", "\n".join(drawn)] if drawn else []),
     ] if part) + "\n"

@@ -175,6 +175,7 @@ def _claim_output_dir(cfg: EvalConfig, out: Path) -> None:
 
 def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     from clara_ray.evaluation.harness import summarise
+    from clara_ray.evaluation.positions import answer_position
     from clara_ray.evaluation.report import write_report
 
     out = Path(cfg.output_dir)
@@ -213,7 +214,9 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     missing = [q.id for q in questions if q.id not in done]
     if missing:
         raise RuntimeError(f"{len(missing)} questions were not scored (first: {missing[0]}); rerun to resume")
-    rows = [done[q.id] for q in questions]
+    # rows scored before answer positions were kept gain them (a rerun on a finished directory
+    # rewrites its summary and report with the scores by answer position, scoring nothing again)
+    rows = [{**answer_position(q), **done[q.id]} for q in questions]
     reconstruction = _reconstruction(cfg, questions, out) if cfg.harness.reconstruction else None
     summary = {
         "label": cfg.label or f"CR={info['compression_rate']}",

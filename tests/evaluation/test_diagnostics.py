@@ -3,6 +3,8 @@ import pytest
 
 from clara_ray.evaluation.diagnostics import (
     EXAMPLES,
+    copied_by_position,
+    copied_words,
     held_out_paragraphs,
     longest_shared_run,
     reconstruct,
@@ -29,6 +31,15 @@ def test_partial_reconstruction_scores():
     assert rouge_l_f1(TEXT, "") == 0.0 and longest_shared_run(TEXT, "") == 0
 
 
+def test_copied_words_by_position_count_shared_runs_of_two_or_more_words():
+    reference = " ".join(f"w{i}" for i in range(40))
+    candidate = "W0 w1 x w3 w31, w32 w33"  # "w3" alone is not counted as copied
+    assert copied_words(reference, candidate) == {0, 1, 31, 32, 33}
+    assert copied_words(reference, "") == set() and copied_words("The Normans.", "normans") == set()
+    results = [{"reference": reference, "reconstruction": candidate}, {"reference": "w0 w1", "reconstruction": "w0 w1"}]
+    assert copied_by_position(results) == {"0-29": pytest.approx(4 / 32), "30-59": pytest.approx(3 / 10)}
+
+
 def test_held_out_paragraphs_are_distinct_golds_in_question_order():
     docs = ["p0", "p1", "p2"]
     questions = [EvalQuestion(id=str(i), dataset="t", question="q", answers=["a"], docs=docs, pos_index=pos)
@@ -51,4 +62,5 @@ def test_reconstruct_on_tiny_model_cuts_reference_to_doc_max_length(tiny_model):
     summary = summarise_reconstruction(results)
     assert summary["n"] == 2 and len(summary["examples"]) == min(2, EXAMPLES)
     assert summary["rouge_l_f1_mean"] == pytest.approx(sum(r["rouge_l_f1"] for r in results) / 2)
+    assert summary["copied_by_position"] == copied_by_position(results) and "0-29" in summary["copied_by_position"]
     assert summary["examples"][0]["paragraph"].startswith("The Normans were")

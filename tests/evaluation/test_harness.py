@@ -66,6 +66,11 @@ def test_evaluator_rows_match_model_api(tiny_model):
     assert summary["generation"]["clara/normal"]["f1"] == sum(f1s) / 2
     assert summary["retrieval"]["bm25"]["recall@5"] == sum(r["retrieval"]["bm25"]["recall@5"] for r in rows) / 2
     assert summary["generation"]["clara/normal"]["latency_s"] > 0
+    # "Document 3 says the answer number 3 is amber." normalised: "amber" after 7 words (both questions)
+    assert [r["answer_word"] for r in rows] == [7, 7]
+    (group,) = summary["by_answer_position"]
+    assert group["words"] == "0-29" and group["n"] == 2
+    assert group["f1"]["clara/oracle"] == pytest.approx(summary["generation"]["clara/oracle"]["f1"])
 
 
 FOREIGN = ["The Danube flows through ten countries into the Black Sea.", "Granite is an igneous rock."]

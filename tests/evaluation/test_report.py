@@ -1,5 +1,12 @@
 """Report tables and plots from hand-made summaries of two runs."""
-from clara_ray.evaluation.report import PLOTS, diagnostics_table, generation_table, retrieval_table, write_report
+from clara_ray.evaluation.report import (
+    PLOTS,
+    copied_table,
+    diagnostics_table,
+    generation_table,
+    retrieval_table,
+    write_report,
+)
 
 
 def _summary(label, rate, f1):
@@ -65,7 +72,8 @@ def test_diagnostics_table_rows_and_no_absolute_paths(tmp_path, monkeypatch):
     stage1 = {**_summary("stage 1", 16, 0.0), "generation": {}, "retrieval": {},
               "checkpoint": "/elsewhere/runs/cr16-compress_pretrain/model",
               "diagnostics": {"reconstruction": {"n": 4, "rouge_l_f1_mean": 0.625, "longest_run_words_mean": 7.5,
-                                                 "examples": [example]}}}
+                                                 "examples": [example],
+                                                 "copied_by_position": {"0-29": 0.375, "30-59": 0.125}}}}
     runs = [_with_diagnostics("CR=16", str(tmp_path / "runs" / "cr16" / "model")), stage1, _summary("old", 4, 0.3)]
     table = diagnostics_table(runs)
     assert "| CR=16 | 45.00 | 12.34 | 32.66 ± 5.12 | - | - | 1.500 | 2.250 | 0.750 ± 0.125 | - | - |" in table
@@ -84,6 +92,8 @@ def test_diagnostics_table_rows_and_no_absolute_paths(tmp_path, monkeypatch):
     assert "## Diagnostics: is memory read?" in text and table in text
     assert text.index("## Answers") < text.index("## Diagnostics") < text.index("## Retrieval")
     assert "| stage 1 | The Normans \\| were | The |" in text  # example, pipe escaped
+    assert "| run | copied, words 0-29 | copied, words 30-59 | copied, words 60-99 | copied, words 100+ |" in text
+    assert "| stage 1 | 37.50 | 12.50 | - | - |" in text and "| CR=16 |" not in copied_table(runs)  # no reconstruction
     assert "`runs/cr16/model`" in text and "`cr16-compress_pretrain/model`" in text
     assert not re.search(r"(^|[\s`(])/\w", text), "absolute path in report"
     assert (tmp_path / "report" / PLOTS["diagnostics"]).read_bytes()[:4] == b"\x89PNG"
@@ -94,3 +104,24 @@ def test_diagnostics_table_rows_and_no_absolute_paths(tmp_path, monkeypatch):
     assert "## Answers" not in text and "## Retrieval" not in text
     assert f"({PLOTS['diagnostics']})" in text and f"({PLOTS['f1_vs_rate']})" not in text
     assert not (tmp_path / "stage1" / PLOTS["f1_vs_rate"]).exists()
+
+
+def test_position_table_shows_the_clara_systems_scores_per_answer_position(tmp_path):
+    from clara_ray.evaluation.report import position_table
+
+    run = _with_diagnostics("CR=16", "runs/cr16")
+    run["harness"] = {"systems": [{"name": "mem", "kind": "clara", "retriever": "minilm"},
+                                  {"name": "cb", "kind": "closed_book", "retriever": "clara"}]}
+    run["by_answer_position"] = [
+        {"words": "0-29", "n": 6, "f1": {"mem/normal": 0.5, "mem/oracle": 0.625, "mem/wrong_memory": 0.125,
+                                        "cb/closed": 0.05, "clara/oracle": 0.99},
+         "recall@5": {"minilm": 0.875, "clara": 0.1}, "answer_ce_gap": 1.25},
+        {"words": "100+", "n": 4, "f1": {"mem/oracle": 0.1}, "recall@5": {}, "answer_ce_gap": None}]
+    table = position_table([run, _summary("old", 4, 0.3)])
+    assert "| CR=16 | 0-29 | 6 | 50.00 | 62.50 | 12.50 | 5.00 | 1.250 | 87.50 |" in table
+    assert "| CR=16 | 100+ | 4 | - | 10.00 | - | - | - | - |" in table
+    assert "| old |" not in table and position_table([_summary("old", 4, 0.3)]) == ""
+    text = write_report([run], tmp_path).read_text()
+    assert table in text and text.index("## Diagnostics") < text.index(table) < text.index("## Retrieval")
+    assert text.index("## Scores by where the answer sits in its gold document") < text.index(table)
+    assert "answer at words" not in write_report([_summary("old", 4, 0.3)], tmp_path).read_text()

@@ -62,6 +62,17 @@ def test_run_writes_predictions_summary_report_and_resumes(ray_cluster, eval_con
     assert [r["id"] for r in rows] == ["q1", "q2", "q3"] and resumed["num_questions"] == 3
     assert not out_dir.joinpath(PARTIAL).exists()
 
+    # a finished run scored before answer positions were kept: a rerun adds them, scoring nothing again
+    assert [r["answer_word"] for r in rows] == [0, 0, 4]  # "the Mediterranean" after "nile flows north into"
+    old = [{k: v for k, v in r.items() if k != "answer_word"} for r in rows]
+    out_dir.joinpath("predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    summary = run_evaluation(eval_config)
+    rows = [json.loads(line) for line in open(f"{out}/predictions.jsonl")]
+    assert [r["answer_word"] for r in rows] == [0, 0, 4]
+    assert rows[0]["systems"]["clara/normal"]["prediction"] == "FROM-PARTIAL"  # kept, not scored again
+    assert [(g["words"], g["n"]) for g in summary["by_answer_position"]] == [("0-29", 3)]
+    assert "| CR=8 | 0-29 | 3 |" in open(f"{out}/report.md").read()
+
 
 @pytest.mark.slow
 def test_reconstruction_only_evaluation_of_a_stage1_checkpoint(ray_cluster, eval_config, tiny_model):
