@@ -27,6 +27,7 @@ STEPS = {
     "add": "pipelines.add",
     "remove": "pipelines.remove",
     "eval": "pipelines.evaluate",
+    "report": "pipelines.report",
     "submit": "cluster.submit",
     "bench": "bench.__main__",
     "reproduce": "experiments.reproduce_paper",

@@ -31,6 +31,14 @@ def main(
         checkpoint=runs/cpu-end-to-end/model output_dir=runs/eval \\
         data.path=examples/data/sample_squad.json \\
         data.article_range=null data.per_article=3
+
+    The same questions with the generator reading only the top-1 (`clara report`
+    puts the two side by side):
+
+      clara eval --config experiments/configs/eval_squad_cpu.yaml \
+        checkpoint=runs/cpu-end-to-end/model output_dir=runs/eval-top1 \
+        data.path=examples/data/sample_squad.json \
+        data.article_range=null data.per_article=3 harness.top_k=1
     """
     from clara_ray.config import load_config
     from clara_ray.evaluation.config import EvalConfig

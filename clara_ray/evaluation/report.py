@@ -6,7 +6,8 @@ Several summaries (one per checkpoint, e.g. compression rates 4/16/32) go into o
   other memory, stage-1 reconstruction scores (also by position in the paragraph), per run;
 - scores by where the answer sits in its gold document, per run and position group;
 - retrieval table: Recall@k and Precision@k per run and retriever;
-- plots: F1 vs compression rate, Recall@k per retriever, latency vs F1, the diagnostics.
+- plots: F1 vs compression rate, Recall@k per retriever, latency vs F1, the diagnostics, F1 by
+  answer position.
 Reports name checkpoints relative to the working directory, never by absolute machine path.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from clara_ray.evaluation.metrics import RETRIEVAL_KS
 from clara_ray.evaluation.positions import GROUPS, RECALL
 
 PLOTS = {"f1_vs_rate": "f1_vs_compression_rate.png", "recall": "recall_at_k.png", "latency": "latency_vs_f1.png",
-         "diagnostics": "diagnostics.png"}
+         "diagnostics": "diagnostics.png", "positions": "f1_by_answer_position.png"}
 
 
 DIAGNOSTICS_NOTE = (
@@ -249,6 +250,20 @@ def _plot_diagnostics(summaries, path: Path, plt) -> None:
     plt.close(fig)
 
 
+def _plot_positions(summaries, path: Path, plt) -> None:
+    """CLaRa's oracle F1 per answer-position group, one line per run, closed book dashed."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s in summaries:
+        clara, closed = _system(s, "clara")["name"], _system(s, "closed_book")["name"]
+        groups = [g for g in s.get("by_answer_position", []) if g["words"] in GROUPS]
+        for key, style, name in ((f"{clara}/oracle", "-o", "oracle"), (f"{closed}/{CLOSED}", "--", "closed book")):
+            points = [(GROUPS.index(g["words"]), 100 * g["f1"][key]) for g in groups if key in g["f1"]]
+            if points:
+                ax.plot(*zip(*points), style, label=f"{s['label']} {name}")
+    ax.set_xticks(range(len(GROUPS)), GROUPS)
+    _finish(fig, ax, path, plt, "F1 by where the answer sits in its gold document", "answer at words", "F1 (%)")
+
+
 def display_path(path: str | None, root: Path) -> str:
     """Relative to `root` when under it, else the last two path parts: no machine paths."""
     if not path:
@@ -277,13 +292,14 @@ def write_report(summaries: Sequence[dict[str, Any]], out_dir: str | Path, title
     out.mkdir(parents=True, exist_ok=True)
     has_diagnostics = any(_has_diagnostics(diagnostics(s)) for s in summaries)
     # A plot with nothing to draw is left out (a text baseline has no compression rate and no
-    # memory diagnostics, a partial run no evaluation yet), and so is its file from an earlier
-    # report in the same directory.
-    plotters = {"f1_vs_rate": _plot_f1_vs_rate if any(s.get("compression_rate") and s["generation"]
-                                                      for s in summaries) else None,
+    # memory diagnostics, runs at one rate no curve over rates, a partial run no evaluation yet),
+    # and so is its file from an earlier report in the same directory.
+    rates = {s["compression_rate"] for s in summaries if s.get("compression_rate") and s["generation"]}
+    plotters = {"f1_vs_rate": _plot_f1_vs_rate if len(rates) > 1 else None,  # one rate: no curve to show
                 "recall": _plot_recall if any(s["retrieval"] for s in summaries) else None,
                 "latency": _plot_latency if any(s["generation"] for s in summaries) else None,
-                "diagnostics": _plot_diagnostics if has_diagnostics else None}
+                "diagnostics": _plot_diagnostics if has_diagnostics else None,
+                "positions": _plot_positions if any(s.get("by_answer_position") for s in summaries) else None}
     for name, file in PLOTS.items():
         if plotters[name]:
             plotters[name](summaries, out / file, plt)

@@ -46,7 +46,7 @@ def _outputs(argv: list[str]) -> list[str]:
 def test_clara_lists_every_step():
     result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for step in ("ingest", "train", "precompress", "serve", "eval", "demo", "submit", "bench", "reproduce"):
+    for step in ("ingest", "train", "precompress", "serve", "eval", "report", "demo", "submit", "bench", "reproduce"):
         assert step in STEPS and re.search(rf"│ {step} ", result.output), step
 
 
@@ -97,6 +97,7 @@ CASES = {
     "job variable": (["submit", "cluster/jobs/ingest.yaml"], ["cluster/jobs/ingest.yaml", "CLARA_SHARED"]),
     "missing data": (["build-squad-data", "--squad", "{tmp}/none.json", "--out", "{tmp}/o"], ["{tmp}/none.json"]),
     "unknown benchmark": (["bench", "--only", "nope"], ["nope"]),
+    "unfinished evaluation": (["report", "{tmp}", "--out", "{tmp}/r"], ["{tmp}/summary.json", "not found"]),
 }
 
 

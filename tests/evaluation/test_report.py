@@ -33,16 +33,21 @@ def test_write_report_makes_markdown_and_pngs(tmp_path):
     text = path.read_text()
     assert text.startswith("# Mini\n\ncmd\n") and "runs/CR=16" in text
     for key, name in PLOTS.items():
-        if key != "diagnostics":  # none measured here; drawn in test_diagnostics_table_rows_...
+        if key not in ("diagnostics", "positions"):  # none measured here; drawn in the tests below
             assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG" and f"({name})" in text
 
 
 def test_plots_with_nothing_to_draw_are_left_out_with_their_old_files(tmp_path):
-    write_report([_with_diagnostics("CR=16", "runs/cr16")], tmp_path)  # an earlier report: every plot drawn
+    cr4 = {**_with_diagnostics("CR=4", "runs/cr4"), "compression_rate": 4, "by_answer_position": [
+        {"words": "0-29", "n": 3, "f1": {"clara/oracle": 0.5}, "recall@5": {}, "answer_ce_gap": None}]}
+    write_report([_with_diagnostics("CR=16", "runs/cr16"), cr4], tmp_path)  # an earlier report: every plot drawn
     assert all((tmp_path / name).exists() for name in PLOTS.values())
+    one_rate = write_report([_with_diagnostics("CR=16", "runs/cr16"), _summary("text", None, 0.5)], tmp_path)
+    assert f"({PLOTS['f1_vs_rate']})" not in one_rate.read_text() and not (tmp_path / PLOTS["f1_vs_rate"]).exists()
+    assert (tmp_path / PLOTS["diagnostics"]).exists()
     baseline = _summary("text-RAG LoRA", None, 0.5)  # a text baseline: no rate, no memory diagnostics
     text = write_report([baseline], tmp_path).read_text()
-    for name in ("f1_vs_rate", "diagnostics"):
+    for name in ("f1_vs_rate", "diagnostics", "positions"):
         assert f"({PLOTS[name]})" not in text and not (tmp_path / PLOTS[name]).exists()
     for name in ("recall", "latency"):
         assert f"({PLOTS[name]})" in text and (tmp_path / PLOTS[name]).exists()
@@ -124,4 +129,53 @@ def test_position_table_shows_the_clara_systems_scores_per_answer_position(tmp_p
     text = write_report([run], tmp_path).read_text()
     assert table in text and text.index("## Diagnostics") < text.index(table) < text.index("## Retrieval")
     assert text.index("## Scores by where the answer sits in its gold document") < text.index(table)
+    assert (tmp_path / PLOTS["positions"]).read_bytes()[:4] == b"\x89PNG" and f"({PLOTS['positions']})" in text
     assert "answer at words" not in write_report([_summary("old", 4, 0.3)], tmp_path).read_text()
+
+
+def _saved(directory, summary):
+    import json
+
+    directory.mkdir(parents=True)
+    (directory / "summary.json").write_text(json.dumps(summary))
+    return str(directory)
+
+
+def test_clara_report_puts_finished_evaluations_side_by_side(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    cr4 = _saved(tmp_path / "eval-cr4", _with_diagnostics("CR=4", "runs/cr4/model") | {"compression_rate": 4})
+    cr16 = _saved(tmp_path / "eval-cr16", _with_diagnostics("CR=16", "runs/cr16/model"))
+    result = CliRunner().invoke(app, ["report", cr4, f"{cr16}/summary.json", "--out", str(tmp_path / "both"),
+                                      "--label", "epoch CR 4", "--label", "epoch CR 16", "--title", "Rates",
+                                      "--preamble", "Two runs."])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "both" / "report.md").read_text()
+    assert text.startswith("# Rates\n\nTwo runs.\n")
+    assert "| epoch CR 4 | clara | oracle | 10 |" in text and "| epoch CR 16 | clara | oracle | 10 |" in text
+    assert (tmp_path / "both" / PLOTS["f1_vs_rate"]).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_clara_report_refuses_what_it_cannot_tell_apart_or_read(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    a = _saved(tmp_path / "a", _summary("CR=16", 16, 0.4))
+    b = _saved(tmp_path / "b", _summary("CR=16", 16, 0.3))
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "summary.json").write_text('{"label": "x", "gen')
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "summary.json").write_text('{"label": "x"}')
+    cases = [([a, b], [f"{b} and {a} are both labelled 'CR=16'", "--label"]),
+             ([a, b, "--label", "only one"], ["--label given 1 times for 2 evaluations"]),
+             ([a, str(tmp_path / "torn")], ["torn/summary.json", "not a JSON evaluation summary"]),
+             ([str(tmp_path / "other")], ["other/summary.json", "missing field 'num_questions'"])]
+    for argv, expected in cases:
+        result = CliRunner().invoke(app, ["report", *argv, "--out", str(tmp_path / "r")])
+        assert result.exit_code == 2, result.output
+        for part in expected:
+            assert part in result.stderr, (part, result.stderr)
+    assert not (tmp_path / "r").exists()  # nothing written

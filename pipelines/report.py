@@ -1,0 +1,82 @@
+"""`python -m pipelines.report EVALUATION... --out DIR` (also `clara report`).
+
+One report from several finished evaluations (output directories of `clara eval`, or their
+summary.json): their rows side by side in every table (answers, memory diagnostics, scores by
+answer position, retrieval) and one F1-vs-compression-rate plot over all of them, e.g. for
+checkpoints of one recipe trained at different rates in separate runs.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, List, Optional
+
+import typer
+
+from pipelines.cli_step import cli_step
+
+SUMMARY = "summary.json"
+REQUIRED = ("label", "num_questions", "generation", "retrieval")  # what every table reads
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """An evaluation's summary, from its output directory or the file itself; an error naming the
+    file when it is missing, not JSON or not an evaluation summary."""
+    from clara_ray.config import InputError
+
+    file = path / SUMMARY if path.is_dir() else path
+    if not file.is_file():
+        raise InputError(f"{file}: not found (an output directory of `clara eval` holds {SUMMARY} once it finished)")
+    try:
+        summary = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{file}: not a JSON evaluation summary ({e})") from e
+    missing = [key for key in REQUIRED if not isinstance(summary, dict) or key not in summary]
+    if missing:
+        raise InputError(f"{file}: not an evaluation summary (missing field {missing[0]!r})")
+    return summary
+
+
+def relabel(summaries: list[dict[str, Any]], labels: list[str] | None, sources: list[Path]) -> list[dict[str, Any]]:
+    """The summaries under the given labels (one per evaluation, in order), or their own; labels
+    must tell the runs apart, since every table row starts with one."""
+    from clara_ray.config import InputError
+
+    if labels:
+        if len(labels) != len(summaries):
+            raise InputError(f"--label given {len(labels)} times for {len(summaries)} evaluations: one per evaluation")
+        summaries = [{**s, "label": label} for s, label in zip(summaries, labels)]
+    seen: dict[str, Path] = {}
+    for s, source in zip(summaries, sources):
+        if s["label"] in seen:
+            raise InputError(f"{source} and {seen[s['label']]} are both labelled {s['label']!r}: "
+                             "tell them apart with one --label per evaluation")
+        seen[s["label"]] = source
+    return summaries
+
+
+@cli_step
+def main(
+    evaluations: Annotated[List[Path], typer.Argument(help="output directories of `clara eval` (or their summary.json)")],
+    out: Annotated[Path, typer.Option(help="directory for report.md and its plots")],
+    label: Annotated[Optional[List[str]], typer.Option(
+        help="a run's name in the tables, once per evaluation, in order (default: each summary's own label)")] = None,
+    title: Annotated[str, typer.Option(help="the report's heading")] = "Evaluation",
+    preamble: Annotated[str, typer.Option(help="Markdown under the heading: what was run, how")] = "",
+) -> None:
+    """Put finished evaluations side by side in one report.
+
+    The stage-3 model that `clara train --stage end_to_end` exports (CPU profile),
+    evaluated as in `clara eval --help` with its top-5 and again with its top-1:
+
+      clara report runs/eval runs/eval-top1 --out runs/eval-report \\
+        --label top-5 --label top-1
+    """
+    from clara_ray.evaluation.report import write_report
+
+    summaries = relabel([read_summary(p) for p in evaluations], label, evaluations)
+    typer.echo(f"report: {write_report(summaries, out, title=title, preamble=preamble)}")
+
+
+if __name__ == "__main__":
+    typer.run(main)
