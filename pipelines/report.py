@@ -12,11 +12,29 @@ from pathlib import Path
 from typing import Annotated, Any, List, Optional
 
 import typer
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipelines.cli_step import cli_step
 
 SUMMARY = "summary.json"
-REQUIRED = ("label", "num_questions", "generation", "retrieval")  # what every table reads
+
+
+class _Scores(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    n: int
+
+
+class _Answers(_Scores):
+    f1: float
+
+
+class EvaluationSummary(BaseModel):
+    """What every table and plot reads of a summary (the rest is optional or passed through)."""
+    model_config = ConfigDict(extra="allow")
+    label: str
+    num_questions: int
+    generation: dict[str, _Answers]
+    retrieval: dict[str, _Scores]
 
 
 def read_summary(path: Path) -> dict[str, Any]:
@@ -31,15 +49,18 @@ def read_summary(path: Path) -> dict[str, Any]:
         summary = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{file}: not a JSON evaluation summary ({e})") from e
-    missing = [key for key in REQUIRED if not isinstance(summary, dict) or key not in summary]
-    if missing:
-        raise InputError(f"{file}: not an evaluation summary (missing field {missing[0]!r})")
+    try:
+        EvaluationSummary.model_validate(summary)
+    except ValidationError as e:
+        error = e.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        raise InputError(f"{file}: not an evaluation summary (field {field}: {error['msg']})") from e
     return summary
 
 
 def relabel(summaries: list[dict[str, Any]], labels: list[str] | None, sources: list[Path]) -> list[dict[str, Any]]:
     """The summaries under the given labels (one per evaluation, in order), or their own; labels
-    must tell the runs apart, since every table row starts with one."""
+    must tell the runs apart, since every table row starts with one, and fit in a table cell."""
     from clara_ray.config import InputError
 
     if labels:
@@ -48,6 +69,9 @@ def relabel(summaries: list[dict[str, Any]], labels: list[str] | None, sources: 
         summaries = [{**s, "label": label} for s, label in zip(summaries, labels)]
     seen: dict[str, Path] = {}
     for s, source in zip(summaries, sources):
+        if not str(s["label"]).strip() or any(c in str(s["label"]) for c in "|\n"):
+            raise InputError(f"{source}: label {s['label']!r} would break the report's tables "
+                             "(empty, or with '|' or a line break): give it another with --label")
         if s["label"] in seen:
             raise InputError(f"{source} and {seen[s['label']]} are both labelled {s['label']!r}: "
                              "tell them apart with one --label per evaluation")

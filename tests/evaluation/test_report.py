@@ -169,10 +169,19 @@ def test_clara_report_refuses_what_it_cannot_tell_apart_or_read(tmp_path):
     (tmp_path / "torn" / "summary.json").write_text('{"label": "x", "gen')
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "summary.json").write_text('{"label": "x"}')
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "summary.json").write_text("[1, 2]")
+    no_f1 = _summary("CR=4", 4, 0.4)
+    del no_f1["generation"]["clara/normal"]["f1"]
+    _saved(tmp_path / "no_f1", no_f1)
     cases = [([a, b], [f"{b} and {a} are both labelled 'CR=16'", "--label"]),
              ([a, b, "--label", "only one"], ["--label given 1 times for 2 evaluations"]),
              ([a, str(tmp_path / "torn")], ["torn/summary.json", "not a JSON evaluation summary"]),
-             ([str(tmp_path / "other")], ["other/summary.json", "missing field 'num_questions'"])]
+             ([str(tmp_path / "other")], ["other/summary.json", "field num_questions: Field required"]),
+             ([str(tmp_path / "list")], ["list/summary.json", "field (top level)"]),
+             ([str(tmp_path / "no_f1")], ["no_f1/summary.json", "field generation.clara/normal.f1"]),
+             ([a, "--label", "CR | 16"], [f"{a}: label 'CR | 16' would break the report's tables"]),
+             ([a, "--label", " "], [f"{a}: label ' '"])]
     for argv, expected in cases:
         result = CliRunner().invoke(app, ["report", *argv, "--out", str(tmp_path / "r")])
         assert result.exit_code == 2, result.output
