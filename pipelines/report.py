@@ -41,6 +41,7 @@ def read_summary(path: Path) -> dict[str, Any]:
     """An evaluation's summary, from its output directory or the file itself; an error naming the
     file when it is missing, not JSON or not an evaluation summary."""
     from clara_ray.config import InputError
+    from clara_ray.unicode import encoding_problem
 
     file = path / SUMMARY if path.is_dir() else path
     if not file.is_file():
@@ -49,6 +50,11 @@ def read_summary(path: Path) -> dict[str, Any]:
         summary = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{file}: not a JSON evaluation summary ({e})") from e
+    except RecursionError as e:
+        raise InputError(f"{file}: not an evaluation summary (JSON nested too deeply)") from e
+    # JSON escapes can spell a lone surrogate, which no report file could hold
+    if problem := encoding_problem(json.dumps(summary, ensure_ascii=False)):
+        raise InputError(f"{file}: not an evaluation summary (its text {problem})")
     try:
         EvaluationSummary.model_validate(summary)
     except ValidationError as e:
@@ -62,6 +68,7 @@ def relabel(summaries: list[dict[str, Any]], labels: list[str] | None, sources: 
     """The summaries under the given labels (one per evaluation, in order), or their own; labels
     must tell the runs apart, since every table row starts with one, and fit in a table cell."""
     from clara_ray.config import InputError
+    from clara_ray.unicode import encoding_problem, printable
 
     if labels:
         if len(labels) != len(summaries):
@@ -69,9 +76,9 @@ def relabel(summaries: list[dict[str, Any]], labels: list[str] | None, sources: 
         summaries = [{**s, "label": label} for s, label in zip(summaries, labels)]
     seen: dict[str, Path] = {}
     for s, source in zip(summaries, sources):
-        if not str(s["label"]).strip() or any(c in str(s["label"]) for c in "|\n"):
-            raise InputError(f"{source}: label {s['label']!r} would break the report's tables "
-                             "(empty, or with '|' or a line break): give it another with --label")
+        if not s["label"].strip() or any(c in s["label"] for c in "|\n") or encoding_problem(s["label"]):
+            raise InputError(f"{source}: label {printable(s['label'])!r} would break the report's tables "
+                             "(empty, with '|' or a line break, or not Unicode text): give it another with --label")
         if s["label"] in seen:
             raise InputError(f"{source} and {seen[s['label']]} are both labelled {s['label']!r}: "
                              "tell them apart with one --label per evaluation")

@@ -216,7 +216,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         raise RuntimeError(f"{len(missing)} questions were not scored (first: {missing[0]}); rerun to resume")
     # rows scored before answer positions were kept gain them (a rerun on a finished directory
     # rewrites its summary and report with the scores by answer position, scoring nothing again)
-    rows = [{**answer_position(q), **done[q.id]} for q in questions]
+    rows = [done[q.id] if "answer_word" in done[q.id] else {**answer_position(q), **done[q.id]} for q in questions]
     reconstruction = _reconstruction(cfg, questions, out) if cfg.harness.reconstruction else None
     summary = {
         "label": cfg.label or f"CR={info['compression_rate']}",

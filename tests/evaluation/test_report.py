@@ -171,6 +171,9 @@ def test_clara_report_refuses_what_it_cannot_tell_apart_or_read(tmp_path):
     (tmp_path / "other" / "summary.json").write_text('{"label": "x"}')
     (tmp_path / "list").mkdir()
     (tmp_path / "list" / "summary.json").write_text("[1, 2]")
+    _saved(tmp_path / "surrogate", _summary("CR=\ud800", 4, 0.4))  # json.dumps escapes it: valid JSON
+    (tmp_path / "deep").mkdir()
+    (tmp_path / "deep" / "summary.json").write_text("[" * 100_000 + "]" * 100_000)
     no_f1 = _summary("CR=4", 4, 0.4)
     del no_f1["generation"]["clara/normal"]["f1"]
     _saved(tmp_path / "no_f1", no_f1)
@@ -181,7 +184,10 @@ def test_clara_report_refuses_what_it_cannot_tell_apart_or_read(tmp_path):
              ([str(tmp_path / "list")], ["list/summary.json", "field (top level)"]),
              ([str(tmp_path / "no_f1")], ["no_f1/summary.json", "field generation.clara/normal.f1"]),
              ([a, "--label", "CR | 16"], [f"{a}: label 'CR | 16' would break the report's tables"]),
-             ([a, "--label", " "], [f"{a}: label ' '"])]
+             ([a, "--label", " "], [f"{a}: label ' '"]),
+             ([a, "--label", "CR \udcff"], [f"{a}: label 'CR \\\\udcff'", "not Unicode text"]),
+             ([str(tmp_path / "surrogate")], ["surrogate/summary.json", "lone surrogate U+D800"]),
+             ([str(tmp_path / "deep")], ["deep/summary.json", "nested too deeply"])]
     for argv, expected in cases:
         result = CliRunner().invoke(app, ["report", *argv, "--out", str(tmp_path / "r")])
         assert result.exit_code == 2, result.output
