@@ -39,7 +39,9 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
         try:
             node[leaf] = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc.problem})") from None
+            # a reader error (a character YAML refuses, e.g. a control character) has no `problem`
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem})") from None
     return tree
 
 

@@ -68,7 +68,8 @@ def relabel(summaries: list[dict[str, Any]], labels: list[str] | None, sources: 
     """The summaries under the given labels (one per evaluation, in order), or their own; labels
     must tell the runs apart, since every table row starts with one, and fit in a table cell."""
     from clara_ray.config import InputError
-    from clara_ray.unicode import encoding_problem, printable
+    from clara_ray.evaluation.report import label_problem
+    from clara_ray.unicode import printable
 
     if labels:
         if len(labels) != len(summaries):
@@ -76,9 +77,9 @@ def relabel(summaries: list[dict[str, Any]], labels: list[str] | None, sources: 
         summaries = [{**s, "label": label} for s, label in zip(summaries, labels)]
     seen: dict[str, Path] = {}
     for s, source in zip(summaries, sources):
-        if not s["label"].strip() or any(c in s["label"] for c in "|\n") or encoding_problem(s["label"]):
+        if problem := label_problem(s["label"]):
             raise InputError(f"{source}: label {printable(s['label'])!r} would break the report's tables "
-                             "(empty, with '|' or a line break, or not Unicode text): give it another with --label")
+                             f"(it {problem}): give it another with --label")
         if s["label"] in seen:
             raise InputError(f"{source} and {seen[s['label']]} are both labelled {s['label']!r}: "
                              "tell them apart with one --label per evaluation")

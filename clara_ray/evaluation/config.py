@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from clara_ray.evaluation.harness import HarnessConfig
+from clara_ray.evaluation.report import label_problem
 from clara_ray.resources import ShippedPathStr
 
 
@@ -58,3 +59,10 @@ class EvalConfig(_Strict):
     ray: RayResources = Field(default_factory=RayResources)
     output_dir: str = Field(description="predictions.jsonl, summary.json, report.md, plots")
     label: Optional[str] = Field(None, description="run name in reports (default: CR=<compression rate>)")
+
+    @field_validator("label")
+    @classmethod
+    def _fits_a_table(cls, label: Optional[str]) -> Optional[str]:
+        if label is not None and (problem := label_problem(label)):
+            raise ValueError(f"the run name {problem}")
+        return label

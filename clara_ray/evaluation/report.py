@@ -25,6 +25,17 @@ PLOTS = {"f1_vs_rate": "f1_vs_compression_rate.png", "recall": "recall_at_k.png"
          "diagnostics": "diagnostics.png", "positions": "f1_by_answer_position.png"}
 
 
+def label_problem(label: str) -> str | None:
+    """Why `label` cannot name a run in the report's tables (every row starts with it), or None."""
+    from clara_ray.unicode import encoding_problem
+
+    if not label.strip():
+        return "is blank"
+    if "|" in label or "\n" in label or "\r" in label:
+        return "holds '|' or a line break, which would split a table row"
+    return encoding_problem(label)
+
+
 DIAGNOSTICS_NOTE = (
     "CLaRa's F1 with the oracle top-k and with `wrong_memory` (the same top-k, each gold document replaced by "
     "another article's), and the teacher-forced cross-entropy of the first gold answer (nats per answer token) "

@@ -33,3 +33,13 @@ def test_missing_file_and_bad_override():
         load_config(Outer, "/nonexistent.yaml")
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["noequals"])
+
+
+def test_override_value_yaml_refuses_names_the_override():
+    with pytest.raises(ConfigError, match=r"override 'name=\[1': the value is not valid YAML"):
+        parse_overrides(["name=[1"])
+    # characters YAML's reader refuses (a lone surrogate from undecodable argv bytes, a control character)
+    for value, shown in (("CR \udcff", "\\\\udcff"), ("CR \x07", "\\\\x07")):
+        with pytest.raises(ConfigError, match=rf"override 'name=CR {shown}': the value is not valid YAML "
+                                              r"\(unacceptable character"):
+            parse_overrides([f"name={value}"])

@@ -132,6 +132,19 @@ def test_foreign_memory_asks_the_loader_for_top_k_foreign_documents(tmp_path, ev
         questions_for(config(["foreign_memory"]))  # top_k = 2 foreign documents each
 
 
+def test_a_run_name_that_would_break_the_report_tables_is_refused():
+    from clara_ray.config import ConfigError, load_config
+
+    base = ["checkpoint=ckpt", "output_dir=out", "data.format=jsonl", "data.path=x.jsonl"]
+    assert load_config(EvalConfig, None, [*base, "label=CR 16 long run"]).label == "CR 16 long run"
+    for label, why in (("CR | 16", "holds '|' or a line break"), ("' '", "is blank"), ('"a\\nb"', "holds '|'")):
+        with pytest.raises(ConfigError, match=rf"label: .*the run name {why}"):
+            load_config(EvalConfig, None, [*base, f"label={label}"])
+    with pytest.raises(ValueError, match="the run name contains a lone surrogate"):  # e.g. spelled by a JSON escape
+        EvalConfig.model_validate({"checkpoint": "c", "output_dir": "o", "label": "CR \udcff",
+                                   "data": {"format": "jsonl", "path": "x.jsonl"}})
+
+
 def test_article_range_and_bad_checkpoint(tmp_path, eval_config):
     cfg = EvalConfig.model_validate({**eval_config.model_dump(), "data": {
         "format": "squad", "path": "x.json", "article_range": [3, 6]}})
