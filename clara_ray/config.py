@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
+from clara_ray.parsing import ParseError, parse_yaml, read_text
 from clara_ray.resources import resolve_path
 
 T = TypeVar("T", bound=BaseModel)
@@ -37,11 +37,10 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
         for part in parents:
             node = node.setdefault(part, {})
         try:
-            node[leaf] = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as exc:
-            # a reader error (a character YAML refuses, e.g. a control character) has no `problem`
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem})") from None
+            node[leaf] = parse_yaml(raw) if raw != "" else ""
+        except ParseError as exc:
+            shown = item if len(item) <= 100 else item[:100] + "..."
+            raise ConfigError(f"override {shown!r}: {exc.why}") from None
     return tree
 
 
@@ -59,12 +58,11 @@ def merge_dicts(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """The mapping a YAML file holds; `path` may name a shipped config (clara_ray.resources)."""
     try:
-        with resolve_path(path).open(encoding="utf-8") as fh:  # a stream: YAML errors then give line and column
-            loaded = yaml.safe_load(fh)
+        loaded = parse_yaml(read_text(resolve_path(path)))
     except (FileNotFoundError, IsADirectoryError):
         raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    except ParseError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
     return loaded or {}

@@ -51,6 +51,12 @@ def configure_logging(level: str | None = None) -> None:
 
 
 def one_line(exc: BaseException) -> str:
+    # An error raised in a Ray task comes back wrapped (RayTaskError(StoreError)), its message the
+    # task's traceback; Ray Data also appends its retry advice to the cause's. The user's line is
+    # the first of the cause.
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and cause is not exc:
+        return next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
     return " ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
 
 

@@ -41,17 +41,16 @@ def read_summary(path: Path) -> dict[str, Any]:
     """An evaluation's summary, from its output directory or the file itself; an error naming the
     file when it is missing, not JSON or not an evaluation summary."""
     from clara_ray.config import InputError
+    from clara_ray.parsing import ParseError, parse_json, read_text
     from clara_ray.unicode import encoding_problem
 
     file = path / SUMMARY if path.is_dir() else path
     if not file.is_file():
         raise InputError(f"{file}: not found (an output directory of `clara eval` holds {SUMMARY} once it finished)")
     try:
-        summary = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{file}: not a JSON evaluation summary ({e})") from e
-    except RecursionError as e:
-        raise InputError(f"{file}: not an evaluation summary (JSON nested too deeply)") from e
+        summary = parse_json(read_text(file))
+    except ParseError as e:
+        raise InputError(f"{file}: not a JSON evaluation summary ({e})") from None
     # JSON escapes can spell a lone surrogate, which no report file could hold
     if problem := encoding_problem(json.dumps(summary, ensure_ascii=False)):
         raise InputError(f"{file}: not an evaluation summary (its text {problem})")

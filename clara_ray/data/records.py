@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from clara_ray.atomic import write_atomic
 from clara_ray.config import InputError
+from clara_ray.parsing import ParseError, decode_text, parse_json
 
 Stage = Literal["compress_pretrain", "instruct", "retrieval_warmup", "end_to_end"]
 # retrieval_warmup: the optional query-reasoner warm-up before stage 3 (docs/design.md section 4).
@@ -141,23 +142,36 @@ def parse_record(obj: Any, stage: str, source: str = "<record>", line: int | Non
         raise RecordError(source, line, f"invalid {stage} record: {problems}") from None
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, parsed object), skipping blank lines; bad JSON names its line."""
-    path = Path(path)
-    with path.open(encoding="utf-8") as fh:
-        for number, text in enumerate(fh, start=1):
+def jsonl_objects(lines: Iterable[bytes], source: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) for each non-blank line; a line that is not UTF-8 JSON raises
+    naming `source` and the line. Lines end at b"\n" only: str.splitlines would also split at
+    U+2028 and other separators, which JSON strings may hold as they are."""
+    for number, raw in enumerate(lines, start=1):
+        try:
+            text = decode_text(raw)
             if not text.strip():
                 continue
-            try:
-                yield number, json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise RecordError(str(path), number, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+            obj = parse_json(text)
+        except ParseError as exc:
+            raise RecordError(source, number, exc.why) from None
+        yield number, obj
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, parsed object) of a JSONL file, skipping blank lines; bad lines name their line."""
+    with Path(path).open("rb") as fh:
+        yield from jsonl_objects(fh, str(path))
+
+
+# Characters str.splitlines (and so Ray Data's read_text) breaks lines at that json.dumps leaves
+# unescaped with ensure_ascii=False; their JSON escapes keep one record on one line for any reader.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     """Write `rows` as JSONL in one atomic step (a crash leaves the old file or none, never half
     of one); keys sorted, so rebuilding from the same inputs gives the same bytes. Returns the count."""
-    lines = [json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows]
+    lines = [json.dumps(row, ensure_ascii=False, sort_keys=True).translate(_LINE_BREAKS) + "\n" for row in rows]
     write_atomic(Path(path), "".join(lines))
     return len(lines)
 

@@ -27,7 +27,6 @@ evaluation built from them is not made easier.
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any, Iterable
 
 from clara_ray.config import InputError
 from clara_ray.data.records import parse_record, write_jsonl
+from clara_ray.parsing import ParseError, parse_json, read_text
 
 STAGE_FILES = {
     "compress_pretrain": "pretrain_data.jsonl",
@@ -102,11 +102,11 @@ def load_squad(path: str | Path) -> list[list[Paragraph]]:
     """Articles of paragraphs; a malformed entry raises naming the file and its JSON path."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = parse_json(read_text(path))
     except FileNotFoundError:
         raise SquadFormatError(f"{path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise SquadFormatError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    except ParseError as exc:
+        raise SquadFormatError(f"{path}:{exc.line}: {exc.why}" if exc.line else f"{path}: {exc.why}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
         raise SquadFormatError(f"{path}: expected an object with a 'data' list (SQuAD format)")
     articles = []

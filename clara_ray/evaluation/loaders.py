@@ -10,7 +10,6 @@ gold documents and the `foreign_memory` setting in place of its whole top-k.
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -18,6 +17,7 @@ from typing import Any, Iterator, Sequence
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from clara_ray.data.records import ANSWER_FIELDS, RecordError, check_positions, iter_jsonl
+from clara_ray.parsing import ParseError, parse_json, read_text
 from clara_ray.unicode import encoding_problem
 
 # The paper's four benchmarks share one JSONL layout (FlashRAG-style); SQuAD has its own JSON.
@@ -111,9 +111,9 @@ def _squad_field(container: Any, key: str, kind: type, where: str, source: str) 
 
 def _read_squad(path: str | Path) -> list[Any]:
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise RecordError(str(path), exc.lineno, f"invalid JSON: {exc.msg}") from None
+        data = parse_json(read_text(path))
+    except ParseError as exc:
+        raise RecordError(str(path), exc.line, exc.why) from None
     return _squad_field(data, "data", list, "<root>", str(path))
 
 

@@ -19,9 +19,8 @@ import string
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
-
 from clara_ray.config import InputError
+from clara_ray.parsing import ParseError, parse_yaml, read_text
 
 SUBMIT_KEYS = {"entrypoint", "runtime_env", "entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
                "entrypoint_resources", "metadata"}
@@ -48,8 +47,8 @@ def load_job_spec(path: str | Path, variables: Mapping[str, str] | None = None,
     the key or variable."""
     path = Path(path)
     try:
-        spec = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        spec = parse_yaml(read_text(path))
+    except (OSError, ParseError) as exc:
         raise JobSpecError(f"{path}: {exc}") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("entrypoint"), str):
         raise JobSpecError(f"{path}: a job spec is a mapping with an 'entrypoint' string")

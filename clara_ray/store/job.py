@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clara_ray.batches import run_isolated
+from clara_ray.parsing import ParseError, decode_text, parse_json
 from clara_ray.store.builder import IndexBuilder, StoreWriter, write_index
 from clara_ray.store.errors import StoreError
 from clara_ray.store.index import IndexConfig
@@ -166,17 +167,42 @@ def document_error(row: dict, reason: str) -> str:
     return f"{row['source']}: record id={row['id']!r}: {reason}"
 
 
+def _jsonl_lines_source(paths: list[str]):
+    """A Ray Data source of the lines of JSONL files: {text, path, line}. Not read_text, which
+    breaks lines at U+2028 and the other separators of str.splitlines (JSON strings may hold them as
+    they are) and drops the line numbers errors should name."""
+    from ray.data.datasource import FileBasedDatasource
+
+    class JsonlLines(FileBasedDatasource):
+        _FILE_EXTENSIONS = ["jsonl"]
+
+        def _read_stream(self, f: "pyarrow.NativeFile", path: str) -> Iterator["pyarrow.Table"]:
+            import pyarrow as pa
+
+            rows = {"text": [], "path": [], "line": []}
+            for number, raw in enumerate(f.readall().split(b"\n"), start=1):
+                try:
+                    text = decode_text(raw)
+                except ParseError as exc:
+                    raise StoreError(f"{path}:{number}: {exc.why}") from None
+                if text.strip():
+                    for column, value in (("text", text), ("path", path), ("line", number)):
+                        rows[column].append(value)
+            if rows["line"]:
+                yield pa.table(rows)
+
+    return JsonlLines(paths)
+
+
 def _parse_jsonl_lines(batch: dict) -> dict:
     rows = []
-    for line, path in zip(batch["text"], batch["path"]):
-        if not line.strip():
-            continue
+    for line, path, number in zip(batch["text"], batch["path"], batch["line"]):
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise StoreError(f"{path}: invalid JSON line {line[:80]!r}: {exc}") from None
+            record = parse_json(line)
+        except ParseError as exc:
+            raise StoreError(f"{path}:{number}: {exc.why}") from None
         if not isinstance(record, dict):
-            raise StoreError(f"{path}: line {line[:80]!r} is not a JSON object")
+            raise StoreError(f"{path}:{number}: a corpus record is a JSON object, got {type(record).__name__}")
         rows.append(normalise_record(record, path))
     return _columns(rows)
 
@@ -200,8 +226,8 @@ def read_corpus(corpus: str | Path, min_blocks: int | None = None):
     parts = []
     if jsonl:
         # read as text lines: records may carry arbitrary extra fields that Arrow's JSON schema
-        # inference would choke on, and we want errors that quote the offending line
-        parts.append(ray.data.read_text(jsonl, include_paths=True, override_num_blocks=min_blocks)
+        # inference would choke on
+        parts.append(ray.data.read_datasource(_jsonl_lines_source(jsonl), override_num_blocks=min_blocks)
                      .map_batches(_parse_jsonl_lines, batch_format="numpy"))
     if parquet:
         parts.append(ray.data.read_parquet(parquet, include_paths=True, override_num_blocks=min_blocks)

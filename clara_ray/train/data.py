@@ -7,12 +7,11 @@ the driver, before any worker starts) instead of being dropped or crashing a tra
 from __future__ import annotations
 
 import itertools
-import json
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from clara_ray.data.records import RECORD_TYPES, Record, RecordError, parse_record
+from clara_ray.data.records import RECORD_TYPES, Record, RecordError, jsonl_objects, parse_record
 
 if TYPE_CHECKING:
     import pyarrow
@@ -38,13 +37,7 @@ def _datasource_class():
             import pyarrow as pa
 
             rows = {RECORD_COLUMN: [], "source": [], "line": []}
-            for number, text in enumerate(f.readall().decode("utf-8").splitlines(), start=1):
-                if not text.strip():
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise RecordError(path, number, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+            for number, obj in jsonl_objects(f.readall().split(b"\n"), path):
                 record = parse_record(obj, self.stage, path, number)
                 rows[RECORD_COLUMN].append(record.model_dump_json())
                 rows["source"].append(path)

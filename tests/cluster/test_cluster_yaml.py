@@ -173,3 +173,9 @@ def test_job_spec_errors_name_the_file_and_problem(tmp_path, monkeypatch):
     bad.write_text("entrypoint: x\nentrypoint_gpus: 1\n")
     with pytest.raises(JobSpecError, match="unknown keys"):
         load_job_spec(bad)
+    bad.write_bytes(b"entrypoint: \xff\n")
+    with pytest.raises(JobSpecError, match=r"bad.yaml: line 1: not UTF-8 text"):
+        load_job_spec(bad)
+    bad.write_bytes(b"entrypoint: " + b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(JobSpecError, match=r"bad.yaml: invalid YAML: nested too deeply"):
+        load_job_spec(bad)

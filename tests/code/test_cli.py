@@ -77,6 +77,8 @@ def test_a_help_example_runs_as_shown():
 def bad_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("stage: instruct\n  optim: [\n")
     (tmp_path / "unknown.yaml").write_text("chunk:\n  max_chars: 1500\n")
+    (tmp_path / "latin1.json").write_bytes(b'{"data": [{"title": "Caf\xe9"}]}')
+    (tmp_path / "utf16.yaml").write_text("stage: instruct\n", encoding="utf-16")
     return tmp_path
 
 
@@ -98,7 +100,24 @@ CASES = {
     "missing data": (["build-squad-data", "--squad", "{tmp}/none.json", "--out", "{tmp}/o"], ["{tmp}/none.json"]),
     "unknown benchmark": (["bench", "--only", "nope"], ["nope"]),
     "unfinished evaluation": (["report", "{tmp}", "--out", "{tmp}/r"], ["{tmp}/summary.json", "not found"]),
+    "data not UTF-8": (["build-squad-data", "--squad", "{tmp}/latin1.json", "--out", "{tmp}/o"],
+                       ["{tmp}/latin1.json:1: not UTF-8 text (byte 0xe9 at column 25)"]),
+    "config not UTF-8": (["train", "--stage", "instruct", "--config", "{tmp}/utf16.yaml"],
+                         ["{tmp}/utf16.yaml: line 1: not UTF-8 text (byte 0xff at column 1)"]),
 }
+
+
+def test_an_input_error_raised_in_a_ray_task_is_shown_by_its_first_line():
+    from ray.exceptions import RayTaskError
+
+    from clara_ray.store.errors import StoreError
+    from pipelines.cli_step import one_line
+
+    cause = StoreError("corpus.jsonl:7: not UTF-8 text (byte 0xe9 at column 26)\nFailed to read stream iteratively")
+    wrapped = RayTaskError("ReadJsonlLines", "Traceback (most recent call last):\n  File ...", cause).as_instanceof_cause()
+    assert isinstance(wrapped, StoreError)  # what cli_step catches
+    assert one_line(wrapped) == "corpus.jsonl:7: not UTF-8 text (byte 0xe9 at column 26)"
+    assert one_line(StoreError("a\n  b")) == "a b"
 
 
 @pytest.mark.parametrize("case", CASES)

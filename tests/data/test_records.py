@@ -39,11 +39,30 @@ def test_bad_records_name_file_line_and_reason(tmp_path, stage, obj, message):
     assert info.value.line == 3
 
 
-def test_invalid_json_names_its_line(tmp_path):
+@pytest.mark.parametrize("line, why", [
+    (b'{"question": ', "invalid JSON: Expecting value"),
+    (b'{"question": "q\xff"}', r"not UTF-8 text \(byte 0xff at column 16\)"),  # e.g. a Latin-1 file
+    (b'{"question": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "invalid JSON: nested too deeply"),
+    (b'{"question": ' + b"9" * 5000 + b"}", "invalid JSON: Exceeds the limit"),
+])
+def test_a_line_that_is_not_utf8_json_names_its_line(tmp_path, line, why):
     path = tmp_path / "broken.jsonl"
-    path.write_text('{"question": "q", "docs": ["d"], "answer": "a"}\n{"question": \n')
-    with pytest.raises(RecordError, match=r"broken.jsonl:2: invalid JSON"):
+    path.write_bytes(b'{"question": "q", "docs": ["d"], "answer": "a"}\n' + line + b"\n")
+    with pytest.raises(RecordError, match=rf"broken.jsonl:2: {why}"):
         read_records(path, "instruct")
+
+
+def test_line_separators_inside_json_strings_stay_in_their_record(tmp_path):
+    """write_jsonl escapes what str.splitlines would break at; raw ones, as other tools write them, split no line."""
+    rows = [{"question": "a\u2028b\x85c\x0cd", "docs": ["d\u2029e"], "answer": "a"}] * 2
+    path = tmp_path / "sep.jsonl"
+    write_jsonl(path, rows)
+    assert len(path.read_text(encoding="utf-8").splitlines()) == 2
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")  # raw
+    for _ in range(2):
+        records = read_records(path, "instruct")
+        assert [r.question for r in records] == ["a\u2028b\x85c\x0cd"] * 2 and records[0].docs == ["d\u2029e"]
+        write_jsonl(path, rows)
 
 
 def test_empty_file_is_an_error(tmp_path):

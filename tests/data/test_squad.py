@@ -86,6 +86,15 @@ def test_malformed_squad_names_the_entry(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_file_that_is_not_utf8_json_is_named(tmp_path):
+    for name, content, message in (("latin1.json", b'{"data": [\n"\xe9"]}', r"latin1\.json:2: not UTF-8 text"),
+                                   ("deep.json", b"[" * 100_000 + b"]" * 100_000, r"deep\.json: invalid JSON: nested")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(SquadFormatError, match=message):
+            build_squad_data(tmp_path / name, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+
 def test_too_few_paragraphs_for_the_negatives_is_an_error(tmp_path):
     with pytest.raises(SquadFormatError, match="negatives needed"):
         build_squad_data(_squad(tmp_path, articles=1, paragraphs=3), tmp_path / "out", end_to_end_docs=20)

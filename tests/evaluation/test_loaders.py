@@ -50,6 +50,15 @@ def test_paper_jsonl_bad_json_names_line(tmp_path):
         load_eval_jsonl(path)
 
 
+def test_paper_jsonl_and_squad_files_that_are_not_utf8_name_file_and_line(tmp_path):
+    (tmp_path / "nq.jsonl").write_bytes(b'{"question": "ok", "answers": ["y"], "docs": ["d"]}\n{"question": "\xe9"}\n')
+    with pytest.raises(RecordError, match=r"nq.jsonl:2: not UTF-8 text"):
+        load_eval_jsonl(tmp_path / "nq.jsonl")
+    (tmp_path / "squad.json").write_bytes(b'{"data": [\n\n"\xff"]}')
+    with pytest.raises(RecordError, match=r"squad.json:3: not UTF-8 text \(byte 0xff at column 2\)"):
+        load_squad(tmp_path / "squad.json")
+
+
 def test_squad_small_file_and_field_errors(tmp_path):
     article = {"title": "A", "paragraphs": [
         {"context": "Para zero.", "qas": [{"id": "q0", "question": "Zero?", "answers": [{"text": "zero"}, {"text": "zero"}]}]},

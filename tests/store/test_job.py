@@ -44,6 +44,32 @@ def test_normalise_record_fills_ids_and_names_bad_input():
         normalise_record({"id": "x", "text": "t", "chunk": "two"}, "corpus.jsonl")
 
 
+def test_corpus_lines_that_are_not_json_objects_name_file_and_line():
+    from clara_ray.store.job import _parse_jsonl_lines
+
+    rows = _parse_jsonl_lines({"text": ['{"text": "ok"}'], "path": ["c.jsonl"], "line": [1]})
+    assert list(rows["text"]) == ["ok"]
+    for line, why in (('{"text": ', "invalid JSON: Expecting value"), ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+                      ('{"chunk": ' + "9" * 5000 + "}", "Exceeds the limit"), ("[1]", "is a JSON object, got list")):
+        with pytest.raises(StoreError, match=rf"^c.jsonl:7: .*{why}"):
+            _parse_jsonl_lines({"text": [line], "path": ["c.jsonl"], "line": [7]})
+
+
+@pytest.mark.slow
+def test_corpus_jsonl_lines_end_at_newlines_only_and_bad_bytes_name_their_line(ray_cluster, tmp_path):
+    from clara_ray.store.job import read_corpus
+
+    texts = ["one\u2028two", "three\x85four", "five"]  # valid JSON strings; str.splitlines breaks them
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": t}, ensure_ascii=False) + "\n\n"
+                              for i, t in enumerate(texts)), encoding="utf-8")
+    assert sorted(r["text"] for r in read_corpus(corpus).take_all()) == sorted(texts)
+    with corpus.open("ab") as fh:
+        fh.write(b'{"id": "d3", "text": "caf\xe9"}\n')  # a Latin-1 line
+    with pytest.raises(StoreError, match=r"corpus.jsonl:7: not UTF-8 text \(byte 0xe9 at column 26\)"):
+        read_corpus(corpus).take_all()
+
+
 def test_text_that_is_not_unicode_makes_a_failed_document_not_a_failed_job():
     row = normalise_record({"id": "d7", "text": json.loads('"bad \\ud800 text"')}, "corpus.jsonl")
     assert row["text"] == "" and row["error"].startswith("corpus.jsonl: record id='d7': field 'text' contains a lone")

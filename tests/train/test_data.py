@@ -41,6 +41,18 @@ def test_invalid_json_names_its_line(ray_cluster, tmp_path):
     path = _write(tmp_path / "broken.jsonl", [json.dumps(GOOD), '{"question": '])
     with pytest.raises(Exception, match=r"broken\.jsonl:2: invalid JSON"):
         read_stage_dataset([str(path)], "instruct")
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n\n" + b'{"question": "\xe9t\xe9"}\n')  # Latin-1
+    with pytest.raises(Exception, match=r"broken\.jsonl:3: not UTF-8 text \(byte 0xe9 at column 15\)"):
+        read_stage_dataset([str(path)], "instruct")
+
+
+def test_line_separators_inside_json_strings_split_no_record(ray_cluster, tmp_path):
+    """Stage files keep U+2028 as it is (write_jsonl, ensure_ascii=False): one record, one line."""
+    question = "Where\u2028does the Danube\x85rise?"
+    path = _write(tmp_path / "sep.jsonl", [json.dumps({**GOOD, "question": question}, ensure_ascii=False)] * 3)
+    rows = read_stage_dataset([str(path)], "end_to_end").take_all()
+    assert sorted(r["line"] for r in rows) == [1, 2, 3]
+    assert {EndToEndRecord.model_validate_json(r["record"]).question for r in rows} == {question}
 
 
 def test_missing_file_is_named(tmp_path):
