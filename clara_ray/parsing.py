@@ -60,7 +60,9 @@ def parse_yaml(text: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         why = ", ".join(part for part in (exc.context, exc.problem) if part)
-        raise ParseError(f"invalid YAML: {why}", mark.line + 1 if mark else None) from None
+        if mark is None:
+            raise ParseError(f"invalid YAML: {why}") from None
+        raise ParseError(f"invalid YAML: {why} (column {mark.column + 1})", mark.line + 1) from None
     except yaml.YAMLError as exc:  # a character YAML refuses (a control character, a lone surrogate)
         raise ParseError(f"invalid YAML: {str(exc).splitlines()[0]}") from None
     except RecursionError:

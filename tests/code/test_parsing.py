@@ -34,7 +34,8 @@ def test_json_that_parses_is_returned_as_json_loads_would():
 
 
 @pytest.mark.parametrize("text, why, line", [
-    ("a: 1\nb: [1\n", "invalid YAML: while parsing a flow sequence, expected ','", 3),
+    ("a: 1\nb: [1\n", r"invalid YAML: while parsing a flow sequence, expected ',' .*\(column 1\)$", 3),
+    ("a: 1\n  b: 2\n", r"invalid YAML: mapping values are not allowed here \(column 4\)$", 2),
     ("a: \x07\n", "invalid YAML: unacceptable character #x0007", None),
     ("a: " + DEEP, "invalid YAML: nested too deeply", None),
 ])
