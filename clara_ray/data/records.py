@@ -142,15 +142,24 @@ def parse_record(obj: Any, stage: str, source: str = "<record>", line: int | Non
         raise RecordError(source, line, f"invalid {stage} record: {problems}") from None
 
 
-def jsonl_objects(lines: Iterable[bytes], source: str) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed object) for each non-blank line; a line that is not UTF-8 JSON raises
-    naming `source` and the line. Lines end at b"\n" only: str.splitlines would also split at
-    U+2028 and other separators, which JSON strings may hold as they are."""
+def jsonl_texts(lines: Iterable[bytes], source: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line; a line that is not UTF-8 raises naming `source`
+    and the line. Lines end at b"\n" only: str.splitlines would also split at U+2028 and other
+    separators, which JSON strings may hold as they are."""
     for number, raw in enumerate(lines, start=1):
         try:
             text = decode_text(raw)
-            if not text.strip():
-                continue
+        except ParseError as exc:
+            raise RecordError(source, number, exc.why) from None
+        if text.strip():
+            yield number, text
+
+
+def jsonl_objects(lines: Iterable[bytes], source: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) of each non-blank line; a line that is not UTF-8 JSON raises
+    naming `source` and the line."""
+    for number, text in jsonl_texts(lines, source):
+        try:
             obj = parse_json(text)
         except ParseError as exc:
             raise RecordError(source, number, exc.why) from None

@@ -22,7 +22,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clara_ray.batches import run_isolated
-from clara_ray.parsing import ParseError, decode_text, parse_json
+from clara_ray.data.records import RecordError, jsonl_texts
+from clara_ray.parsing import ParseError, parse_json
 from clara_ray.store.builder import IndexBuilder, StoreWriter, write_index
 from clara_ray.store.errors import StoreError
 from clara_ray.store.index import IndexConfig
@@ -179,16 +180,13 @@ def _jsonl_lines_source(paths: list[str]):
         def _read_stream(self, f: "pyarrow.NativeFile", path: str) -> Iterator["pyarrow.Table"]:
             import pyarrow as pa
 
-            rows = {"text": [], "path": [], "line": []}
-            for number, raw in enumerate(f.readall().split(b"\n"), start=1):
-                try:
-                    text = decode_text(raw)
-                except ParseError as exc:
-                    raise StoreError(f"{path}:{number}: {exc.why}") from None
-                if text.strip():
-                    for column, value in (("text", text), ("path", path), ("line", number)):
-                        rows[column].append(value)
-            if rows["line"]:
+            try:
+                lines = list(jsonl_texts(f.readall().split(b"\n"), path))
+            except RecordError as exc:
+                raise StoreError(str(exc)) from None
+            rows = {"text": [text for _, text in lines], "path": [path] * len(lines),
+                    "line": [number for number, _ in lines]}
+            if lines:
                 yield pa.table(rows)
 
     return JsonlLines(paths)
