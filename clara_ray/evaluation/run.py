@@ -156,10 +156,10 @@ def _reconstruction(cfg: EvalConfig, questions: list[EvalQuestion], out: Path) -
 
 def checkpoint_info(path: str) -> dict[str, Any]:
     """Compression rate and backbone from the saved config, for labels and plots."""
-    from clara_ray.model.modeling import CONFIG_FILE
+    from clara_ray.model.configuration import CLaRaConfig
 
-    saved = json.loads((Path(path) / CONFIG_FILE).read_text())
-    return {key: saved.get(key) for key in ("backbone", "compression_rate", "doc_max_length", "trained")}
+    return CLaRaConfig.from_pretrained(path).model_dump(include={"backbone", "compression_rate", "doc_max_length",
+                                                                  "trained"})
 
 
 def _claim_output_dir(cfg: EvalConfig, out: Path) -> None:

@@ -1,13 +1,23 @@
 """CLaRaConfig: everything that defines a CLaRa model besides its weights."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from clara_ray.config import ConfigError, InputError, validate_config
+from clara_ray.parsing import ParseError, parse_json, read_text
+
 ADAPTERS = ("compressor", "query_reasoner", "generator")
+CONFIG_FILE = "clara_config.json"  # in every checkpoint directory, beside the weights
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CheckpointError(InputError):
+    """A directory given as a CLaRa checkpoint that is not one, or one whose files are damaged;
+    the message names the file."""
 
 
 class LoraSettings(BaseModel):
@@ -59,6 +69,24 @@ class CLaRaConfig(BaseModel):
                 f"doc_max_length ({self.doc_max_length}) must be >= compression_rate ({self.compression_rate})"
             )
         return self
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides) -> "CLaRaConfig":
+        """The config a checkpoint directory was saved with, `overrides` laid over it (no weights read)."""
+        config_file = Path(path) / CONFIG_FILE
+        if not config_file.is_file():
+            raise CheckpointError(f"{path} is not a CLaRa checkpoint (no {CONFIG_FILE})")
+        try:
+            saved = parse_json(read_text(config_file))
+        except (OSError, ParseError) as exc:
+            raise CheckpointError(f"{config_file}: {exc}") from None
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{config_file}: top level must be a JSON object, got {type(saved).__name__}")
+        source = f"{config_file} (with overrides {sorted(overrides)})" if overrides else str(config_file)
+        try:
+            return validate_config(cls, {**saved, **overrides}, source)
+        except ConfigError as exc:
+            raise CheckpointError(str(exc)) from None
 
     @property
     def num_memory_tokens(self) -> int:

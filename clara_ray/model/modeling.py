@@ -6,7 +6,6 @@ and save/load. docs/design.md sections 1-5 and 7 describe the behaviour.
 """
 from __future__ import annotations
 
-import json
 import random
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -25,12 +25,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from clara_ray.backbones import resolve_backbone
 from clara_ray.data.records import CompressPretrainRecord, EndToEndRecord, InstructRecord, RetrievalRecord
 from clara_ray.model import prompts
-from clara_ray.model.configuration import ADAPTERS, CLaRaConfig
+from clara_ray.model.configuration import ADAPTERS, CONFIG_FILE, CheckpointError, CLaRaConfig
 from clara_ray.model.embeddings import ExtendedEmbedding
 from clara_ray.model.prompt_head import PromptHeadCache, shared_head
 from clara_ray.model.topk import cosine_scores, straight_through_topk
 
-CONFIG_FILE = "clara_config.json"
 MEMORY_ROWS_FILE = "memory_embeddings.safetensors"
 ADAPTER_DIR = "adapters"
 
@@ -692,23 +691,25 @@ class CLaRa(nn.Module):
                         **overrides) -> "CLaRa":
         """Load a saved CLaRa; `overrides` replace config fields (e.g. dtype, backbone path)."""
         path = Path(path)
-        config_file = path / CONFIG_FILE
-        if not config_file.exists():
-            raise FileNotFoundError(f"{path} is not a CLaRa checkpoint (no {CONFIG_FILE})")
-        config = CLaRaConfig.model_validate({**json.loads(config_file.read_text()), **overrides})
-        model = cls.from_config(config, device=None)
+        model = cls.from_config(CLaRaConfig.from_pretrained(path, **overrides), device=None)
         for name in ADAPTERS:
             file = path / ADAPTER_DIR / f"{name}.safetensors"
             if file.exists():
-                result = set_peft_model_state_dict(model.backbone, load_file(str(file)), adapter_name=name)
+                try:
+                    result = set_peft_model_state_dict(model.backbone, _read_weights(file), adapter_name=name)
+                except RuntimeError as exc:  # torch's "size mismatch" for a tensor of another shape
+                    why = str(exc).strip().splitlines()[-1].strip()  # torch lists each tensor on a line
+                    raise CheckpointError(f"{file}: weights do not fit this backbone: {why}") from None
                 if getattr(result, "unexpected_keys", None):
-                    raise ValueError(f"{file}: weights do not fit this backbone: {result.unexpected_keys[:3]}")
+                    raise CheckpointError(f"{file}: weights do not fit this backbone: {result.unexpected_keys[:3]}")
             else:
                 model.config.trained.pop(name, None)
-        saved = load_file(str(path / MEMORY_ROWS_FILE))
+        saved = _read_weights(path / MEMORY_ROWS_FILE)
+        if "new_rows" not in saved:
+            raise CheckpointError(f"{path / MEMORY_ROWS_FILE}: no new_rows tensor")
         rows = saved["new_rows"]
         if rows.shape != model.embeddings.new_rows.shape:
-            raise ValueError(f"{path / MEMORY_ROWS_FILE}: shape {tuple(rows.shape)} does not fit "
+            raise CheckpointError(f"{path / MEMORY_ROWS_FILE}: shape {tuple(rows.shape)} does not fit "
                              f"{tuple(model.embeddings.new_rows.shape)} (does an override change doc_max_length "
                              f"or compression_rate of the saved model? overrides: {sorted(overrides)})")
         with torch.no_grad():
@@ -717,6 +718,15 @@ class CLaRa(nn.Module):
                 model.memory_center.copy_(saved["memory_center"])
                 model.memory_center_batches.copy_(saved["memory_center_batches"])
         return model.to(device) if device is not None else model
+
+
+def _read_weights(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing (is the checkpoint directory complete?)") from None
+    except (OSError, SafetensorError) as exc:  # missing, or not a safetensors file (truncated copy)
+        raise CheckpointError(f"{file}: unreadable weights ({exc})") from None
 
 
 class _AdapterSelection:

@@ -95,12 +95,8 @@ class PrecompressConfig(BaseModel):
 def checkpoint_config(checkpoint: str | Path):
     """The CLaRaConfig a checkpoint directory was saved with (no weights loaded)."""
     from clara_ray.model import CLaRaConfig
-    from clara_ray.model.modeling import CONFIG_FILE
 
-    config_file = Path(checkpoint) / CONFIG_FILE
-    if not config_file.is_file():
-        raise StoreError(f"{checkpoint} is not a CLaRa checkpoint (no {CONFIG_FILE})")
-    return CLaRaConfig.model_validate_json(config_file.read_text())
+    return CLaRaConfig.from_pretrained(checkpoint)
 
 
 def checkpoint_identity_from_dir(checkpoint: str | Path) -> CheckpointIdentity:

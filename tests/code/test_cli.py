@@ -79,6 +79,8 @@ def bad_files(tmp_path):
     (tmp_path / "unknown.yaml").write_text("chunk:\n  max_chars: 1500\n")
     (tmp_path / "latin1.json").write_bytes(b'{"data": [{"title": "Caf\xe9"}]}')
     (tmp_path / "utf16.yaml").write_text("stage: instruct\n", encoding="utf-16")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "clara_config.json").write_text('{"backbone": ')  # a copy cut short
     return tmp_path
 
 
@@ -102,6 +104,10 @@ CASES = {
     "unfinished evaluation": (["report", "{tmp}", "--out", "{tmp}/r"], ["{tmp}/summary.json", "not found"]),
     "data not UTF-8": (["build-squad-data", "--squad", "{tmp}/latin1.json", "--out", "{tmp}/o"],
                        ["{tmp}/latin1.json:1: not UTF-8 text (byte 0xe9 at column 25)"]),
+    "damaged checkpoint": (["eval", "--config", "experiments/configs/eval_squad_cpu.yaml", "checkpoint={tmp}/ckpt",
+                            "output_dir={tmp}/eval"], ["{tmp}/ckpt/clara_config.json: line 1: invalid JSON"]),
+    "damaged checkpoint to precompress": (["precompress", "--checkpoint", "{tmp}/ckpt", "--corpus", "{tmp}",
+                                           "--out", "{tmp}/store"], ["{tmp}/ckpt/clara_config.json: line 1"]),
     "config not UTF-8": (["train", "--stage", "instruct", "--config", "{tmp}/utf16.yaml"],
                          ["{tmp}/utf16.yaml: line 1: not UTF-8 text (byte 0xff at column 1)"]),
 }

@@ -134,9 +134,38 @@ def test_every_saved_adapter_loads_and_missing_ones_are_marked_untrained(tiny_mo
         loaded.generate_from_paraphrase(["text"], max_new_tokens=2)
 
 
-def test_from_pretrained_rejects_a_non_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a CLaRa checkpoint"):
-        CLaRa.from_pretrained(tmp_path)
+def _spoil_adapter_with_another_rank(ckpt, config):
+    other = CLaRa.from_config(config.model_copy(update={"lora": config.lora.model_copy(update={"r": 4})}))
+    other.save_pretrained(ckpt.parent / "other")
+    (ckpt.parent / "other" / "adapters" / "generator.safetensors").replace(ckpt / "adapters" / "generator.safetensors")
+
+
+DAMAGED_WEIGHTS = {
+    "adapter not safetensors": ("adapters/generator.safetensors",
+                                lambda ckpt, _: (ckpt / "adapters" / "generator.safetensors").write_bytes(b"garbage"),
+                                "unreadable weights"),
+    "adapter of another rank": ("adapters/generator.safetensors", _spoil_adapter_with_another_rank,
+                                "weights do not fit this backbone: size mismatch"),
+    "memory rows truncated": ("memory_embeddings.safetensors",
+                              lambda ckpt, _: (ckpt / "memory_embeddings.safetensors").write_bytes(
+                                  (ckpt / "memory_embeddings.safetensors").read_bytes()[:100]),
+                              "unreadable weights"),
+    "memory rows missing": ("memory_embeddings.safetensors",
+                            lambda ckpt, _: (ckpt / "memory_embeddings.safetensors").unlink(), "missing"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_WEIGHTS)
+def test_damaged_weights_are_a_checkpoint_error_naming_the_file(case, tiny_model, tmp_path):
+    from clara_ray.model.configuration import CheckpointError
+
+    file, spoil, why = DAMAGED_WEIGHTS[case]
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    spoil(tmp_path / "ckpt", tiny_model.config)
+    with pytest.raises(CheckpointError) as raised:
+        CLaRa.from_pretrained(tmp_path / "ckpt")
+    message = str(raised.value)
+    assert message.startswith(f"{tmp_path / 'ckpt' / file}: ") and why in message and "\n" not in message
 
 
 def test_merged_adapter_computes_what_the_lora_layers_did_and_pins_the_model(tiny_model, tmp_path):
