@@ -58,9 +58,11 @@ def main(
     from ray import serve
 
     from serve.app import bind_app
+    from serve.loading import check_inputs
 
     overrides = [f"checkpoint={checkpoint}", f"store={store}", *(override or [])]
     settings, options, app, raw = load_serve_config(config, overrides)
+    check_inputs(settings)
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
     timeout = (raw.get("http_options") or {}).get("request_timeout_s")

@@ -1,7 +1,20 @@
 """Load the checkpoint and store a replica serves (safetensors/JSON/FAISS only: no pickle)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from serve.settings import ServeSettings
+
+
+def check_inputs(settings: ServeSettings) -> None:
+    """The checkpoint and store every replica will load, checked once before any starts: a wrong
+    path, a damaged checkpoint or a store another checkpoint built is then one error naming it,
+    rather than replicas that fail one after another while Serve retries them."""
+    from clara_ray.model.configuration import CLaRaConfig
+    from clara_ray.store.store import published_manifest
+
+    CLaRaConfig.from_pretrained(settings.checkpoint)
+    published_manifest(Path(settings.store), expect_checkpoint=Path(settings.checkpoint))
 
 
 def load_model(settings: ServeSettings, adapter: str):

@@ -91,6 +91,18 @@ class ShardSet:
         return self.exact(rows)
 
 
+def published_manifest(root: Path, expect_checkpoint: CheckpointIdentity | str | Path | None = None) -> Manifest:
+    """The published version's manifest; StoreError when there is none or another checkpoint made it."""
+    if not root.is_dir():
+        raise StoreError(f"store {root} does not exist (precompress builds one)")
+    version_dir = layout.current_version_dir(root)
+    if version_dir is None:
+        raise StoreError(f"{root}: no published store (missing {layout.CURRENT})")
+    manifest = read_manifest(version_dir)
+    check_checkpoint(manifest, expect_checkpoint, root)
+    return manifest
+
+
 class CompressedStore:
     def __init__(self, root: Path, manifest: Manifest, shards: ShardSet, index: VectorIndex):
         self.root, self.manifest, self.shards, self.index = root, manifest, shards, index
@@ -105,11 +117,8 @@ class CompressedStore:
         `verify=False` skips the sha256 of every shard (shapes are still checked) for fast restarts.
         """
         root = Path(path)
-        version_dir = layout.current_version_dir(root)
-        if version_dir is None:
-            raise StoreError(f"{root}: no published store (missing {layout.CURRENT})")
-        manifest = read_manifest(version_dir)
-        check_checkpoint(manifest, expect_checkpoint, root)
+        manifest = published_manifest(root, expect_checkpoint)
+        version_dir = root / layout.VERSIONS / layout.version_name(manifest.version)
         ckpt = manifest.checkpoint
         shards = ShardSet(root, manifest.shards, (ckpt.num_memory_tokens, ckpt.hidden_size), verify)
         if len(shards) != manifest.num_docs:

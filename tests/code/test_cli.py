@@ -81,6 +81,8 @@ def bad_files(tmp_path):
     (tmp_path / "utf16.yaml").write_text("stage: instruct\n", encoding="utf-16")
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "clara_config.json").write_text('{"backbone": ')  # a copy cut short
+    (tmp_path / "config-only").mkdir()  # enough for the checks made before anything loads
+    (tmp_path / "config-only" / "clara_config.json").write_text('{"backbone": "tiny-random"}')
     return tmp_path
 
 
@@ -108,6 +110,12 @@ CASES = {
                             "output_dir={tmp}/eval"], ["{tmp}/ckpt/clara_config.json: line 1: invalid JSON"]),
     "damaged checkpoint to precompress": (["precompress", "--checkpoint", "{tmp}/ckpt", "--corpus", "{tmp}",
                                            "--out", "{tmp}/store"], ["{tmp}/ckpt/clara_config.json: line 1"]),
+    "damaged checkpoint to serve": (["serve", "--checkpoint", "{tmp}/ckpt", "--store", "{tmp}/store"],
+                                    ["{tmp}/ckpt/clara_config.json: line 1"]),
+    "store to serve missing": (["serve", "--checkpoint", "{tmp}/config-only", "--store", "{tmp}/store"],
+                               ["store {tmp}/store does not exist"]),
+    "store to serve unpublished": (["serve", "--checkpoint", "{tmp}/config-only", "--store", "{tmp}"],
+                                   ["{tmp}: no published store (missing CURRENT)"]),
     "config not UTF-8": (["train", "--stage", "instruct", "--config", "{tmp}/utf16.yaml"],
                          ["{tmp}/utf16.yaml: line 1: not UTF-8 text (byte 0xff at column 1)"]),
 }
