@@ -10,6 +10,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from clara_ray.config import ConfigError
 from clara_ray.data.records import Stage
 from clara_ray.resources import ShippedPathStr
 
@@ -210,7 +211,7 @@ class TrainConfig(_Strict):
             return path if path is None or "://" in path else str(Path(path).expanduser().resolve())
 
         if self.init_from and "://" not in self.init_from and not Path(self.init_from).expanduser().is_dir():
-            raise ValueError(f"init_from {self.init_from}: no such model directory (run the previous stage first)")
+            raise ConfigError(f"init_from {self.init_from}: no such model directory (run the previous stage first)")
         run = self.run.model_copy(update={"storage_path": absolute(self.run.storage_path),
                                           "output_dir": absolute(self.run.output_dir),
                                           "log_dir": absolute(self.run.log_dir)})
@@ -227,7 +228,7 @@ class TrainConfig(_Strict):
             return self.max_steps
         steps = int(num_records * self.epochs) // self.batch.global_size
         if steps == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{num_records} records x {self.epochs} epochs is less than one global batch of "
                 f"{self.batch.global_size}: lower batch.global_size or set max_steps"
             )

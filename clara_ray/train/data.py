@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from clara_ray.config import ConfigError
 from clara_ray.data.records import RECORD_TYPES, Record, RecordError, jsonl_objects, parse_record
 
 if TYPE_CHECKING:
@@ -168,5 +169,5 @@ def micro_batches(shard, stage: str, micro_size: int, shuffle_buffer: int, seed:
             produced += 1
             yield records
         if produced == 0:
-            raise ValueError(f"a worker's data shard holds fewer than micro_size={micro_size} records")
+            raise ConfigError(f"a worker's data shard holds fewer than micro_size={micro_size} records")
         epoch += 1

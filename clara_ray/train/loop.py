@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clara_ray.config import ConfigError
 from clara_ray.train.config import TrainConfig
 from clara_ray.train.data import micro_batches
 
@@ -34,7 +35,7 @@ def build_model(cfg: TrainConfig, device: str):
     if cfg.speed.candidate_cache and not model.trains("compressor"):
         model.cache_candidates(stored_candidates(cfg.speed.candidate_store, model))
     elif cfg.speed.candidate_store:
-        raise ValueError(f"speed.candidate_store is set but stage {cfg.stage} trains the compressor "
+        raise ConfigError(f"speed.candidate_store is set but stage {cfg.stage} trains the compressor "
                          f"(or speed.candidate_cache is off): its candidates cannot come from a store")
     return model
 
@@ -54,7 +55,7 @@ def enable_gradient_checkpointing(model) -> None:
     """Turn on activation checkpointing in the Hugging Face backbone inside `model`."""
     lm = model.language_model
     if not getattr(lm, "supports_gradient_checkpointing", False):
-        raise ValueError(f"deepspeed.gradient_checkpointing is set but {type(lm).__name__} does not support it")
+        raise ConfigError(f"deepspeed.gradient_checkpointing is set but {type(lm).__name__} does not support it")
     model.enable_activation_checkpointing()
 
 
@@ -152,12 +153,12 @@ class MemoryMonitor:
         self.stage, self.every = cfg.stage, cfg.monitor.every_steps
         self.records = read_records(cfg.monitor.path, cfg.stage)[: cfg.monitor.records]
         if len(self.records) < 2:
-            raise ValueError(f"monitor.path {cfg.monitor.path}: needs at least 2 records to swap documents")
+            raise ConfigError(f"monitor.path {cfg.monitor.path}: needs at least 2 records to swap documents")
         n = len(self.records)
         others = [next((self.records[(i + k) % n].docs for k in range(1, n)
                         if self.records[(i + k) % n].docs != r.docs), None) for i, r in enumerate(self.records)]
         if any(d is None for d in others):
-            raise ValueError(f"monitor.path {cfg.monitor.path}: the first {n} records share their documents")
+            raise ConfigError(f"monitor.path {cfg.monitor.path}: the first {n} records share their documents")
         self.swapped = [r.model_copy(update={"docs": d}) for r, d in zip(self.records, others)]
 
     def measure(self, model) -> dict[str, float]:

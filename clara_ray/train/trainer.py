@@ -82,17 +82,44 @@ def _trainer(cfg: TrainConfig, dataset, total_steps: int):
     )
 
 
+def _fit(trainer):
+    """`trainer.fit()`; when every failed worker stopped on an input error (a damaged checkpoint, a
+    monitor file too short), that error itself, so the CLI prints its one line, not Ray's report."""
+    from ray.train import WorkerGroupError
+
+    from clara_ray.config import InputError
+
+    try:
+        return trainer.fit()
+    except WorkerGroupError as exc:
+        failures = list(exc.worker_failures.values())
+        if failures and all(isinstance(f, InputError) for f in failures):
+            raise failures[0] from exc
+        raise
+
+
+def _check_init_from(cfg: TrainConfig) -> None:
+    """The previous stage's export, with `model` overrides laid over its config, read before Ray
+    starts: a damaged or mismatched one is then one error naming its file, not a worker group that
+    fails and restarts `run.max_failures` times. (A bucket path is read by the workers only.)"""
+    from clara_ray.model.configuration import CLaRaConfig
+
+    if cfg.init_from and "://" not in cfg.init_from:
+        CLaRaConfig.from_pretrained(cfg.init_from, **(cfg.model or {}))
+
+
 def train_stage(cfg: TrainConfig) -> TrainSummary:
     import ray
 
     began = time.perf_counter()
     cfg = cfg.with_absolute_paths()
+    _check_init_from(cfg)
     if not ray.is_initialized():
         ray.init()  # joins RAY_ADDRESS (set by `ray job submit`), else starts a local cluster
     dataset = read_stage_dataset(cfg.data.paths, cfg.stage)
     records = dataset.count()
     total_steps = cfg.total_steps(records)
-    result = _trainer(cfg, dataset, total_steps).fit()
+    result = _fit(_trainer(cfg, dataset, total_steps))
     if result.checkpoint is None:
         raise RuntimeError(f"run {cfg.run.log_path} finished without a checkpoint")
     _export(result.checkpoint, cfg.run.export_dir)

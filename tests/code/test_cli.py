@@ -116,6 +116,15 @@ CASES = {
                                ["store {tmp}/store does not exist"]),
     "store to serve unpublished": (["serve", "--checkpoint", "{tmp}/config-only", "--store", "{tmp}"],
                                    ["{tmp}: no published store (missing CURRENT)"]),
+    "stage before the previous one": (["train", "--stage", "instruct", "--config", "configs/train/cpu/instruct.yaml",
+                                       "init_from={tmp}/none"], ["init_from {tmp}/none: no such model directory"]),
+    "damaged previous stage": (["train", "--stage", "instruct", "--config", "configs/train/cpu/instruct.yaml",
+                                "init_from={tmp}/ckpt"], ["{tmp}/ckpt/clara_config.json: line 1: invalid JSON"]),
+    "override the previous stage refuses": (["train", "--stage", "instruct", "--config",
+                                             "configs/train/cpu/instruct.yaml", "init_from={tmp}/config-only",
+                                             "model.compression_rate=0"],
+                                            ["{tmp}/config-only/clara_config.json (with overrides ['compression_rate'])"
+                                             ": compression_rate"]),
     "config not UTF-8": (["train", "--stage", "instruct", "--config", "{tmp}/utf16.yaml"],
                          ["{tmp}/utf16.yaml: line 1: not UTF-8 text (byte 0xff at column 1)"]),
 }

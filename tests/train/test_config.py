@@ -54,14 +54,14 @@ def test_total_steps_from_epochs_or_max_steps():
     cfg = load_config(TrainConfig, CONFIGS / "cpu" / "compress_pretrain.yaml", ["max_steps=null", "epochs=2"])
     assert cfg.total_steps(24) == 6  # 48 samples / global batch 8
     assert cfg.model_copy(update={"max_steps": 5}).total_steps(24) == 5
-    with pytest.raises(ValueError, match="less than one global batch"):
+    with pytest.raises(ConfigError, match="less than one global batch"):
         cfg.total_steps(3)
 
 
 def test_paths_resolve_on_the_driver_and_missing_init_is_reported(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(TrainConfig, CONFIGS / "cpu" / "instruct.yaml", ["init_from=prev/model"])
-    with pytest.raises(ValueError, match="prev/model: no such model directory"):
+    with pytest.raises(ConfigError, match="prev/model: no such model directory"):
         cfg.with_absolute_paths()
     (tmp_path / "prev" / "model").mkdir(parents=True)
     resolved = cfg.with_absolute_paths()

@@ -26,3 +26,28 @@ def test_cli_refuses_a_config_of_another_stage(tmp_path):
     assert "is a compress_pretrain config, not instruct" in message
 
 # `ray job submit` of every stage, through its cluster/jobs spec: tests/cluster/test_job_specs_run.py
+
+
+def test_an_input_error_on_the_workers_is_the_clis_one_line(ray_cluster, tmp_path):
+    """A previous-stage export whose config reads but whose weights do not: the driver's checks pass,
+    each Ray Train worker stops on CheckpointError, and the CLI prints that error, not Ray's report."""
+    import typer
+    from typer.testing import CliRunner
+
+    from clara_ray import CLaRa, CLaRaConfig
+    from pipelines.train import main
+
+    CLaRa.from_config(CLaRaConfig(**TINY_MODEL)).save_pretrained(tmp_path / "prev")
+    damaged = tmp_path / "prev" / "adapters" / "generator.safetensors"
+    damaged.write_bytes(b"not safetensors")
+    app = typer.Typer()
+    app.command()(main)
+    result = CliRunner().invoke(app, [
+        "--stage", "instruct", "--config", str(REPO / "configs/train/cpu/instruct.yaml"),
+        f"init_from={tmp_path / 'prev'}", f"data.paths=[{REPO / 'examples/data/instruction_data.jsonl'}]",
+        f"run.storage_path={tmp_path / 'runs'}", "run.max_failures=0", "batch.global_size=4", "batch.micro_size=1",
+        "max_steps=1"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    # the last line: Ray forwards the workers' own logs to the driver's stderr before it
+    assert result.stderr.splitlines()[-1].startswith(f"error: {damaged}: unreadable weights "
+                                                     "(Error while deserializing header"), result.stderr

@@ -70,7 +70,7 @@ def test_a_stage_that_trains_the_compressor_refuses_a_candidate_store(tiny_stage
     from clara_ray.train.loop import build_model
 
     cfg = tiny_stage("compress_pretrain", tmp_path, "s1", overrides=[f"speed.candidate_store={tmp_path}"])
-    with pytest.raises(ValueError, match="stage compress_pretrain trains the compressor"):
+    with pytest.raises(InputError, match="stage compress_pretrain trains the compressor"):
         build_model(cfg, "cpu")
 
 
