@@ -81,7 +81,16 @@ def validate_config(cls: type[T], data: dict[str, Any], source: str) -> T:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{source}: {problems}") from None
+        raise ConfigError(f"{source}: {validation_problems(exc)}") from None
+
+
+QUOTED_FIELD = "field '{}'"  # how errors in data records name a field (configs name it bare)
+
+
+def validation_problems(exc: ValidationError, field: str = "{}", limit: int | None = None) -> str:
+    """A pydantic error on one line: each bad field's dotted path (put into `field`) and why."""
+    def problem(err) -> str:
+        path = ".".join(str(part) for part in err["loc"])
+        return f"{field.format(path)}: {err['msg']}" if path else err["msg"]
+
+    return "; ".join(problem(err) for err in exc.errors()[:limit])

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Iterator, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from clara_ray.atomic import write_atomic
-from clara_ray.config import InputError
+from clara_ray.config import QUOTED_FIELD, InputError, validation_problems
 from clara_ray.parsing import ParseError, decode_text, parse_json
 
 Stage = Literal["compress_pretrain", "instruct", "retrieval_warmup", "end_to_end"]
@@ -135,11 +135,7 @@ def parse_record(obj: Any, stage: str, source: str = "<record>", line: int | Non
     try:
         return RECORD_TYPES[stage].model_validate(obj)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" if e["loc"] else e["msg"]
-            for e in exc.errors()
-        )
-        raise RecordError(source, line, f"invalid {stage} record: {problems}") from None
+        raise RecordError(source, line, f"invalid {stage} record: {validation_problems(exc, QUOTED_FIELD)}") from None
 
 
 def jsonl_texts(lines: Iterable[bytes], source: str) -> Iterator[tuple[int, str]]:

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from clara_ray.config import QUOTED_FIELD, validation_problems
 from clara_ray.data.records import ANSWER_FIELDS, RecordError, check_positions, iter_jsonl
 from clara_ray.parsing import ParseError, parse_json, read_text
 from clara_ray.unicode import encoding_problem
@@ -81,11 +82,7 @@ def parse_eval_record(obj: Any, dataset: str, source: str, line: int) -> EvalQue
     try:
         return EvalQuestion.model_validate(fields)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" if e["loc"] else e["msg"]
-            for e in exc.errors()
-        )
-        raise RecordError(source, line, f"invalid evaluation record: {problems}") from None
+        raise RecordError(source, line, f"invalid evaluation record: {validation_problems(exc, QUOTED_FIELD)}") from None
 
 
 def load_eval_jsonl(path: str | Path, dataset: str | None = None, limit: int | None = None) -> list[EvalQuestion]:
@@ -155,8 +152,7 @@ def iter_squad(path: str | Path, articles: Sequence[int] | None = None) -> Itera
                                        question=_squad_field(qa, "question", str, qa_where, source),
                                        answers=texts, docs=contexts, pos_index=[i])
                 except ValidationError as exc:
-                    problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                    raise RecordError(source, None, f"field '{qa_where}': {problem}") from None
+                    raise RecordError(source, None, f"field '{qa_where}': {validation_problems(exc)}") from None
 
 
 def load_squad(path: str | Path, articles: Sequence[int] | None = None, limit: int | None = None,

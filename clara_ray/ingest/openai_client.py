@@ -17,6 +17,7 @@ import openai
 from pydantic import BaseModel, ValidationError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from clara_ray.config import validation_problems
 from clara_ray.ingest.config import ApiConfig
 from clara_ray.ingest.failures import ItemError
 
@@ -146,5 +147,5 @@ class ChatClient:
 
 def _short(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()[:3])
+        return validation_problems(exc, limit=3)
     return str(exc)[:300]

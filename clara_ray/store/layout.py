@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clara_ray.atomic import write_atomic
+from clara_ray.parsing import ParseError, read_text
 from clara_ray.store.errors import StoreError
 
 CURRENT = "CURRENT"
@@ -29,7 +30,10 @@ def current_version_dir(root: Path) -> Path | None:
     pointer = root / CURRENT
     if not pointer.exists():
         return None
-    name = pointer.read_text().strip()
+    try:
+        name = read_text(pointer).strip()
+    except ParseError as exc:
+        raise StoreError(f"{pointer}: {exc}") from None
     version_dir = root / VERSIONS / name
     if not name or not version_dir.is_dir():
         raise StoreError(f"{pointer}: points at missing version {name!r}")

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from clara_ray.atomic import write_atomic
+from clara_ray.config import validation_problems
 from clara_ray.store.errors import StoreError
 
 MANIFEST_NAME = "manifest.json"
@@ -107,11 +108,11 @@ def write_manifest(version_dir: Path, manifest: Manifest) -> None:
 def read_manifest(version_dir: Path) -> Manifest:
     path = version_dir / MANIFEST_NAME
     try:
-        return Manifest.model_validate_json(path.read_text())
+        return Manifest.model_validate_json(path.read_bytes())  # bytes: pydantic names bad UTF-8 too
     except FileNotFoundError:
         raise StoreError(f"{path}: manifest missing") from None
     except ValidationError as exc:
-        raise StoreError(f"{path}: invalid manifest: {exc}") from None
+        raise StoreError(f"{path}: invalid manifest: {validation_problems(exc, limit=3)}") from None
 
 
 def check_checkpoint(manifest: Manifest, expected: CheckpointIdentity | str | Path | None, where: Path) -> None:

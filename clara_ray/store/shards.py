@@ -7,7 +7,6 @@ either exists complete or not at all; a crash mid-write leaves only a `.tmp-*` d
 """
 from __future__ import annotations
 
-import json
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -16,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
+from clara_ray.config import validation_problems
 from clara_ray.store.errors import StoreError
 from clara_ray.store.manifest import ShardEntry, sha256_file
 
@@ -37,6 +38,12 @@ class DocRecord:
     text: str
     source: str = ""
     chunk: int | None = None
+
+
+class ShardInfo(ShardEntry):
+    """What a shard directory says of itself: its manifest entry and who wrote its vectors."""
+
+    fingerprint: str  # of the checkpoint whose compressor wrote the vectors
 
 
 def to_fp16(vectors: np.ndarray, what: str) -> np.ndarray:
@@ -72,7 +79,7 @@ def write_shard(shards_root: Path, vectors: np.ndarray, docs: list[DocRecord], f
             vectors_sha256=sha256_file(tmp / VECTORS),
             metadata_sha256=sha256_file(tmp / METADATA),
         )
-        (tmp / SHARD_INFO).write_text(json.dumps({"fingerprint": fingerprint, **entry.model_dump()}))
+        (tmp / SHARD_INFO).write_text(ShardInfo(fingerprint=fingerprint, **entry.model_dump()).model_dump_json())
         tmp.rename(shards_root / name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -94,11 +101,14 @@ def list_shard_dirs(shards_root: Path) -> list[Path]:
 
 def read_shard_info(shard_dir: Path) -> tuple[str, ShardEntry]:
     """(writer's checkpoint fingerprint, manifest entry) of a complete shard directory."""
+    path = shard_dir / SHARD_INFO
     try:
-        info = json.loads((shard_dir / SHARD_INFO).read_text())
-        return info.pop("fingerprint"), ShardEntry.model_validate(info)
-    except (OSError, ValueError, KeyError) as exc:
-        raise StoreError(f"{shard_dir}: unreadable shard info: {exc}") from None
+        info = ShardInfo.model_validate_json(path.read_bytes())  # bytes: pydantic names bad UTF-8 too
+    except OSError as exc:
+        raise StoreError(f"{path}: unreadable shard info: {exc}") from None
+    except ValidationError as exc:
+        raise StoreError(f"{path}: unreadable shard info: {validation_problems(exc, limit=3)}") from None
+    return info.fingerprint, ShardEntry.model_validate(info.model_dump(exclude={"fingerprint"}))
 
 
 def verify_shard(shard_dir: Path, entry: ShardEntry) -> None:

@@ -3,7 +3,7 @@ import pytest
 from store_helpers import identity
 
 from clara_ray.store import CompressedStore, StoreError, normalize
-from clara_ray.store.shards import SHARDS_DIR, VECTORS
+from clara_ray.store.shards import SHARD_INFO, SHARDS_DIR, VECTORS
 
 
 def test_search_finds_each_doc_with_its_own_vector_and_returns_exact_fp16(build_store, vectors):
@@ -67,3 +67,41 @@ def test_truncated_shard_fails_even_without_checksums(build_store):
 def test_store_without_published_version_is_an_error(tmp_path):
     with pytest.raises(StoreError, match="no published store"):
         CompressedStore.open(tmp_path)
+
+
+def test_a_missing_store_directory_is_named(tmp_path):
+    with pytest.raises(StoreError, match=f"store {tmp_path / 'none'} does not exist"):
+        CompressedStore.open(tmp_path / "none")
+
+
+def _read_shard_infos(root):  # what a writer does with the shards it builds on
+    from clara_ray.store.shards import list_shard_dirs, read_shard_info
+
+    return [read_shard_info(d) for d in list_shard_dirs(root / SHARDS_DIR)]
+
+
+MANIFEST, INFO = "versions/*/manifest.json", f"{SHARDS_DIR}/*/{SHARD_INFO}"
+DAMAGED_BOOKKEEPING = {  # file (a glob under the store), its new content, who reads it, what the error says
+    "manifest not UTF-8": (MANIFEST, b'{"version": "caf\xe9"}', CompressedStore.open, "invalid manifest: Invalid JSON"),
+    "manifest nested too deeply": (MANIFEST, b"[" * 100_000, CompressedStore.open, "invalid manifest: Invalid JSON"),
+    "manifest without fields": (MANIFEST, b'{"version": 1}', CompressedStore.open, "invalid manifest: created: Field"),
+    "CURRENT not UTF-8": ("CURRENT", b"v\xe9", CompressedStore.open, "not UTF-8 text"),
+    "shard info not UTF-8": (INFO, b'{"fingerprint": "caf\xe9"}', _read_shard_infos, "Invalid JSON"),
+    "shard info nested too deeply": (INFO, b"[" * 100_000, _read_shard_infos, "Invalid JSON"),
+    "shard info a list": (INFO, b"[1]", _read_shard_infos, "Input should be an object"),
+    "shard info without fields": (INFO, b'{"fingerprint": "a"}', _read_shard_infos, "unreadable shard info: "),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_BOOKKEEPING)
+def test_damaged_store_bookkeeping_is_a_store_error_naming_the_file(case, build_store):
+    """The store's own JSON read back (a disk error, a copy cut short): one StoreError naming the
+    file, which the serving replicas' store watcher refuses, keeping the version in service."""
+    pattern, content, read, why = DAMAGED_BOOKKEEPING[case]
+    root = build_store(count=10)
+    victim = sorted(root.glob(pattern))[0]
+    victim.write_bytes(content)
+    with pytest.raises(StoreError) as raised:
+        read(root)
+    message = str(raised.value)
+    assert str(victim) in message and why in message and "\n" not in message, message
