@@ -178,9 +178,9 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     from clara_ray.evaluation.positions import answer_position
     from clara_ray.evaluation.report import write_report
 
+    info = checkpoint_info(cfg.checkpoint)  # fails early, naming the file, before anything is written
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    info = checkpoint_info(cfg.checkpoint)  # fails early, naming the path, if not a checkpoint
     if not cfg.harness.reads_memory:
         info["compression_rate"] = None  # baselines only: no compressed documents are read
     _claim_output_dir(cfg, out)

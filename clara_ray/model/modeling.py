@@ -710,8 +710,9 @@ class CLaRa(nn.Module):
         rows = saved["new_rows"]
         if rows.shape != model.embeddings.new_rows.shape:
             raise CheckpointError(f"{path / MEMORY_ROWS_FILE}: shape {tuple(rows.shape)} does not fit "
-                             f"{tuple(model.embeddings.new_rows.shape)} (does an override change doc_max_length "
-                             f"or compression_rate of the saved model? overrides: {sorted(overrides)})")
+                                  f"{tuple(model.embeddings.new_rows.shape)} (does an override change "
+                                  f"doc_max_length or compression_rate of the saved model? overrides: "
+                                  f"{sorted(overrides)})")
         with torch.no_grad():
             model.embeddings.new_rows.copy_(rows.to(model.embeddings.new_rows.dtype))
             if "memory_center" in saved:  # older checkpoints have none (and no "centered" memory_norm)
@@ -725,7 +726,7 @@ def _read_weights(file: Path) -> dict[str, torch.Tensor]:
         return load_file(str(file))
     except FileNotFoundError:
         raise CheckpointError(f"{file}: missing (is the checkpoint directory complete?)") from None
-    except (OSError, SafetensorError) as exc:  # missing, or not a safetensors file (truncated copy)
+    except (OSError, SafetensorError) as exc:  # unreadable, or not a safetensors file (a copy cut short)
         raise CheckpointError(f"{file}: unreadable weights ({exc})") from None
 
 

@@ -111,6 +111,8 @@ def read_manifest(version_dir: Path) -> Manifest:
         return Manifest.model_validate_json(path.read_bytes())  # bytes: pydantic names bad UTF-8 too
     except FileNotFoundError:
         raise StoreError(f"{path}: manifest missing") from None
+    except OSError as exc:
+        raise StoreError(f"{path}: unreadable manifest ({exc.strerror})") from None
     except ValidationError as exc:
         raise StoreError(f"{path}: invalid manifest: {validation_problems(exc, limit=3)}") from None
 

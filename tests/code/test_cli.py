@@ -154,6 +154,12 @@ def test_input_errors_exit_2_with_one_line_naming_file_and_field(case, bad_files
         assert part.format(tmp=bad_files) in lines[0], lines[0]
 
 
+def test_an_evaluation_of_a_damaged_checkpoint_writes_nothing(bad_files):
+    argv, _ = CASES["damaged checkpoint"]
+    assert CliRunner().invoke(app, [a.format(tmp=bad_files) for a in argv]).exit_code == 2
+    assert not (bad_files / "eval").exists()
+
+
 def test_the_installed_command_reports_input_errors_without_traceback(bad_files):
     clara = Path(sys.executable).with_name("clara")
     done = subprocess.run([str(clara), "train", "--stage", "instruct", "--config", str(bad_files / "bad.yaml")],
