@@ -11,10 +11,10 @@ def check_inputs(settings: ServeSettings) -> None:
     path, a damaged checkpoint or a store another checkpoint built is then one error naming it,
     rather than replicas that fail one after another while Serve retries them."""
     from clara_ray.model.configuration import CLaRaConfig
-    from clara_ray.store.store import published_manifest
+    from clara_ray.store.store import published_version
 
     CLaRaConfig.from_pretrained(settings.checkpoint)
-    published_manifest(Path(settings.store), expect_checkpoint=Path(settings.checkpoint))
+    published_version(Path(settings.store), expect_checkpoint=Path(settings.checkpoint))
 
 
 def load_model(settings: ServeSettings, adapter: str):

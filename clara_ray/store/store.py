@@ -91,8 +91,10 @@ class ShardSet:
         return self.exact(rows)
 
 
-def published_manifest(root: Path, expect_checkpoint: CheckpointIdentity | str | Path | None = None) -> Manifest:
-    """The published version's manifest; StoreError when there is none or another checkpoint made it."""
+def published_version(root: Path, expect_checkpoint: CheckpointIdentity | str | Path | None = None,
+                      ) -> tuple[Path, Manifest]:
+    """The directory CURRENT names and its manifest; StoreError when there is none or another
+    checkpoint made it."""
     if not root.is_dir():
         raise StoreError(f"store {root} does not exist (precompress builds one)")
     version_dir = layout.current_version_dir(root)
@@ -100,7 +102,7 @@ def published_manifest(root: Path, expect_checkpoint: CheckpointIdentity | str |
         raise StoreError(f"{root}: no published store (missing {layout.CURRENT})")
     manifest = read_manifest(version_dir)
     check_checkpoint(manifest, expect_checkpoint, root)
-    return manifest
+    return version_dir, manifest
 
 
 class CompressedStore:
@@ -117,8 +119,7 @@ class CompressedStore:
         `verify=False` skips the sha256 of every shard (shapes are still checked) for fast restarts.
         """
         root = Path(path)
-        manifest = published_manifest(root, expect_checkpoint)
-        version_dir = root / layout.VERSIONS / layout.version_name(manifest.version)
+        version_dir, manifest = published_version(root, expect_checkpoint)
         ckpt = manifest.checkpoint
         shards = ShardSet(root, manifest.shards, (ckpt.num_memory_tokens, ckpt.hidden_size), verify)
         if len(shards) != manifest.num_docs:

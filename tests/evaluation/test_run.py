@@ -7,6 +7,7 @@ import pytest
 from clara_ray.evaluation.config import EvalConfig
 from clara_ray.evaluation.harness import HarnessConfig
 from clara_ray.evaluation.run import PARTIAL, RECONSTRUCTIONS, run_evaluation
+from clara_ray.model.configuration import CheckpointError
 
 DOCS = ["Ada Lovelace wrote the first published program.", "Mount Everest is the highest mountain.",
         "The Nile flows north into the Mediterranean.", "Copper conducts electricity well."]
@@ -150,7 +151,7 @@ def test_article_range_and_bad_checkpoint(tmp_path, eval_config):
         "format": "squad", "path": "x.json", "article_range": [3, 6]}})
     assert cfg.data.article_indices == [3, 4, 5]
     assert EvalConfig.model_validate_json(cfg.model_dump_json()) == cfg  # travels to the Ray actors intact
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(CheckpointError, match="nowhere is not a CLaRa checkpoint"):
         run_evaluation(cfg.model_copy(update={"checkpoint": str(tmp_path / "nowhere")}))
 
 
