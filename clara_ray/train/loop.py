@@ -19,6 +19,9 @@ from clara_ray.train.data import micro_batches
 
 EXPORT_SUBDIR = "model"
 _TAG_PREFIX = "step_"
+# Each rank's random state beside the DeepSpeed state, so a resumed run draws the dropout masks,
+# paraphrase prompts and top-k noise an uninterrupted one would have drawn.
+_RNG_FILE = "rng_state_rank{rank}.pt"
 
 
 def build_model(cfg: TrainConfig, device: str):
@@ -69,8 +72,9 @@ def _skip_shm_allreduce(cfg: TrainConfig) -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def _restore(engine) -> int:
-    """Load the last reported checkpoint into the engine; returns the step to continue from."""
+def _restore(engine, model) -> int:
+    """Load the last reported checkpoint into the engine and this rank's random state; returns the
+    step to continue from."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
@@ -80,9 +84,30 @@ def _restore(engine) -> int:
         # Frozen backbone weights are not in the checkpoint (exclude_frozen_parameters), hence
         # non-strict; every trainable tensor and the optimizer/scheduler state are.
         _, client_state = engine.load_checkpoint(directory, load_module_strict=False)
+        rng_file = Path(directory) / _RNG_FILE.format(rank=ray.train.get_context().get_world_rank())
+        if rng_file.is_file():  # checkpoints from before it was saved continue with a fresh state
+            _set_rng_state(model, rng_file)
     if client_state is None:
         raise RuntimeError(f"checkpoint {checkpoint.path} holds no DeepSpeed state")
     return int(client_state["step"])
+
+
+def _save_rng_state(model, file: Path) -> None:
+    import torch
+
+    torch.save({"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "model": model._rng.getstate()}, file)
+
+
+def _set_rng_state(model, file: Path) -> None:
+    import torch
+
+    state = torch.load(file, weights_only=False)  # our own file: tensors and random.Random's tuple
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    model._rng.setstate(state["model"])
 
 
 def _save_and_report(engine, model, cfg: TrainConfig, step: int, metrics: dict[str, Any], final: bool) -> None:
@@ -92,7 +117,9 @@ def _save_and_report(engine, model, cfg: TrainConfig, step: int, metrics: dict[s
     with tempfile.TemporaryDirectory(prefix="clara-ckpt-") as directory:
         engine.save_checkpoint(directory, tag=f"{_TAG_PREFIX}{step:08d}", client_state={"step": step},
                                exclude_frozen_parameters=True)
-        if final and ray.train.get_context().get_world_rank() == 0:
+        rank = ray.train.get_context().get_world_rank()
+        _save_rng_state(model, Path(directory) / _RNG_FILE.format(rank=rank))
+        if final and rank == 0:
             model.mark_trained(cfg.stage)
             model.save_pretrained(Path(directory) / EXPORT_SUBDIR)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
@@ -228,7 +255,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(cfg.seed)
     model, engine, scheduler, trainable = _initialize(cfg, total_steps)
-    start_step = _restore(engine)
+    start_step = _restore(engine, model)
     if rank == 0:
         print(f"[{cfg.stage}] rank 0 ready in {time.perf_counter() - setup_began:.1f}s: "
               f"{sum(p.numel() for p in trainable):,} trainable parameters, starting at step "
