@@ -19,8 +19,8 @@ from clara_ray.train.data import micro_batches
 
 EXPORT_SUBDIR = "model"
 _TAG_PREFIX = "step_"
-# Each rank's random state beside the DeepSpeed state, so a resumed run draws the dropout masks,
-# paraphrase prompts and top-k noise an uninterrupted one would have drawn.
+# Each rank's random state beside the DeepSpeed state, so a resumed run draws the dropout masks and
+# paraphrase prompts an uninterrupted one would have drawn.
 _RNG_FILE = "rng_state_rank{rank}.pt"
 
 
@@ -39,7 +39,7 @@ def build_model(cfg: TrainConfig, device: str):
         model.cache_candidates(stored_candidates(cfg.speed.candidate_store, model))
     elif cfg.speed.candidate_store:
         raise ConfigError(f"speed.candidate_store is set but stage {cfg.stage} trains the compressor "
-                         f"(or speed.candidate_cache is off): its candidates cannot come from a store")
+                          f"(or speed.candidate_cache is off): its candidates cannot come from a store")
     return model
 
 
