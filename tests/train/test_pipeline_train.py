@@ -25,8 +25,6 @@ def test_cli_refuses_a_config_of_another_stage(tmp_path):
     message = " ".join(result.output.replace("│", " ").split())  # undo rich's boxed line wrapping
     assert "is a compress_pretrain config, not instruct" in message
 
-# `ray job submit` of every stage, through its cluster/jobs spec: tests/cluster/test_job_specs_run.py
-
 
 def test_an_input_error_on_the_workers_is_the_clis_one_line(ray_cluster, tmp_path):
     """A previous-stage export whose config reads but whose weights do not: the driver's checks pass,
@@ -51,3 +49,5 @@ def test_an_input_error_on_the_workers_is_the_clis_one_line(ray_cluster, tmp_pat
     # the last line: Ray forwards the workers' own logs to the driver's stderr before it
     assert result.stderr.splitlines()[-1].startswith(f"error: {damaged}: unreadable weights "
                                                      "(Error while deserializing header"), result.stderr
+
+# `ray job submit` of every stage, through its cluster/jobs spec: tests/cluster/test_job_specs_run.py

@@ -10,7 +10,8 @@ from train_helpers import tiny_stage_config
 RANDOM_STEPS = ["model.lora.dropout=0.3", "optim.schedule=constant", "optim.warmup_ratio=0"]
 
 
-def _final_loss(tmp_path, name: str, steps: int) -> float:
+def _final_loss(tmp_path, name: str, steps: int) -> tuple[float, int]:
+    """(loss of the last step, step the run resumed from) of a run of `steps` steps named `name`."""
     from clara_ray.train.trainer import train_stage
 
     cfg = tiny_stage_config("compress_pretrain", tmp_path, name, overrides=[*RANDOM_STEPS, f"max_steps={steps}"])
