@@ -54,6 +54,13 @@ class CLaRaConfig(BaseModel):
     # (docs/results/squad-mini).
     memory_norm: Literal["none", "embedding", "centered"] = "none"
     memory_center_momentum: float = Field(0.95, ge=0.0, lt=1.0)
+    # What "centered" subtracts while the compressor trains. "running": the running mean, as at
+    # inference. It lags the memories' mean, and a compressor that keeps moving that mean one way
+    # gets a shared offset past the centring anyway (on SmolLM2 at CR 4 8-12x the size of what
+    # tells documents apart: a generic soft prompt again; docs/results/squad-mini, session 38).
+    # "batch": batch norm's own rule, the batch's mean with its gradient, so no shared part can
+    # reach the generator while it trains; inference still subtracts the running mean.
+    memory_center_training: Literal["running", "batch"] = "running"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: str = "sdpa"
     memory_token_template: str = "<MEM{i}>"

@@ -399,8 +399,9 @@ class CLaRa(nn.Module):
         return vectors * (target / vectors.float().norm(dim=-1, keepdim=True).clamp(min=1e-6)).to(vectors.dtype)
 
     def _centered(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Minus the running mean memory; training batches update it first (batch norm's rule,
-        the statistics detached), so training and inference subtract the same kind of mean."""
+        """Minus the mean memory. Training batches first update the running mean (batch norm's
+        statistics, detached); memories that carry the compressor's gradient then lose their own
+        batch's mean under memory_center_training "batch", and everything else the running mean."""
         memories = vectors.reshape(-1, *self.memory_center.shape)
         if self.training:
             with torch.no_grad():
@@ -408,10 +409,28 @@ class CLaRa(nn.Module):
                 m = self.config.memory_center_momentum if int(self.memory_center_batches) else 0.0
                 self.memory_center.mul_(m).add_(mean, alpha=1 - m)
                 self.memory_center_batches += 1
+            if self.config.memory_center_training == "batch" and memories.requires_grad and _distinct(memories) > 1:
+                return (memories - memories.mean(0)).reshape(vectors.shape)
         elif not int(self.memory_center_batches):
             raise RuntimeError("memory_norm 'centered' needs the running mean memory a training stage computes; "
                                "this model has none (untrained, or saved before memory_center existed)")
         return (memories - self.memory_center.to(memories.dtype)).reshape(vectors.shape)
+
+    @property
+    def memory_center_lags(self) -> bool:
+        """Whether the running mean memory lags what the compressor emits: the compressor trains
+        under memory_center_training "batch", so no training batch reads that mean (recenter_memory)."""
+        return (self.config.memory_norm == "centered" and self.config.memory_center_training == "batch"
+                and self.trains("compressor"))
+
+    def recenter_memory(self, documents: Sequence[str]) -> None:
+        """The running mean memory set to these documents' mean under the weights as they are now
+        (batch norm's recalibration), for what inference subtracts: an average over past batches
+        lags a compressor that is still moving."""
+        states = self.compress_documents(list(dict.fromkeys(documents)))
+        with torch.no_grad():
+            self.memory_center.copy_(states.float().mean(0))
+            self.memory_center_batches.clamp_(min=1)
 
     def _answer_turns(self, questions: Sequence[str], num_docs: Sequence[int]) -> list[tuple[str, str]]:
         return [prompts.answer_turn([self._slot()] * k, q) for q, k in zip(questions, num_docs)]
@@ -719,6 +738,13 @@ class CLaRa(nn.Module):
                 model.memory_center.copy_(saved["memory_center"])
                 model.memory_center_batches.copy_(saved["memory_center_batches"])
         return model.to(device) if device is not None else model
+
+
+def _distinct(memories: torch.Tensor) -> int:
+    """How many different memories a batch holds (a document listed twice is compressed once and
+    repeated); with one, the batch's own mean would leave the generator nothing but zeros."""
+    with torch.no_grad():
+        return len(torch.unique(memories.flatten(1), dim=0))
 
 
 def _read_weights(file: Path) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ reports it; the final checkpoint also holds the exported CLaRa directory (`model
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import tempfile
 import time
@@ -18,6 +19,7 @@ from clara_ray.train.config import TrainConfig
 from clara_ray.train.data import micro_batches
 
 EXPORT_SUBDIR = "model"
+RECENTER_DOCUMENTS = 64  # the running mean memory's recomputation (recenter_memory): noise ~1/8 of a memory's own part
 _TAG_PREFIX = "step_"
 # Each rank's random state beside the DeepSpeed state, so a resumed run draws the dropout masks and
 # paraphrase prompts an uninterrupted one would have drawn.
@@ -196,26 +198,35 @@ class MemoryMonitor:
         try:
             with torch.no_grad():
                 own, other = (self._mean_ce(model, records) for records in (self.records, self.swapped))
-                similarity = self._memory_similarity(model)
+                similarities = self._memory_similarities(model)
         finally:
             model.train(was_training)
             model._rng = rng
-        return {"heldout_ce_own": own, "heldout_ce_other": other, "memory_gap": other - own,
-                "memory_similarity": similarity}
+        return {"heldout_ce_own": own, "heldout_ce_other": other, "memory_gap": other - own, **similarities}
 
-    def _memory_similarity(self, model) -> float:
-        """Mean cosine between different documents' memories: near 1, the compressor has
-        collapsed to one memory for everything, and there is nothing left to read."""
+    def _memory_similarities(self, model) -> dict[str, float]:
+        """Mean cosine between different documents' memories, as the compressor emits them
+        (`memory_similarity`) and as the generator reads them (`read_similarity`, after
+        memory_norm). Near 1, every document gives the generator the same input: a generic soft
+        prompt, nothing left to read. Under memory_norm "centered" the first is near 1 anyway (the
+        part all memories share is large); the second then says whether the centring removed it."""
         docs = list(dict.fromkeys(d for r in self.records for d in r.docs))
-        flat = model.retrieval_vectors(model._frozen_compress(docs))
-        n = len(docs)
-        return float(((flat @ flat.T).sum() - n) / max(n * (n - 1), 1))
+        states = model._frozen_compress(docs)
+        read = model._generator_scale(states.reshape(-1, states.shape[-1])).reshape(states.shape)
+        return {"memory_similarity": _mean_cosine(model.retrieval_vectors(states)),
+                "read_similarity": _mean_cosine(model.retrieval_vectors(read))}
 
     def _mean_ce(self, model, records) -> float:
         import random
 
         model._rng = random.Random(0)  # the same paraphrase prompts for own and swapped documents
         return sum(float(model([r], self.stage).ce) for r in records) / len(records)
+
+
+def _mean_cosine(flat) -> float:
+    """Mean cosine between different rows of L2-normalised `flat`."""
+    n = flat.shape[0]
+    return float(((flat @ flat.T).sum() - n) / max(n * (n - 1), 1))
 
 
 def _tensorboard(cfg: TrainConfig, start_step: int):
@@ -268,6 +279,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     writer = _tensorboard(cfg, start_step) if rank == 0 else None
     monitor = MemoryMonitor(cfg) if rank == 0 and cfg.monitor.path else None
+    # The documents of the last micro-batches: a compressor trained under the batch rule has its running
+    # mean memory recomputed from them before the monitor and the export read it (after a resume, from
+    # what the resumed run has seen; training itself does not read that mean).
+    recent = collections.deque(maxlen=RECENTER_DOCUMENTS)
     engine.train()
     began = time.perf_counter()
     first_step_seconds = None  # includes the data stream's start-up, a one-off cost
@@ -275,6 +290,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         tick, stats = time.perf_counter(), _StepStats()
         lr = scheduler.get_last_lr()[0]
         for records in itertools.islice(stream, accum):
+            recent.extend(d for r in records for d in r.docs)
             out = engine(records, cfg.stage)
             engine.backward(out.loss)
             engine.step()  # DeepSpeed only updates (and clips, steps the lr) every `accum` calls
@@ -289,7 +305,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         metrics = {"step": step, "lr": lr, "samples_per_s": cfg.batch.global_size / seconds,
                    "tokens_per_s": tokens / seconds, "padding": 1 - tokens / max(positions, 1),
                    "resumed_from_step": start_step, **means}
-        if monitor is not None and (step % monitor.every == 0 or step == total_steps):
+        due_monitor = monitor is not None and (step % monitor.every == 0 or step == total_steps)
+        if model.memory_center_lags and (due_monitor or step == total_steps):
+            model.recenter_memory(recent)
+        if due_monitor:
             metrics |= monitor.measure(model)
         if writer is not None:
             _log_progress(writer, metrics, total_steps)

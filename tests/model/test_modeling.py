@@ -292,6 +292,60 @@ def test_memory_norm_centered_subtracts_a_running_mean_that_training_keeps_and_c
     torch.testing.assert_close(loaded._generator_scale(one.reshape(-1, shape[1])), alone)
 
 
+def test_memory_center_training_batch_leaves_no_gradient_on_what_all_memories_share(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    model.config.memory_norm = "centered"
+    shape = (model.num_memory_tokens, model.hidden_size)
+    torch.manual_seed(0)
+    weights = torch.randn(4 * shape[0], shape[1])  # a loss that reads every slot
+
+    def shared_gradient(rule: str, memories: torch.Tensor) -> torch.Tensor:
+        """d loss / d(a shift added to every memory): what training would do to their shared part."""
+        model.config.memory_center_training = rule
+        memories = memories.clone().requires_grad_()
+        (model._generator_scale(memories.reshape(-1, shape[1])) * weights).sum().backward()
+        return memories.grad.sum(0)
+
+    model.train()
+    batch = torch.randn(1, *shape) * 40 + torch.randn(4, *shape)
+    model._generator_scale(batch.reshape(-1, shape[1]))  # sets the running mean
+    # the running mean lags what the compressor emits: the shared part is still a lever...
+    lever = shared_gradient("running", batch + 5).norm()
+    assert lever > 0
+    # ...unless a batch loses its own mean, as batch norm does while it trains
+    assert shared_gradient("batch", batch + 5).norm() < 1e-4 * lever
+
+    def minus_running_mean(memories: torch.Tensor) -> torch.Tensor:
+        rows = (memories - model.memory_center).reshape(-1, shape[1])
+        return rows * model.embeddings.token_norm / rows.norm(dim=-1, keepdim=True)
+
+    with torch.no_grad():  # frozen memories (stages 2-3, the store): the running mean
+        frozen = model._generator_scale(batch.reshape(-1, shape[1]))
+    torch.testing.assert_close(frozen, minus_running_mean(batch))
+    one = batch[:1].expand(3, *shape).clone().requires_grad_()  # one document thrice: its own mean would be zeros
+    torch.testing.assert_close(model._generator_scale(one.reshape(-1, shape[1])), minus_running_mean(one))
+    model.eval()  # inference subtracts the running mean whatever the rule
+    torch.testing.assert_close(model._generator_scale(batch.reshape(-1, shape[1])), minus_running_mean(batch))
+
+
+def test_recenter_memory_sets_the_running_mean_a_compressor_trained_under_the_batch_rule_needs(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    model.config.memory_norm = "centered"
+    model.prepare_stage("compress_pretrain")
+    assert not model.memory_center_lags  # the running rule: training keeps that mean itself
+    model.config.memory_center_training = "batch"
+    assert model.memory_center_lags
+    docs = ["Bees build combs of wax.", "The Rhine flows into the North Sea.", "Bees build combs of wax."]
+    model.train()
+    model.recenter_memory(docs)
+    assert model.training  # restored
+    expected = model.compress_documents(docs[:2]).float().mean(0)  # each document once
+    torch.testing.assert_close(model.memory_center, expected)
+    assert int(model.memory_center_batches) >= 1  # inference may read it now
+    model.prepare_stage("end_to_end")  # a frozen compressor: the running mean converges by itself
+    assert not model.memory_center_lags
+
+
 def test_prompt_length_is_the_generator_prompt_the_model_builds(tiny_model):
     from clara_ray.model import prompts
 

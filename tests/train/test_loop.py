@@ -76,3 +76,12 @@ def test_memory_monitor_scores_own_against_swapped_documents(stage, tmp_path):
     cosines = memories @ memories.T
     off_diagonal = cosines[~torch.eye(len(cosines), dtype=torch.bool)]
     assert out["memory_similarity"] == pytest.approx(float(off_diagonal.mean()), abs=1e-5)
+    assert out["read_similarity"] == pytest.approx(out["memory_similarity"], abs=1e-5)  # memory_norm none
+    # centred on exactly their mean, the memories the generator reads share nothing
+    states = model.compress_documents(list(dict.fromkeys(d for r in monitor.records for d in r.docs)))
+    model.config.memory_norm = "centered"
+    model.memory_center.copy_(states.mean(0))
+    model.memory_center_batches.fill_(1)
+    centred = monitor.measure(model)
+    assert centred["memory_similarity"] == pytest.approx(out["memory_similarity"], abs=1e-5)
+    assert centred["read_similarity"] < min(0.05, out["memory_similarity"] - 0.1)
