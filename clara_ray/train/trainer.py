@@ -98,13 +98,17 @@ def _fit(trainer):
         raise
 
 
-def _check_init_from(cfg: TrainConfig) -> None:
-    """The previous stage's export, with `model` overrides laid over its config, read before Ray
-    starts: a damaged or mismatched one is then one error naming its file, not a worker group that
-    fails and restarts `run.max_failures` times. (A bucket path is read by the workers only.)"""
+def _check_model(cfg: TrainConfig) -> None:
+    """The model the stage starts from, read before Ray starts: stage 1's `model` fields, or the
+    previous stage's export with `model` overrides laid over its config. A bad field or a damaged
+    export is then one error naming it, not a worker group that fails and restarts
+    `run.max_failures` times. (An export at a bucket path is read by the workers only.)"""
+    from clara_ray.config import validate_config
     from clara_ray.model.configuration import CLaRaConfig
 
-    if cfg.init_from and "://" not in cfg.init_from:
+    if cfg.init_from is None:
+        validate_config(CLaRaConfig, cfg.model, "model")
+    elif "://" not in cfg.init_from:
         CLaRaConfig.from_pretrained(cfg.init_from, **(cfg.model or {}))
 
 
@@ -113,7 +117,7 @@ def train_stage(cfg: TrainConfig) -> TrainSummary:
 
     began = time.perf_counter()
     cfg = cfg.with_absolute_paths()
-    _check_init_from(cfg)
+    _check_model(cfg)
     if not ray.is_initialized():
         ray.init()  # joins RAY_ADDRESS (set by `ray job submit`), else starts a local cluster
     dataset = read_stage_dataset(cfg.data.paths, cfg.stage)

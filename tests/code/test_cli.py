@@ -125,6 +125,9 @@ CASES = {
                                              "model.compression_rate=0"],
                                             ["{tmp}/config-only/clara_config.json (with overrides ['compression_rate'])"
                                              ": compression_rate"]),
+    "bad model field of stage 1": (["train", "--stage", "compress_pretrain", "--config",
+                                    "configs/train/cpu/compress_pretrain.yaml", "model.memory_center_training=mean"],
+                                   ["model: memory_center_training: Input should be 'running' or 'batch'"]),
     "config not UTF-8": (["train", "--stage", "instruct", "--config", "{tmp}/utf16.yaml"],
                          ["{tmp}/utf16.yaml: line 1: not UTF-8 text (byte 0xff at column 1)"]),
 }
