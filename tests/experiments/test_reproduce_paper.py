@@ -29,6 +29,9 @@ def test_full_profile_chains_every_stage_and_rate_with_diagnostics(tmp_path):
     windows, paragraphs = steps["train_cr4_compress_windows"].argv, steps["train_cr4_compress_pretrain"].argv
     assert f"data.paths=[{tmp_path.resolve() / 'data' / 'pretrain_windows.jsonl'}]" in windows
     assert "model.compression_rate=4" in windows and "model.memory_norm=centered" in windows
+    assert not any(a.startswith("model.memory_center_training") for a in windows)  # the running mean
+    batch_center = Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=PROFILES["quick-batch-center"])
+    assert "model.memory_center_training=batch" in _steps(batch_center)["train_cr16_compress_windows"].argv
     assert f"init_from={plan.export_dir(4, 'compress_windows')}" in paragraphs
     assert "model=null" in paragraphs  # the stage YAML's model fields must not override the loaded model
     assert f"monitor.path={tmp_path.resolve() / 'data' / 'heldout_pretrain_windows.jsonl'}" in windows
