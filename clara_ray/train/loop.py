@@ -306,7 +306,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                    "tokens_per_s": tokens / seconds, "padding": 1 - tokens / max(positions, 1),
                    "resumed_from_step": start_step, **means}
         due_monitor = monitor is not None and (step % monitor.every == 0 or step == total_steps)
-        if model.memory_center_lags and (due_monitor or step == total_steps):
+        # `recent` is empty only if the data stream ran dry before this step: nothing to recompute from
+        if model.memory_center_lags and recent and (due_monitor or step == total_steps):
             model.recenter_memory(recent)
         if due_monitor:
             metrics |= monitor.measure(model)
