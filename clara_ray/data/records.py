@@ -18,6 +18,11 @@ from clara_ray.parsing import ParseError, decode_text, parse_json
 Stage = Literal["compress_pretrain", "instruct", "retrieval_warmup", "end_to_end"]
 # retrieval_warmup: the optional query-reasoner warm-up before stage 3 (docs/design.md section 4).
 STAGES: tuple[str, ...] = ("compress_pretrain", "instruct", "retrieval_warmup", "end_to_end")
+# The adapters each stage trains (docs/design.md section 5); stage 2 can keep its compressor frozen.
+TRAINED_ADAPTERS: dict[str, tuple[str, ...]] = {
+    "compress_pretrain": ("compressor", "generator"), "instruct": ("compressor", "generator"),
+    "retrieval_warmup": ("query_reasoner",), "end_to_end": ("query_reasoner", "generator"),
+}
 ANSWER_FIELDS = ("answer", "answers", "golden_answers", "gold_answer")
 
 

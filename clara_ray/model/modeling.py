@@ -23,7 +23,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from clara_ray.backbones import resolve_backbone
-from clara_ray.data.records import CompressPretrainRecord, EndToEndRecord, InstructRecord, RetrievalRecord
+from clara_ray.data.records import (TRAINED_ADAPTERS, CompressPretrainRecord, EndToEndRecord, InstructRecord,
+                                    RetrievalRecord)
 from clara_ray.model import prompts
 from clara_ray.model.configuration import ADAPTERS, CONFIG_FILE, CheckpointError, CLaRaConfig
 from clara_ray.model.embeddings import ExtendedEmbedding
@@ -270,8 +271,7 @@ class CLaRa(nn.Module):
 
     @staticmethod
     def trained_by(stage: str) -> list[str]:
-        return {"compress_pretrain": ["compressor", "generator"], "instruct": ["compressor", "generator"],
-                "retrieval_warmup": ["query_reasoner"], "end_to_end": ["query_reasoner", "generator"]}[stage]
+        return list(TRAINED_ADAPTERS[stage])
 
     # ------------------------------------------------------------------ tokenisation
     def _pad(self, rows: list[list[int]], labels: list[list[int]] | None = None, left: bool = True) -> _Batch:

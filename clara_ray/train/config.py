@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clara_ray.config import ConfigError
-from clara_ray.data.records import Stage
+from clara_ray.data.records import TRAINED_ADAPTERS, Stage
 from clara_ray.resources import ShippedPathStr
 
 
@@ -197,6 +197,9 @@ class TrainConfig(_Strict):
             raise ValueError(f"generator_init applies to the instruct stage only, not {self.stage}")
         if not self.train_compressor and self.stage != "instruct":
             raise ValueError(f"train_compressor=false applies to the instruct stage only, not {self.stage}")
+        if self.speed.candidate_store and (self.trains_compressor or not self.speed.candidate_cache):
+            raise ValueError(f"speed.candidate_store is set but stage {self.stage} trains the compressor (or "
+                             "speed.candidate_cache is off): its candidates cannot come from a store")
         per_step = self.batch.micro_size * self.resources.num_workers
         if self.batch.global_size % per_step:
             raise ValueError(
@@ -217,6 +220,10 @@ class TrainConfig(_Strict):
                                           "log_dir": absolute(self.run.log_dir)})
         monitor = self.monitor.model_copy(update={"path": absolute(self.monitor.path)})
         return self.model_copy(update={"init_from": absolute(self.init_from), "run": run, "monitor": monitor})
+
+    @property
+    def trains_compressor(self) -> bool:
+        return "compressor" in TRAINED_ADAPTERS[self.stage] and self.train_compressor
 
     @property
     def grad_accum_steps(self) -> int:

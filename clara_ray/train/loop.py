@@ -37,11 +37,8 @@ def build_model(cfg: TrainConfig, device: str):
     model.prepare_stage(cfg.stage, generator_init=cfg.generator_init, train_compressor=cfg.train_compressor)
     model.label_logits_only = cfg.speed.label_logits_only
     model.encode_distinct = cfg.speed.encode_distinct
-    if cfg.speed.candidate_cache and not model.trains("compressor"):
+    if cfg.speed.candidate_cache and not model.trains("compressor"):  # a store is refused otherwise (TrainConfig)
         model.cache_candidates(stored_candidates(cfg.speed.candidate_store, model))
-    elif cfg.speed.candidate_store:
-        raise ConfigError(f"speed.candidate_store is set but stage {cfg.stage} trains the compressor "
-                          f"(or speed.candidate_cache is off): its candidates cannot come from a store")
     return model
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from clara_ray.atomic import write_atomic
 from clara_ray.train.config import TrainConfig
 from clara_ray.train.data import read_stage_dataset
-from clara_ray.train.loop import EXPORT_SUBDIR, train_worker
+from clara_ray.train.loop import EXPORT_SUBDIR, MemoryMonitor, train_worker
 
 
 class TrainSummary(BaseModel):
@@ -112,12 +112,20 @@ def _check_model(cfg: TrainConfig) -> None:
         CLaRaConfig.from_pretrained(cfg.init_from, **(cfg.model or {}))
 
 
+def _check_monitor(cfg: TrainConfig) -> None:
+    """The monitor's held-out records, read as rank 0 will read them, so that a file too short or
+    without two distinct documents is one error before Ray starts, not a failed worker group."""
+    if cfg.monitor.path:
+        MemoryMonitor(cfg)
+
+
 def train_stage(cfg: TrainConfig) -> TrainSummary:
     import ray
 
     began = time.perf_counter()
     cfg = cfg.with_absolute_paths()
     _check_model(cfg)
+    _check_monitor(cfg)
     if not ray.is_initialized():
         ray.init()  # joins RAY_ADDRESS (set by `ray job submit`), else starts a local cluster
     dataset = read_stage_dataset(cfg.data.paths, cfg.stage)

@@ -83,6 +83,9 @@ def bad_files(tmp_path):
     (tmp_path / "ckpt" / "clara_config.json").write_text('{"backbone": ')  # a copy cut short
     (tmp_path / "config-only").mkdir()  # enough for the checks made before anything loads
     (tmp_path / "config-only" / "clara_config.json").write_text('{"backbone": "tiny-random"}')
+    record = Path("examples/data/pretrain_data.jsonl").read_text().splitlines()[0] + "\n"
+    (tmp_path / "monitor-one.jsonl").write_text(record)
+    (tmp_path / "monitor-same.jsonl").write_text(record * 3)
     return tmp_path
 
 
@@ -128,6 +131,18 @@ CASES = {
     "bad model field of stage 1": (["train", "--stage", "compress_pretrain", "--config",
                                     "configs/train/cpu/compress_pretrain.yaml", "model.memory_center_training=mean"],
                                    ["model: memory_center_training: Input should be 'running' or 'batch'"]),
+    "monitor file of one record": (["train", "--stage", "compress_pretrain", "--config",
+                                    "configs/train/cpu/compress_pretrain.yaml", "monitor.path={tmp}/monitor-one.jsonl"],
+                                   ["monitor.path {tmp}/monitor-one.jsonl: needs at least 2 records"]),
+    "monitor records of one document": (["train", "--stage", "compress_pretrain", "--config",
+                                         "configs/train/cpu/compress_pretrain.yaml",
+                                         "monitor.path={tmp}/monitor-same.jsonl"],
+                                        ["monitor.path {tmp}/monitor-same.jsonl: the first 3 records share"]),
+    "candidate store while the compressor trains": (["train", "--stage", "compress_pretrain", "--config",
+                                                     "configs/train/cpu/compress_pretrain.yaml",
+                                                     "speed.candidate_store={tmp}/store"],
+                                                    ["configs/train/cpu/compress_pretrain.yaml",
+                                                     "speed.candidate_store is set but stage compress_pretrain"]),
     "config not UTF-8": (["train", "--stage", "instruct", "--config", "{tmp}/utf16.yaml"],
                          ["{tmp}/utf16.yaml: line 1: not UTF-8 text (byte 0xff at column 1)"]),
 }

@@ -66,12 +66,23 @@ def test_a_store_of_another_compressor_is_refused_naming_it(stage3_model, tiny_m
         stored_candidates(str(tmp_path / "store"), stage3_model)
 
 
-def test_a_stage_that_trains_the_compressor_refuses_a_candidate_store(tiny_stage, tmp_path):
-    from clara_ray.train.loop import build_model
+@pytest.mark.parametrize("stage, overrides, refused", [
+    ("compress_pretrain", [], True),
+    ("instruct", [], True),
+    ("instruct", ["train_compressor=false"], False),
+    ("instruct", ["train_compressor=false", "speed.candidate_cache=false"], True),
+    ("end_to_end", [], False),
+])
+def test_only_a_stage_with_a_frozen_compressor_takes_a_candidate_store(tiny_stage, tmp_path, stage, overrides, refused):
+    def config():
+        init = {} if stage == "compress_pretrain" else {"init_from": tmp_path}
+        return tiny_stage(stage, tmp_path, "s", **init, overrides=[f"speed.candidate_store={tmp_path}", *overrides])
 
-    cfg = tiny_stage("compress_pretrain", tmp_path, "s1", overrides=[f"speed.candidate_store={tmp_path}"])
-    with pytest.raises(InputError, match="stage compress_pretrain trains the compressor"):
-        build_model(cfg, "cpu")
+    if refused:  # by the config, before Ray or a model starts
+        with pytest.raises(InputError, match=f"speed.candidate_store is set but stage {stage}"):
+            config()
+    else:
+        assert config().speed.candidate_store == str(tmp_path)
 
 
 def test_stored_vectors_join_computed_ones_in_the_models_dtype(stage3_model, tmp_path):
