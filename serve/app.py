@@ -20,6 +20,7 @@ from ray.serve.handle import DeploymentHandle
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, stop_after_attempt
 
 from serve.deployments import Generator, ModelInputError, Retriever
+from serve.loading import check_inputs
 from serve.request_log import note, observe_requests
 from serve.retrieved import Retrieved
 from serve.schemas import (ChatRequest, Document, RagRequest, RagResponse, RequestError, Timings, chat_chunk,
@@ -263,5 +264,9 @@ def bind_app(settings: ServeSettings, deployment_options: dict[str, dict] | None
 
 
 def build_app(args: dict):
-    """Builder for `serve deploy`/`serve run` (exactly one parameter: the YAML `args`)."""
-    return bind_app(ServeSettings.model_validate(args))
+    """Builder for `serve deploy`/`serve run` (exactly one parameter: the YAML `args`). The checkpoint
+    and store are checked here, as `clara serve` checks them, so a wrong path fails the deploy once
+    (`serve status` shows the error) instead of every replica failing in turn."""
+    settings = ServeSettings.model_validate(args)
+    check_inputs(settings)
+    return bind_app(settings)
