@@ -83,7 +83,7 @@ def bad_files(tmp_path):
     (tmp_path / "ckpt" / "clara_config.json").write_text('{"backbone": ')  # a copy cut short
     (tmp_path / "config-only").mkdir()  # enough for the checks made before anything loads
     (tmp_path / "config-only" / "clara_config.json").write_text('{"backbone": "tiny-random"}')
-    record = Path("examples/data/pretrain_data.jsonl").read_text().splitlines()[0] + "\n"
+    record = (REPO / "examples/data/pretrain_data.jsonl").read_text().splitlines()[0] + "\n"
     (tmp_path / "monitor-one.jsonl").write_text(record)
     (tmp_path / "monitor-same.jsonl").write_text(record * 3)
     return tmp_path
