@@ -177,6 +177,8 @@ class MemoryMonitor:
         from clara_ray.data.records import read_records
 
         self.stage, self.every = cfg.stage, cfg.monitor.every_steps
+        if not Path(cfg.monitor.path).is_file():
+            raise ConfigError(f"monitor.path {cfg.monitor.path}: no such file")
         self.records = read_records(cfg.monitor.path, cfg.stage)[: cfg.monitor.records]
         if len(self.records) < 2:
             raise ConfigError(f"monitor.path {cfg.monitor.path}: needs at least 2 records to swap documents")
