@@ -26,6 +26,11 @@ TRAINED_ADAPTERS: dict[str, tuple[str, ...]] = {
 ANSWER_FIELDS = ("answer", "answers", "golden_answers", "gold_answer")
 
 
+def trained_adapters(stage: str, train_compressor: bool = True) -> tuple[str, ...]:
+    """The adapters `stage` trains; without the compressor when it stays frozen (stage 2's option)."""
+    return tuple(a for a in TRAINED_ADAPTERS[stage] if train_compressor or a != "compressor")
+
+
 class RecordError(InputError):
     def __init__(self, source: str, line: int | None, message: str):
         where = f"{source}:{line}" if line is not None else source

@@ -23,8 +23,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from clara_ray.backbones import resolve_backbone
-from clara_ray.data.records import (TRAINED_ADAPTERS, CompressPretrainRecord, EndToEndRecord, InstructRecord,
-                                    RetrievalRecord)
+from clara_ray.data.records import (CompressPretrainRecord, EndToEndRecord, InstructRecord, RetrievalRecord,
+                                    trained_adapters)
 from clara_ray.model import prompts
 from clara_ray.model.configuration import ADAPTERS, CONFIG_FILE, CheckpointError, CLaRaConfig
 from clara_ray.model.embeddings import ExtendedEmbedding
@@ -255,7 +255,7 @@ class CLaRa(nn.Module):
                 self.copy_adapter("compressor", "query_reasoner")
         else:
             raise ValueError(f"unknown stage {stage!r}")
-        self._prepared = (stage, [a for a in self.trained_by(stage) if train_compressor or a != "compressor"])
+        self._prepared = (stage, list(trained_adapters(stage, train_compressor)))
         for name in self._prepared[1]:
             for p in self.adapter_parameters(name):
                 p.requires_grad_(True)
@@ -266,12 +266,8 @@ class CLaRa(nn.Module):
 
     def mark_trained(self, stage: str) -> None:
         prepared = self._prepared is not None and self._prepared[0] == stage
-        for name in self._prepared[1] if prepared else self.trained_by(stage):
+        for name in self._prepared[1] if prepared else trained_adapters(stage):
             self.config.trained[name] = stage
-
-    @staticmethod
-    def trained_by(stage: str) -> list[str]:
-        return list(TRAINED_ADAPTERS[stage])
 
     # ------------------------------------------------------------------ tokenisation
     def _pad(self, rows: list[list[int]], labels: list[list[int]] | None = None, left: bool = True) -> _Batch:

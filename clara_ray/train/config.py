@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clara_ray.config import ConfigError
-from clara_ray.data.records import TRAINED_ADAPTERS, Stage
+from clara_ray.data.records import Stage, trained_adapters
 from clara_ray.resources import ShippedPathStr
 
 
@@ -223,7 +223,7 @@ class TrainConfig(_Strict):
 
     @property
     def trains_compressor(self) -> bool:
-        return "compressor" in TRAINED_ADAPTERS[self.stage] and self.train_compressor
+        return "compressor" in trained_adapters(self.stage, self.train_compressor)
 
     @property
     def grad_accum_steps(self) -> int:
