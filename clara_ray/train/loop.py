@@ -177,8 +177,10 @@ class MemoryMonitor:
         from clara_ray.data.records import read_records
 
         self.stage, self.every = cfg.stage, cfg.monitor.every_steps
-        if not Path(cfg.monitor.path).is_file():
-            raise ConfigError(f"monitor.path {cfg.monitor.path}: no such file")
+        path = Path(cfg.monitor.path)
+        if not path.is_file():
+            problem = "a directory, not a JSONL file" if path.is_dir() else "no such file"
+            raise ConfigError(f"monitor.path {path}: {problem}")
         self.records = read_records(cfg.monitor.path, cfg.stage)[: cfg.monitor.records]
         if len(self.records) < 2:
             raise ConfigError(f"monitor.path {cfg.monitor.path}: needs at least 2 records to swap documents")
