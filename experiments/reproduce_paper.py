@@ -242,6 +242,11 @@ PROFILES["full-stage2-decay"] = replace(PROFILES["full-stage1-epoch"], stage2_va
 PROFILES["quick-batch-center"] = replace(PROFILES["quick"], model=_BATCH_CENTER_MODEL)
 PROFILES["full-batch-center"] = replace(PROFILES["full-stage1-epoch"], rates=(4, 16), stage2_variants=(),
                                         model=_BATCH_CENTER_MODEL)
+# `full-batch-center` at CR 4 with each stage-1 window compressed where it sits in its paragraph
+# (model.window_positions: document). Under the batch rule at CR 4 the memory kept the ~48 tokens just
+# before it, a paragraph's end, and answers in its first 60 words (65% of them) barely read it (2026-12-07).
+_WINDOW_POSITIONS_MODEL = (*_BATCH_CENTER_MODEL, "model.window_positions=document")
+PROFILES["full-window-positions"] = replace(PROFILES["full-batch-center"], rates=(4,), model=_WINDOW_POSITIONS_MODEL)
 # The quick profile plus two alternatives to its stage 2; with `--work-dir runs/repro-quick` it
 # reuses a finished quick run and only trains and evaluates the alternatives (15 minutes measured).
 PROFILES["quick-ablation"] = replace(PROFILES["quick"], stage2_variants=stage2_ablation(20))

@@ -78,6 +78,9 @@ class CompressPretrainRecord(BaseModel):
     question: list[str] = Field(default_factory=list)
     answers: list[str]
     docs: list[str]
+    # A window of a longer document: (offset of its first token, tokens the compressor reads of that document).
+    # With model.window_positions: document, the window is compressed at the positions it has there.
+    doc_span: tuple[int, int] | None = None
 
     _docs = field_validator("docs")(classmethod(lambda cls, v: _nonempty(v)))
 
@@ -85,6 +88,8 @@ class CompressPretrainRecord(BaseModel):
     def _check_shape(self):
         if len(self.docs) != 1:
             raise ValueError(f"stage-1 records hold exactly one document, got {len(self.docs)}")
+        if self.doc_span is not None and not 0 <= self.doc_span[0] < self.doc_span[1]:
+            raise ValueError(f"doc_span {list(self.doc_span)} must be [offset, length] with 0 <= offset < length")
         if not self.answers or not all(a.strip() for a in self.answers):
             raise ValueError("answers must be non-empty")
         if self.data_type == "qa" and len(self.question) != len(self.answers):

@@ -7,6 +7,7 @@
   window of what the compressor reads of each paragraph, to be reconstructed from its memory.
   Short targets that every memory vector can carry are where a small generator first learns
   to read its memory (docs/results/squad-mini); a curriculum trains on them before stage 1.
+  Each window's `doc_span` says where it sits in its paragraph (model.window_positions).
 - Stage 2 (`instruction_data.jsonl`): one record per question, the gold paragraph among
   `instruct_docs - 1` negatives; `instruction_data_k1.jsonl`: the same questions with the gold
   paragraph alone, for a k=1 warm-up of stage 2 (the answer can only come from that memory).
@@ -87,11 +88,12 @@ class TokenWindow:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return text if len(ids) <= self.doc_max_length else self.tokenizer.decode(ids[: self.doc_max_length]).strip()
 
-    def windows(self, text: str, size: int) -> list[str]:
-        """Consecutive `size`-token pieces of what the compressor reads of `text` (the last may be shorter)."""
+    def windows(self, text: str, size: int) -> list[tuple[str, tuple[int, int]]]:
+        """Consecutive `size`-token pieces of what the compressor reads of `text` (the last may be shorter),
+        each with its span: (its first token's offset, the tokens the compressor reads of `text`)."""
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.doc_max_length]
-        pieces = (self.tokenizer.decode(ids[i:i + size]).strip() for i in range(0, len(ids), size))
-        return [p for p in pieces if p]
+        pieces = ((self.tokenizer.decode(ids[i:i + size]).strip(), (i, len(ids))) for i in range(0, len(ids), size))
+        return [(piece, span) for piece, span in pieces if piece]
 
 
 def _distinct(texts: Iterable[str]) -> list[str]:
@@ -177,8 +179,9 @@ def stage_records(articles: list[list[Paragraph]], instruct_docs: int, end_to_en
                 out["compress_pretrain"].append({"data_type": "paraphrase", "question": [], "answers": [seen],
                                                  "docs": [par.context]})
             if reconstruction_window:
-                out["windows"] += [{"data_type": "paraphrase", "question": [], "answers": [piece], "docs": [piece]}
-                                   for piece in window.windows(par.context, reconstruction_window)]
+                out["windows"] += [{"data_type": "paraphrase", "question": [], "answers": [piece], "docs": [piece],
+                                    "doc_span": list(span)}
+                                   for piece, span in window.windows(par.context, reconstruction_window)]
             questions = par.questions[:max_questions_per_paragraph]
             readable = [q for q in questions if any(a in seen for a in q.answers)]
             past_window += len(questions) - len(readable)

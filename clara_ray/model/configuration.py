@@ -61,6 +61,12 @@ class CLaRaConfig(BaseModel):
     # "batch": batch norm's own rule, the batch's mean with its gradient, so no shared part can
     # reach the generator while it trains; inference still subtracts the running mean.
     memory_center_training: Literal["running", "batch"] = "running"
+    # Where a stage-1 window (a record with `doc_span`) is compressed. "own": as a document of its own, right
+    # before the memory tokens (the reference; a whole document is always read this way). The memory then
+    # learns to keep the tokens just before it, which on a whole paragraph are its end (docs/results/squad-mini,
+    # session 41). "document": at the positions it has in its paragraph, the memory tokens after the
+    # paragraph's end, so windows teach the memory every distance in a document.
+    window_positions: Literal["own", "document"] = "own"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: str = "sdpa"
     memory_token_template: str = "<MEM{i}>"

@@ -51,6 +51,7 @@ class _Batch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor | None = None
+    shift: torch.Tensor | None = None  # added to each position (a window placed in its document)
 
     @property
     def real_tokens(self) -> int:
@@ -60,7 +61,8 @@ class _Batch:
     def position_ids(self) -> torch.Tensor:
         # Positions count real tokens only, so an input's result does not depend on how much
         # padding its batch-mates forced on it (same query encoding at training and serving).
-        return (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        positions = (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return positions if self.shift is None else positions + self.shift
 
 
 class CLaRa(nn.Module):
@@ -284,9 +286,12 @@ class CLaRa(nn.Module):
         to = lambda t: None if t is None else t.to(self.device)
         return _Batch(to(ids), to(mask), to(lab))
 
-    def _memory_inputs(self, texts: Sequence[str]) -> _Batch:
+    def _memory_inputs(self, texts: Sequence[str], spans: Sequence[tuple[int, int] | None] | None = None) -> _Batch:
         """Encoder marker + BOS + text + EOS (truncated), padding, then the n memory tokens.
-        Documents and queries go through exactly this function."""
+        Documents and queries go through exactly this function. A text with a span (offset, length)
+        is a window of a longer document and sits where it does there: its tokens from position
+        offset on, EOS and the memory tokens after the document's `length` tokens, as if the rest of
+        the document were masked out."""
         encoded = self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
                                  max_length=self.config.doc_max_length)["input_ids"]
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
@@ -294,8 +299,17 @@ class CLaRa(nn.Module):
         batch = self._pad(bodies, left=False)
         n = self.num_memory_tokens
         memory = torch.tensor(self.memory_ids, device=self.device).expand(len(bodies), n)
+        shift = None
+        if spans is not None and any(span is not None for span in spans):
+            shift = torch.zeros((len(bodies), batch.input_ids.shape[1] + n), dtype=torch.long, device=self.device)
+            start = 1 + len(bos)  # the text's first token
+            for i, (ids, span) in enumerate(zip(encoded, spans)):
+                if span is not None:
+                    offset, length = span
+                    shift[i, start:] = offset  # the window's tokens
+                    shift[i, start + len(ids):] = max(length, offset + len(ids)) - len(ids)  # EOS, padding, memory
         return _Batch(torch.cat([batch.input_ids, memory], 1),
-                      torch.cat([batch.attention_mask, torch.ones_like(memory)], 1))
+                      torch.cat([batch.attention_mask, torch.ones_like(memory)], 1), shift=shift)
 
     def _prompt_ids(self, system: str, user: str) -> list[int]:
         text = prompts.render_chat(self.tokenizer, system, user)
@@ -305,26 +319,31 @@ class CLaRa(nn.Module):
         return "".join(self.config.memory_tokens()) + self.config.separator_token
 
     # ------------------------------------------------------------------ compression
-    def _encode(self, texts: Sequence[str], adapter: str, with_mse: bool = False):
+    def _encode(self, texts: Sequence[str], adapter: str, with_mse: bool = False,
+                spans: Sequence[tuple[int, int] | None] | None = None):
         """Last-layer states at the memory positions: (B, n, hidden) [and the MSE term].
+        `spans`: where each text sits in a longer document (see _memory_inputs), or None.
 
         With `encode_distinct`, a text listed several times (a paragraph's reconstruction and QA
         records in one micro-batch) goes through the backbone once and its states are repeated:
         the loss and the gradient are the ones of encoding each copy (the MSE term still weighs
         every row), up to LoRA dropout, which then draws one mask per distinct text."""
-        index: dict[str, int] = {}
-        rows = [index.setdefault(t, len(index)) for t in texts] if self.encode_distinct else None
+        spans = list(spans) if spans is not None else [None] * len(texts)
+        index: dict[tuple[str, tuple[int, int] | None], int] = {}
+        rows = [index.setdefault(key, len(index)) for key in zip(texts, spans)] if self.encode_distinct else None
         if rows is None or len(index) == len(texts):
-            return self._encode_rows(texts, adapter, with_mse)
+            return self._encode_rows(texts, adapter, with_mse, spans=spans)
         rows = torch.tensor(rows, device=self.device)
-        out = self._encode_rows(list(index), adapter, with_mse, per_row_mse=True)
+        distinct_texts, distinct_spans = zip(*index)
+        out = self._encode_rows(list(distinct_texts), adapter, with_mse, per_row_mse=True, spans=distinct_spans)
         if not with_mse:
             return out[rows]
         memory, mse = out
         return memory[rows], mse[rows].mean()
 
-    def _encode_rows(self, texts: Sequence[str], adapter: str, with_mse: bool = False, per_row_mse: bool = False):
-        batch = self._memory_inputs(texts)
+    def _encode_rows(self, texts: Sequence[str], adapter: str, with_mse: bool = False, per_row_mse: bool = False,
+                     spans: Sequence[tuple[int, int] | None] | None = None):
+        batch = self._memory_inputs(texts, spans)
         self._count(batch)
         with self.adapter(adapter):
             # The inner model skips the LM head: only hidden states are needed here.
@@ -419,14 +438,20 @@ class CLaRa(nn.Module):
         return (self.config.memory_norm == "centered" and self.config.memory_center_training == "batch"
                 and self.trains("compressor"))
 
-    def recenter_memory(self, documents: Sequence[str]) -> None:
+    def recenter_memory(self, documents: Sequence[tuple[str, tuple[int, int] | None]]) -> None:
         """The running mean memory set to these documents' mean under the weights as they are now
         (batch norm's recalibration), for what inference subtracts: an average over past batches
-        lags a compressor that is still moving."""
-        states = self.compress_documents(list(dict.fromkeys(documents)))
+        lags a compressor that is still moving. `documents`: (text, span) as training read them."""
+        texts, spans = zip(*dict.fromkeys(documents))
+        with self._inference():
+            states = self._encode(list(texts), "compressor", spans=self._window_spans(spans))
         with torch.no_grad():
             self.memory_center.copy_(states.float().mean(0))
             self.memory_center_batches.clamp_(min=1)
+
+    def _window_spans(self, spans: Sequence[tuple[int, int] | None]) -> Sequence[tuple[int, int] | None] | None:
+        """The windows' spans where model.window_positions places them in their documents, else None."""
+        return spans if self.config.window_positions == "document" else None
 
     def _answer_turns(self, questions: Sequence[str], num_docs: Sequence[int]) -> list[tuple[str, str]]:
         return [prompts.answer_turn([self._slot()] * k, q) for q, k in zip(questions, num_docs)]
@@ -480,7 +505,8 @@ class CLaRa(nn.Module):
         return StageLoss(ce + self.config.mse_weight * mse, ce.detach(), mse.detach())
 
     def compress_pretrain_loss(self, records: Sequence[CompressPretrainRecord]) -> StageLoss:
-        compressed, mse = self._encode([r.docs[0] for r in records], "compressor", with_mse=True)
+        compressed, mse = self._encode([r.docs[0] for r in records], "compressor", with_mse=True,
+                                       spans=self._window_spans([r.doc_span for r in records]))
         turns, targets = [], []
         for r in records:
             if r.data_type == "qa":

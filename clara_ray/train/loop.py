@@ -291,7 +291,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         tick, stats = time.perf_counter(), _StepStats()
         lr = scheduler.get_last_lr()[0]
         for records in itertools.islice(stream, accum):
-            recent.extend(d for r in records for d in r.docs)
+            recent.extend((d, getattr(r, "doc_span", None)) for r in records for d in r.docs)  # span: stage 1
             out = engine(records, cfg.stage)
             engine.backward(out.loss)
             engine.step()  # DeepSpeed only updates (and clips, steps the lr) every `accum` calls

@@ -167,3 +167,7 @@ def test_reconstruction_windows_cover_what_the_compressor_reads(tmp_path):
             assert len(window.tokenizer(r.docs[0], add_special_tokens=False)["input_ids"]) <= 17
             owners = [key for key, text in seen.items() if squash(r.docs[0]) in text]
             assert len(owners) == 1 and owners[0][0] in articles  # one paragraph's, of its own split
+            (a, p), = owners  # where it sits in that paragraph, for model.window_positions: document
+            ids = window.tokenizer(data[a]["paragraphs"][p]["context"], add_special_tokens=False)["input_ids"][:40]
+            offset, length = r.doc_span
+            assert length == 40 and squash(window.tokenizer.decode(ids[offset:offset + 16])) == squash(r.docs[0])

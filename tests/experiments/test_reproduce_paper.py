@@ -32,6 +32,9 @@ def test_full_profile_chains_every_stage_and_rate_with_diagnostics(tmp_path):
     assert not any(a.startswith("model.memory_center_training") for a in windows)  # the running mean
     batch_center = Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=PROFILES["quick-batch-center"])
     assert "model.memory_center_training=batch" in _steps(batch_center)["train_cr16_compress_windows"].argv
+    assert not any(a.startswith("model.window_positions") for a in windows)  # the reference: windows on their own
+    placed = Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=PROFILES["full-window-positions"])
+    assert "model.window_positions=document" in _steps(placed)["train_cr4_compress_windows"].argv
     assert f"init_from={plan.export_dir(4, 'compress_windows')}" in paragraphs
     assert "model=null" in paragraphs  # the stage YAML's model fields must not override the loaded model
     assert f"monitor.path={tmp_path.resolve() / 'data' / 'heldout_pretrain_windows.jsonl'}" in windows

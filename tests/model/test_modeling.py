@@ -328,6 +328,45 @@ def test_memory_center_training_batch_leaves_no_gradient_on_what_all_memories_sh
     torch.testing.assert_close(model._generator_scale(batch.reshape(-1, shape[1])), minus_running_mean(batch))
 
 
+def _window_in_document(model, window: str, offset: int, length: int) -> torch.Tensor:
+    """The memory of `window` inside a document of `length` tokens, every other token masked out."""
+    ids = model.tokenizer(window, add_special_tokens=False)["input_ids"]
+    filler = model.tokenizer(" x", add_special_tokens=False)["input_ids"] * length
+    body = filler[:offset] + ids + filler[:length - offset - len(ids)]
+    bos = [model.tokenizer.bos_token_id] if model.tokenizer.bos_token_id is not None else []
+    row = [model.encoder_id, *bos, *body, model.tokenizer.eos_token_id, *model.memory_ids]
+    mask = torch.ones(1, len(row), dtype=torch.long)
+    start = 1 + len(bos)
+    mask[0, start:start + offset] = 0
+    mask[0, start + offset + len(ids):start + len(body)] = 0
+    with model.adapter("compressor"), torch.no_grad():
+        hidden = model.language_model.base_model(input_ids=torch.tensor([row]), attention_mask=mask,
+                                                 position_ids=torch.arange(len(row))[None]).last_hidden_state
+    return hidden[:, -model.num_memory_tokens:]
+
+
+def test_a_window_is_compressed_where_it_sits_in_its_document_only_if_window_positions_says_so(tiny_model):
+    model = copy.deepcopy(tiny_model)
+    randomise_adapters(model)
+    model.eval()
+    window = "bees build combs of wax"
+    n = len(model.tokenizer(window, add_special_tokens=False)["input_ids"])
+    offset, length = 9, 9 + n + 7
+    record = parse_record({"data_type": "paraphrase", "answers": [window], "docs": [window],
+                           "doc_span": [offset, length]}, "compress_pretrain", "mem.jsonl", 1)
+    spans = model._window_spans([record.doc_span])
+    assert spans is None  # "own", the reference: the span is not read
+    with torch.no_grad():
+        own = model._encode([window], "compressor")
+        torch.testing.assert_close(own, _window_in_document(model, window, 0, n), atol=1e-5, rtol=1e-4)
+        model.config.window_positions = "document"
+        placed = model._encode([window, "the Rhine flows north"], "compressor",
+                               spans=[*model._window_spans([record.doc_span]), None])
+    torch.testing.assert_close(placed[:1], _window_in_document(model, window, offset, length), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(placed[1:], model._encode(["the Rhine flows north"], "compressor"))  # no span: as before
+    assert (placed[:1] - own).abs().max() > 1e-3
+
+
 def test_recenter_memory_sets_the_running_mean_a_compressor_trained_under_the_batch_rule_needs(tiny_model):
     model = copy.deepcopy(tiny_model)
     model.config.memory_norm = "centered"
@@ -337,7 +376,7 @@ def test_recenter_memory_sets_the_running_mean_a_compressor_trained_under_the_ba
     assert model.memory_center_lags
     docs = ["Bees build combs of wax.", "The Rhine flows into the North Sea.", "Bees build combs of wax."]
     model.train()
-    model.recenter_memory(docs)
+    model.recenter_memory([(d, None) for d in docs])
     assert model.training  # restored
     expected = model.compress_documents(docs[:2]).float().mean(0)  # each document once
     torch.testing.assert_close(model.memory_center, expected)
