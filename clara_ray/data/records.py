@@ -19,7 +19,7 @@ Stage = Literal["compress_pretrain", "instruct", "retrieval_warmup", "end_to_end
 # retrieval_warmup: the optional query-reasoner warm-up before stage 3 (docs/design.md section 4).
 STAGES: tuple[str, ...] = ("compress_pretrain", "instruct", "retrieval_warmup", "end_to_end")
 # The adapters each stage trains (docs/design.md section 5); stage 2 can keep its compressor frozen.
-TRAINED_ADAPTERS: dict[str, tuple[str, ...]] = {
+_TRAINED_ADAPTERS: dict[str, tuple[str, ...]] = {
     "compress_pretrain": ("compressor", "generator"), "instruct": ("compressor", "generator"),
     "retrieval_warmup": ("query_reasoner",), "end_to_end": ("query_reasoner", "generator"),
 }
@@ -28,7 +28,7 @@ ANSWER_FIELDS = ("answer", "answers", "golden_answers", "gold_answer")
 
 def trained_adapters(stage: str, train_compressor: bool = True) -> tuple[str, ...]:
     """The adapters `stage` trains; without the compressor when it stays frozen (stage 2's option)."""
-    return tuple(a for a in TRAINED_ADAPTERS[stage] if train_compressor or a != "compressor")
+    return tuple(a for a in _TRAINED_ADAPTERS[stage] if train_compressor or a != "compressor")
 
 
 class RecordError(InputError):

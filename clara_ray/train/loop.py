@@ -181,14 +181,14 @@ class MemoryMonitor:
         if not path.is_file():
             problem = "a directory, not a JSONL file" if path.is_dir() else "no such file"
             raise ConfigError(f"monitor.path {path}: {problem}")
-        self.records = read_records(cfg.monitor.path, cfg.stage)[: cfg.monitor.records]
+        self.records = read_records(path, cfg.stage)[: cfg.monitor.records]
         if len(self.records) < 2:
-            raise ConfigError(f"monitor.path {cfg.monitor.path}: needs at least 2 records to swap documents")
+            raise ConfigError(f"monitor.path {path}: needs at least 2 records to swap documents")
         n = len(self.records)
         others = [next((self.records[(i + k) % n].docs for k in range(1, n)
                         if self.records[(i + k) % n].docs != r.docs), None) for i, r in enumerate(self.records)]
         if any(d is None for d in others):
-            raise ConfigError(f"monitor.path {cfg.monitor.path}: the first {n} records share their documents")
+            raise ConfigError(f"monitor.path {path}: the first {n} records share their documents")
         self.swapped = [r.model_copy(update={"docs": d}) for r, d in zip(self.records, others)]
 
     def measure(self, model) -> dict[str, float]:
