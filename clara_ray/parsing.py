@@ -23,6 +23,9 @@ class ParseError(ValueError):
         super().__init__(why if line is None else f"line {line}: {why}")
         self.why, self.line = why, line
 
+    def __reduce__(self):  # picklable across Ray tasks with its fields, as RecordError
+        return type(self), (self.why, self.line)
+
 
 def decode_text(data: bytes) -> str:
     """`data` as UTF-8 text; a ParseError names the line and column of the first byte that is not."""

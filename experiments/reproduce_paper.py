@@ -6,8 +6,11 @@
 Profiles (see PROFILES): `quick` (CR 16, <= 45 minutes on 2 cores, 18-39 measured: is memory
 read?), `full` (CR 16, 4, 32, >= 200 evaluation questions, several hours, resumable across
 sessions), `quick-ablation` (quick plus two alternatives to its stage 2, both k=5 throughout: the
-reference's reset generator, and stage 1's generator kept without the k=1 warm-up) and `reference` (the paper's recipe at the first run's small budget,
-for comparison). `--rates 16,4` runs other compression rates with a profile's recipe.
+reference's reset generator, and stage 1's generator kept without the k=1 warm-up),
+`windows-probe-own` / `windows-probe-document` (stage 1's windows alone at CR 4, ~35 minutes each:
+which part of a paragraph the memory keeps under each model.window_positions) and `reference` (the
+paper's recipe at the first run's small budget, for comparison); the `full-*` variants are described
+where PROFILES defines them. `--rates 16,4` runs other compression rates with a profile's recipe.
 Where a profile departs from the paper's recipe, the departure is a config value named in
 `Recipe` and documented in docs/results/squad-mini/README.md.
 
@@ -90,6 +93,8 @@ class Recipe:
     # Alternatives to the profile's stage 2, each trained from the same stage-1 export and store and
     # evaluated beside the profile's own stage-2 export (oracle vs wrong_memory, answer CE).
     stage2_variants: tuple["Variant", ...] = ()
+    # False: no evaluation of the last export's answers (a probe of stage 1, read from its reconstructions).
+    answers: bool = True
 
     def __post_init__(self):
         # With the text-RAG rows the first rate keeps the evaluation YAML's systems, which list foreign_memory.
@@ -247,6 +252,14 @@ PROFILES["full-batch-center"] = replace(PROFILES["full-stage1-epoch"], rates=(4,
 # before it, a paragraph's end, and answers in its first 60 words (65% of them) barely read it (2026-12-07).
 _WINDOW_POSITIONS_MODEL = (*_BATCH_CENTER_MODEL, "model.window_positions=document")
 PROFILES["full-window-positions"] = replace(PROFILES["full-batch-center"], rates=(4,), model=_WINDOW_POSITIONS_MODEL)
+# A probe of window_positions at ~a sixth of full-window-positions' cost: stage 1's window phase alone at
+# CR 4 (80 of its 270 steps), each arm judged by which words of 32 held-out whole paragraphs its memory
+# keeps (copied words by position; the layout of a whole paragraph is the same in both arms) and by the
+# monitor's held-out gap on windows. "own" should keep a paragraph's end, "document" every part of it.
+_WINDOWS_PROBE = replace(PROFILES["full-batch-center"], rates=(4,), answers=False, candidate_store=False,
+                         text_rag_lora=False, stages=miniature_stages(80, 0, 0, 0, 0))
+PROFILES["windows-probe-own"] = _WINDOWS_PROBE
+PROFILES["windows-probe-document"] = replace(_WINDOWS_PROBE, model=_WINDOW_POSITIONS_MODEL)
 # The quick profile plus two alternatives to its stage 2; with `--work-dir runs/repro-quick` it
 # reuses a finished quick run and only trains and evaluates the alternatives (15 minutes measured).
 PROFILES["quick-ablation"] = replace(PROFILES["quick"], stage2_variants=stage2_ablation(20))
@@ -343,7 +356,8 @@ class Plan:
                     sys.executable, "-m", "pipelines.precompress", "--checkpoint", str(previous),
                     "--corpus", str(self.data_dir / CORPUS_FILE), "--out", str(store),
                     "--config", "configs/precompress.yaml"], store / "CURRENT"))
-        steps.append(self._evaluate(f"cr{rate}", previous, f"CR={rate}", self._systems(rate)))
+        if recipe.answers:
+            steps.append(self._evaluate(f"cr{rate}", previous, f"CR={rate}", self._systems(rate)))
         return steps + self._variant_steps(rate, stage1, store)
 
     def _systems(self, rate: int) -> list[str]:

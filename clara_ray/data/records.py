@@ -37,6 +37,11 @@ class RecordError(InputError):
         super().__init__(f"{where}: {message}")
         self.source, self.line, self.reason = source, line, message
 
+    def __reduce__(self):
+        # Raised in Ray Data read tasks: pickling must rebuild it from its fields, not its message,
+        # or the driver gets UnserializableException instead of the error naming file and line.
+        return type(self), (self.source, self.line, self.reason)
+
 
 def _nonempty(docs: list[str]) -> list[str]:
     if not docs:
@@ -95,6 +100,15 @@ class CompressPretrainRecord(BaseModel):
         if self.data_type == "qa" and len(self.question) != len(self.answers):
             raise ValueError(f"qa record has {len(self.question)} questions but {len(self.answers)} answers")
         return self
+
+
+def check_doc_span(span: tuple[int, int] | None, doc_max_length: int) -> None:
+    """A window's paragraph fits what the compressor reads of a document: its memory goes after the
+    paragraph's `length` tokens, and positions past doc_max_length were never trained (nor, far
+    enough, the backbone's)."""
+    if span is not None and span[1] > doc_max_length:
+        raise ValueError(f"doc_span {list(span)}: a paragraph of {span[1]} tokens is longer than the "
+                         f"compressor reads (model.doc_max_length={doc_max_length})")
 
 
 class InstructRecord(BaseModel):

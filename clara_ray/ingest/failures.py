@@ -23,6 +23,9 @@ class ItemError(Exception):
         super().__init__(reason)
         self.kind = kind
 
+    def __reduce__(self):  # picklable across Ray tasks with its fields, as RecordError
+        return type(self), (self.kind, str(self))
+
 
 def read_item(path: Path) -> bytes:
     """The bytes of one item's file; a file that cannot be read is that item's failure."""

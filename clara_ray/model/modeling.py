@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from clara_ray.backbones import resolve_backbone
 from clara_ray.data.records import (CompressPretrainRecord, EndToEndRecord, InstructRecord, RetrievalRecord,
-                                    trained_adapters)
+                                    check_doc_span, trained_adapters)
 from clara_ray.model import prompts
 from clara_ray.model.configuration import ADAPTERS, CONFIG_FILE, CheckpointError, CLaRaConfig
 from clara_ray.model.embeddings import ExtendedEmbedding
@@ -305,6 +305,7 @@ class CLaRa(nn.Module):
             start = 1 + len(bos)  # the text's first token
             for i, (ids, span) in enumerate(zip(encoded, spans)):
                 if span is not None:
+                    check_doc_span(span, self.config.doc_max_length)
                     offset, length = span
                     shift[i, start:] = offset  # the window's tokens
                     shift[i, start + len(ids):] = max(length, offset + len(ids)) - len(ids)  # EOS, padding, memory

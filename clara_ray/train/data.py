@@ -1,8 +1,9 @@
 """Stage JSONL through Ray Data: validated at read time, sharded to Ray Train workers.
 
-Each row carries the record as normalised JSON plus the file and line it came from. The read
-validates every line with `parse_record`, so a bad record fails the read with `file:line` (on
-the driver, before any worker starts) instead of being dropped or crashing a training step.
+Each row carries the record as normalised JSON plus the file and line it came from (and whether
+it is a window of a longer document). The read validates every line with `parse_record`, so a
+bad record fails the read with `file:line` (on the driver, before any worker starts) instead of
+being dropped or crashing a training step.
 """
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from clara_ray.config import ConfigError
-from clara_ray.data.records import RECORD_TYPES, Record, RecordError, jsonl_objects, parse_record
+from clara_ray.data.records import RECORD_TYPES, Record, RecordError, check_doc_span, jsonl_objects, parse_record
 
 if TYPE_CHECKING:
     import pyarrow
     import ray.data
 
 RECORD_COLUMN = "record"
+WINDOW_COLUMN = "window"  # 1 where the record is a window of a longer document (has a doc_span)
 
 
 def _datasource_class():
@@ -30,19 +32,25 @@ def _datasource_class():
 
         _FILE_EXTENSIONS = ["jsonl"]
 
-        def __init__(self, paths, stage: str, **kwargs):
+        def __init__(self, paths, stage: str, doc_max_length: int | None = None, **kwargs):
             super().__init__(paths, **kwargs)
-            self.stage = stage
+            self.stage, self.doc_max_length = stage, doc_max_length
 
         def _read_stream(self, f: "pyarrow.NativeFile", path: str) -> Iterator["pyarrow.Table"]:
             import pyarrow as pa
 
-            rows = {RECORD_COLUMN: [], "source": [], "line": []}
+            rows = {RECORD_COLUMN: [], "source": [], "line": [], WINDOW_COLUMN: []}
             for number, obj in jsonl_objects(f.readall().split(b"\n"), path):
                 record = parse_record(obj, self.stage, path, number)
+                if self.doc_max_length is not None:
+                    try:
+                        check_doc_span(getattr(record, "doc_span", None), self.doc_max_length)
+                    except ValueError as exc:
+                        raise RecordError(path, number, f"field 'doc_span': {exc}") from None
                 rows[RECORD_COLUMN].append(record.model_dump_json())
                 rows["source"].append(path)
                 rows["line"].append(number)
+                rows[WINDOW_COLUMN].append(int(getattr(record, "doc_span", None) is not None))
             if rows["line"]:
                 yield pa.table(rows)
 
@@ -62,17 +70,23 @@ def _resolve(paths: list[str]) -> list[str]:
     return resolved
 
 
-def read_stage_dataset(paths: list[str], stage: str) -> "ray.data.Dataset":
-    """Read and validate stage records; materialised, so errors surface here, on the driver."""
+def read_stage_dataset(paths: list[str], stage: str, doc_max_length: int | None = None) -> "ray.data.Dataset":
+    """Read and validate stage records; materialised, so errors surface here, on the driver.
+    `doc_max_length`: the model's, which every window's `doc_span` must fit (None: not checked)."""
     import ray.data
 
     if stage not in RECORD_TYPES:
         raise ValueError(f"unknown stage {stage!r}")
-    source = _datasource_class()(_resolve(paths), stage=stage)
+    source = _datasource_class()(_resolve(paths), stage=stage, doc_max_length=doc_max_length)
     ds = ray.data.read_datasource(source).materialize()
     if ds.count() == 0:
         raise RecordError(", ".join(paths), None, "no records")
     return ds
+
+
+def count_windows(dataset: "ray.data.Dataset") -> int:
+    """Records of a read stage dataset that are windows of a longer document (with a `doc_span`)."""
+    return int(dataset.sum(WINDOW_COLUMN) or 0)
 
 
 def records_from_batch(batch: dict, stage: str) -> list[Record]:

@@ -6,19 +6,25 @@ submit` sets RAY_ADDRESS) and starts a local one otherwise. Running it again wit
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from clara_ray.atomic import write_atomic
 from clara_ray.train.config import TrainConfig
-from clara_ray.train.data import read_stage_dataset
+from clara_ray.train.data import count_windows, read_stage_dataset
 from clara_ray.train.loop import EXPORT_SUBDIR, MemoryMonitor, train_worker
+
+if TYPE_CHECKING:
+    from clara_ray.model.configuration import CLaRaConfig
+
+log = logging.getLogger(__name__)
 
 
 class TrainSummary(BaseModel):
@@ -98,18 +104,28 @@ def _fit(trainer):
         raise
 
 
-def _check_model(cfg: TrainConfig) -> None:
+def _check_model(cfg: TrainConfig) -> "CLaRaConfig | None":
     """The model the stage starts from, read before Ray starts: stage 1's `model` fields, or the
     previous stage's export with `model` overrides laid over its config. A bad field or a damaged
     export is then one error naming it, not a worker group that fails and restarts
-    `run.max_failures` times. (An export at a bucket path is read by the workers only.)"""
+    `run.max_failures` times. (An export at a bucket path is read by the workers only: None.)"""
     from clara_ray.config import validate_config
     from clara_ray.model.configuration import CLaRaConfig
 
     if cfg.init_from is None:
-        validate_config(CLaRaConfig, cfg.model, "model")
-    elif "://" not in cfg.init_from:
-        CLaRaConfig.from_pretrained(cfg.init_from, **(cfg.model or {}))
+        return validate_config(CLaRaConfig, cfg.model, "model")
+    if "://" not in cfg.init_from:
+        return CLaRaConfig.from_pretrained(cfg.init_from, **(cfg.model or {}))
+    return None
+
+
+def _check_windows(cfg: TrainConfig, model: "CLaRaConfig | None", dataset) -> None:
+    """model.window_positions=document places windows by their `doc_span`; a file of windows
+    without one (built before spans existed, or by hand) would silently train the reference layout."""
+    if model is not None and model.window_positions == "document" and count_windows(dataset) == 0:
+        log.warning("model.window_positions=document, but no record of %s has a doc_span: every document is "
+                    "compressed as one of its own (build windows with pipelines.build_squad_data "
+                    "--reconstruction-window)", ", ".join(cfg.data.paths))
 
 
 def _check_monitor(cfg: TrainConfig) -> None:
@@ -124,11 +140,12 @@ def train_stage(cfg: TrainConfig) -> TrainSummary:
 
     began = time.perf_counter()
     cfg = cfg.with_absolute_paths()
-    _check_model(cfg)
+    model = _check_model(cfg)
     _check_monitor(cfg)
     if not ray.is_initialized():
         ray.init()  # joins RAY_ADDRESS (set by `ray job submit`), else starts a local cluster
-    dataset = read_stage_dataset(cfg.data.paths, cfg.stage)
+    dataset = read_stage_dataset(cfg.data.paths, cfg.stage, model.doc_max_length if model else None)
+    _check_windows(cfg, model, dataset)
     records = dataset.count()
     total_steps = cfg.total_steps(records)
     result = _fit(_trainer(cfg, dataset, total_steps))

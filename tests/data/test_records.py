@@ -85,3 +85,12 @@ def test_written_jsonl_reads_back_and_is_the_same_bytes_for_the_same_rows(tmp_pa
     write_jsonl(path, [{"docs": ["d"], "answers": ["Zürich"], "question": "où?"}, {"a": 2, "b": 1}])
     assert path.read_bytes() == first  # key order does not leak into the file
     assert write_jsonl(path, []) == 0 and path.read_bytes() == b""
+
+
+def test_a_record_error_survives_pickling_whole():
+    """Ray sends a read task's error to the driver pickled; rebuilt from its message alone it failed."""
+    import pickle
+
+    error = pickle.loads(pickle.dumps(RecordError("train.jsonl", 7, "field 'answers': Field required")))
+    assert (str(error), error.source, error.line, error.reason) == (
+        "train.jsonl:7: field 'answers': Field required", "train.jsonl", 7, "field 'answers': Field required")

@@ -367,6 +367,15 @@ def test_a_window_is_compressed_where_it_sits_in_its_document_only_if_window_pos
     assert (placed[:1] - own).abs().max() > 1e-3
 
 
+def test_a_window_whose_paragraph_is_longer_than_the_compressor_reads_is_refused(tiny_model):
+    """A span the data path did not check (a hand-built record, a bucket-path init) still never
+    reaches positions no stage trained."""
+    limit = tiny_model.config.doc_max_length
+    assert tiny_model._memory_inputs(["bees"], [(limit - 1, limit)]).position_ids is not None  # the edge fits
+    with pytest.raises(ValueError, match=rf"doc_span \[0, {limit + 1}\].*model.doc_max_length={limit}"):
+        tiny_model._memory_inputs(["bees"], [(0, limit + 1)])
+
+
 def test_recenter_memory_sets_the_running_mean_a_compressor_trained_under_the_batch_rule_needs(tiny_model):
     model = copy.deepcopy(tiny_model)
     model.config.memory_norm = "centered"

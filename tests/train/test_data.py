@@ -8,7 +8,7 @@ import random
 import pytest
 
 from clara_ray.data.records import CompressPretrainRecord, EndToEndRecord, RecordError
-from clara_ray.train.data import document_grouped, micro_batches, read_stage_dataset
+from clara_ray.train.data import count_windows, document_grouped, micro_batches, read_stage_dataset
 
 GOOD = {"question": "Where does the Danube rise?", "docs": ["The Danube rises in the Black Forest.", "Other."],
         "golden_answers": ["the Black Forest"], "pos_index": [0]}
@@ -53,6 +53,21 @@ def test_line_separators_inside_json_strings_split_no_record(ray_cluster, tmp_pa
     rows = read_stage_dataset([str(path)], "end_to_end").take_all()
     assert sorted(r["line"] for r in rows) == [1, 2, 3]
     assert {EndToEndRecord.model_validate_json(r["record"]).question for r in rows} == {question}
+
+
+def _window(offset: int, length: int) -> str:
+    return json.dumps({"data_type": "paraphrase", "answers": ["w"], "docs": ["w"], "doc_span": [offset, length]})
+
+
+def test_a_window_longer_than_the_models_documents_fails_the_read_with_file_and_line(ray_cluster, tmp_path):
+    paragraph = json.dumps({"data_type": "paraphrase", "answers": ["p"], "docs": ["p"]})
+    path = _write(tmp_path / "windows.jsonl", [paragraph, _window(0, 192), _window(48, 10**12)])
+    assert count_windows(read_stage_dataset([str(path)], "compress_pretrain")) == 2  # not checked without a model
+    with pytest.raises(Exception, match=r"windows\.jsonl:3: field 'doc_span': doc_span \[48, 1000000000000\]: "
+                                          r"a paragraph of 1000000000000 tokens .*model\.doc_max_length=192"):
+        read_stage_dataset([str(path)], "compress_pretrain", doc_max_length=192)
+    path = _write(path, [paragraph, _window(0, 192)])
+    assert count_windows(read_stage_dataset([str(path)], "compress_pretrain", doc_max_length=192)) == 1
 
 
 def test_missing_file_is_named(tmp_path):

@@ -51,3 +51,27 @@ def test_an_input_error_on_the_workers_is_the_clis_one_line(ray_cluster, tmp_pat
                                                      "(Error while deserializing header"), result.stderr
 
 # `ray job submit` of every stage, through its cluster/jobs spec: tests/cluster/test_job_specs_run.py
+
+
+def test_a_bad_record_is_the_clis_one_line_naming_file_and_line(ray_cluster, tmp_path):
+    """The record is validated in a Ray Data read task; its error must cross back to the driver
+    whole (it pickles by its fields) to be printed as one line, exit 2."""
+    import typer
+    from typer.testing import CliRunner
+
+    from pipelines.train import main
+
+    data = tmp_path / "windows.jsonl"
+    data.write_text(json.dumps({"data_type": "paraphrase", "answers": ["w"], "docs": ["w"]}) + "\n"
+                    + json.dumps({"data_type": "paraphrase", "answers": ["w"], "docs": ["w"], "doc_span": [0, 10**12]})
+                    + "\n")
+    app = typer.Typer()
+    app.command()(main)
+    result = CliRunner().invoke(app, [
+        "--stage", "compress_pretrain", "--config", str(REPO / "configs/train/cpu/compress_pretrain.yaml"),
+        f"model={json.dumps(TINY_MODEL)}", f"data.paths=[{data}]", f"run.storage_path={tmp_path / 'runs'}"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.stderr.splitlines()[-1] == (
+        f"error: {data}:2: field 'doc_span': doc_span [0, 1000000000000]: a paragraph of 1000000000000 tokens is "
+        f"longer than the compressor reads (model.doc_max_length={TINY_MODEL['doc_max_length']})")
+    assert not (tmp_path / "runs").exists()  # nothing started, nothing half-written

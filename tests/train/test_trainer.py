@@ -1,0 +1,31 @@
+"""Driver-side checks of a training stage, before any worker starts."""
+from __future__ import annotations
+
+import json
+import logging
+
+from train_helpers import tiny_stage_config
+
+from clara_ray.train.data import read_stage_dataset
+from clara_ray.train.trainer import _check_model, _check_windows
+
+
+def _stage1(tmp_path, lines, placement):
+    data = tmp_path / "windows.jsonl"
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    cfg = tiny_stage_config("compress_pretrain", tmp_path, "w", overrides=[
+        f"data.paths=[{data}]", f"model.window_positions={placement}"])
+    return cfg, _check_model(cfg), read_stage_dataset(cfg.data.paths, cfg.stage)
+
+
+def test_document_placement_over_windows_without_spans_warns_naming_the_file(ray_cluster, tmp_path, caplog):
+    bare = {"data_type": "paraphrase", "answers": ["bees build combs"], "docs": ["bees build combs"]}
+    caplog.set_level(logging.WARNING, logger="clara_ray.train.trainer")
+    _check_windows(*_stage1(tmp_path, [bare] * 4, "own"))
+    assert not caplog.records  # the reference layout reads no span
+    _check_windows(*_stage1(tmp_path, [bare] * 4, "document"))
+    assert len(caplog.records) == 1
+    assert "no record of" in caplog.text and "windows.jsonl" in caplog.text
+    caplog.clear()
+    _check_windows(*_stage1(tmp_path, [bare, {**bare, "doc_span": [4, 16]}], "document"))
+    assert not caplog.records
