@@ -7,7 +7,7 @@ Profiles (see PROFILES): `quick` (CR 16, <= 45 minutes on 2 cores, 18-39 measure
 read?), `full` (CR 16, 4, 32, >= 200 evaluation questions, several hours, resumable across
 sessions), `quick-ablation` (quick plus two alternatives to its stage 2, both k=5 throughout: the
 reference's reset generator, and stage 1's generator kept without the k=1 warm-up),
-`windows-probe-own` / `windows-probe-document` (stage 1's windows alone at CR 4, ~35 minutes each:
+`windows-probe-own` / `windows-probe-document` (stage 1's windows alone at CR 4, ~40 minutes each:
 which part of a paragraph the memory keeps under each model.window_positions) and `reference` (the
 paper's recipe at the first run's small budget, for comparison); the `full-*` variants are described
 where PROFILES defines them. `--rates 16,4` runs other compression rates with a profile's recipe.
@@ -252,12 +252,13 @@ PROFILES["full-batch-center"] = replace(PROFILES["full-stage1-epoch"], rates=(4,
 # before it, a paragraph's end, and answers in its first 60 words (65% of them) barely read it (2026-12-07).
 _WINDOW_POSITIONS_MODEL = (*_BATCH_CENTER_MODEL, "model.window_positions=document")
 PROFILES["full-window-positions"] = replace(PROFILES["full-batch-center"], rates=(4,), model=_WINDOW_POSITIONS_MODEL)
-# A probe of window_positions at ~a sixth of full-window-positions' cost: stage 1's window phase alone at
-# CR 4 (80 of its 270 steps), each arm judged by which words of 32 held-out whole paragraphs its memory
-# keeps (copied words by position; the layout of a whole paragraph is the same in both arms) and by the
-# monitor's held-out gap on windows. "own" should keep a paragraph's end, "document" every part of it.
+# A probe of window_positions at ~a tenth of full-window-positions' cost: stage 1's window phase alone at
+# CR 4 (120 of its 270 steps: by then, in session 39, held-out windows came back almost verbatim), each arm
+# judged by which words of 32 held-out whole paragraphs its memory keeps (copied words by position; a whole
+# paragraph is laid out alike in both arms) and by the monitor's held-out gap on windows. "own" should keep
+# a paragraph's end, "document" every part of it.
 _WINDOWS_PROBE = replace(PROFILES["full-batch-center"], rates=(4,), answers=False, candidate_store=False,
-                         text_rag_lora=False, stages=miniature_stages(80, 0, 0, 0, 0))
+                         text_rag_lora=False, stages=miniature_stages(120, 0, 0, 0, 0))
 PROFILES["windows-probe-own"] = _WINDOWS_PROBE
 PROFILES["windows-probe-document"] = replace(_WINDOWS_PROBE, model=_WINDOW_POSITIONS_MODEL)
 # The quick profile plus two alternatives to its stage 2; with `--work-dir runs/repro-quick` it

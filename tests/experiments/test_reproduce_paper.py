@@ -39,7 +39,7 @@ def test_full_profile_chains_every_stage_and_rate_with_diagnostics(tmp_path):
         probe = _steps(Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=PROFILES[f"windows-probe-{arm}"]))
         assert list(probe) == ["build_data", "train_cr4_compress_windows", "evaluate_cr4_stage1"]  # no answers
         assert [a for a in probe["train_cr4_compress_windows"].argv if a.startswith("model.window_positions")] == placement
-        assert "max_steps=80" in probe["train_cr4_compress_windows"].argv
+        assert "max_steps=120" in probe["train_cr4_compress_windows"].argv
         assert "harness.reconstruction=32" in probe["evaluate_cr4_stage1"].argv
     assert f"init_from={plan.export_dir(4, 'compress_windows')}" in paragraphs
     assert "model=null" in paragraphs  # the stage YAML's model fields must not override the loaded model
