@@ -7,7 +7,7 @@ Profiles (see PROFILES): `quick` (CR 16, <= 45 minutes on 2 cores, 18-39 measure
 read?), `full` (CR 16, 4, 32, >= 200 evaluation questions, several hours, resumable across
 sessions), `quick-ablation` (quick plus two alternatives to its stage 2, both k=5 throughout: the
 reference's reset generator, and stage 1's generator kept without the k=1 warm-up),
-`windows-probe-own` / `windows-probe-document` (stage 1's windows alone at CR 4, ~40 minutes each:
+`windows-probe-own` / `windows-probe-document` (stage 1's windows alone at CR 4, ~45 minutes each:
 which part of a paragraph the memory keeps under each model.window_positions) and `reference` (the
 paper's recipe at the first run's small budget, for comparison); the `full-*` variants are described
 where PROFILES defines them. `--rates 16,4` runs other compression rates with a profile's recipe.
