@@ -42,15 +42,16 @@ def _datasource_class():
             rows = {RECORD_COLUMN: [], "source": [], "line": [], WINDOW_COLUMN: []}
             for number, obj in jsonl_objects(f.readall().split(b"\n"), path):
                 record = parse_record(obj, self.stage, path, number)
+                span = getattr(record, "doc_span", None)  # stage-1 windows only
                 if self.doc_max_length is not None:
                     try:
-                        check_doc_span(getattr(record, "doc_span", None), self.doc_max_length)
+                        check_doc_span(span, self.doc_max_length)
                     except ValueError as exc:
                         raise RecordError(path, number, f"field 'doc_span': {exc}") from None
                 rows[RECORD_COLUMN].append(record.model_dump_json())
                 rows["source"].append(path)
                 rows["line"].append(number)
-                rows[WINDOW_COLUMN].append(int(getattr(record, "doc_span", None) is not None))
+                rows[WINDOW_COLUMN].append(int(span is not None))
             if rows["line"]:
                 yield pa.table(rows)
 
