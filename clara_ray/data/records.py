@@ -102,6 +102,12 @@ class CompressPretrainRecord(BaseModel):
         return self
 
 
+def window_span(record: "Record") -> tuple[int, int] | None:
+    """Where a stage-1 window sits in its paragraph (doc_span); None for a whole document and for
+    the records of every other stage."""
+    return getattr(record, "doc_span", None)
+
+
 def check_doc_span(span: tuple[int, int] | None, doc_max_length: int) -> None:
     """A window's paragraph fits what the compressor reads of a document: its memory goes after the
     paragraph's `length` tokens, and positions past doc_max_length were never trained (nor, far
@@ -156,7 +162,20 @@ RECORD_TYPES: dict[str, type[BaseModel]] = {
 }
 
 
-def parse_record(obj: Any, stage: str, source: str = "<record>", line: int | None = None) -> Record:
+def parse_record(obj: Any, stage: str, source: str = "<record>", line: int | None = None,
+                 doc_max_length: int | None = None) -> Record:
+    """One record of `stage`, validated; with `doc_max_length`, a stage-1 window's paragraph must
+    also fit the compressor (check_doc_span). Any problem raises naming `source` and `line`."""
+    record = _validate_record(obj, stage, source, line)
+    if doc_max_length is not None:
+        try:
+            check_doc_span(window_span(record), doc_max_length)
+        except ValueError as exc:
+            raise RecordError(source, line, str(exc)) from None
+    return record
+
+
+def _validate_record(obj: Any, stage: str, source: str, line: int | None) -> Record:
     if stage not in RECORD_TYPES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     if not isinstance(obj, dict):
@@ -210,9 +229,9 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     return len(lines)
 
 
-def read_records(path: str | Path, stage: str) -> list[Record]:
-    """Read and validate a whole stage file; the first bad record raises with file and line."""
-    records = [parse_record(obj, stage, str(path), number) for number, obj in iter_jsonl(path)]
+def read_records(path: str | Path, stage: str, doc_max_length: int | None = None) -> list[Record]:
+    """Read and validate a whole stage file (parse_record); the first bad record raises with file and line."""
+    records = [parse_record(obj, stage, str(path), number, doc_max_length) for number, obj in iter_jsonl(path)]
     if not records:
         raise RecordError(str(path), None, "no records")
     return records

@@ -34,6 +34,13 @@ def free_port() -> int:
     raise RuntimeError("no free port in 20000-32000")
 
 
+def _signal(send) -> None:
+    try:
+        send()
+    except psutil.NoSuchProcess:
+        pass
+
+
 class LocalRayCluster:
     def __init__(self, num_cpus: int | None = None, temp_dir: str | Path | None = None, start_timeout: float = 120):
         self.num_cpus = num_cpus
@@ -41,6 +48,7 @@ class LocalRayCluster:
         self.temp_dir = Path(temp_dir or tempfile.mkdtemp(prefix="clray_", dir="/tmp"))
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.start_timeout = start_timeout
+        self.session: int | None = None  # the Unix session `ray start` and the daemons it leaves run in
 
     @property
     def address(self) -> str:
@@ -59,7 +67,7 @@ class LocalRayCluster:
     def start(self, attempts: int = 3) -> "LocalRayCluster":
         """`ray start --head`; a start that loses a port race is cleaned up and retried on new ports."""
         for attempt in range(1, attempts + 1):
-            result = subprocess.run(self._start_args(), env=self.env(), capture_output=True, text=True)
+            result = self._ray_start()
             if result.returncode == 0:
                 try:
                     self._wait_for_dashboard()
@@ -75,6 +83,15 @@ class LocalRayCluster:
             self.temp_dir.mkdir(parents=True, exist_ok=True)
             self.gcs_port, self.dashboard_port = free_port(), free_port()
         return self
+
+    def _ray_start(self) -> subprocess.CompletedProcess:
+        """`ray start` in a session of its own: the daemons it leaves behind (and Ray's workers,
+        whatever they rename themselves to) stay in it, which is how stop() finds every one."""
+        with subprocess.Popen(self._start_args(), env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True) as process:
+            self.session = process.pid
+            stdout, stderr = process.communicate()
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
     def _start_args(self) -> list[str]:
         args = [str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
@@ -100,17 +117,38 @@ class LocalRayCluster:
                 time.sleep(1)
         raise RuntimeError(f"Ray dashboard at {self.address} did not come up in {self.start_timeout:.0f}s")
 
-    def stop(self, grace: float = 15) -> None:
-        """End this cluster's processes only: every one of them names our temp dir on its command
-        line. (`ray stop` would kill every Ray cluster on the machine, other drivers' included.)"""
-        mine = [p for p in psutil.process_iter(["cmdline"])
-                if p.info["cmdline"] and str(self.temp_dir) in " ".join(p.info["cmdline"])]
-        for process in mine:
-            process.terminate()
-        _, alive = psutil.wait_procs(mine, timeout=grace)
-        for process in alive:
-            process.kill()
+    def stop(self, grace: float = 15, rounds: int = 3) -> None:
+        """End this cluster's processes only (`ray stop` would kill every Ray cluster on the machine,
+        other drivers' included). A raylet can start a worker while the others go down: look again
+        until none is left."""
+        for _ in range(rounds):
+            mine = self.processes()
+            if not mine:
+                break
+            for process in mine:
+                _signal(process.terminate)
+            _, alive = psutil.wait_procs(mine, timeout=grace)
+            for process in alive:
+                _signal(process.kill)
+            psutil.wait_procs(alive, timeout=5)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def processes(self) -> list[psutil.Process]:
+        """The live processes of this cluster: those in the session of its `ray start`, those naming its
+        temp dir on their command line, and the descendants of either (job drivers start sessions of
+        their own)."""
+        found: dict[int, psutil.Process] = {}
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                ours = (self.session is not None and os.getsid(process.pid) == self.session) or \
+                    str(self.temp_dir) in " ".join(process.info["cmdline"] or ())
+                if ours and process.status() != psutil.STATUS_ZOMBIE:
+                    found[process.pid] = process
+                    found.update((child.pid, child) for child in process.children(recursive=True))
+            except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
+                continue
+        found.pop(os.getpid(), None)
+        return list(found.values())
 
     def __enter__(self) -> "LocalRayCluster":
         return self.start()

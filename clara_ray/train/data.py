@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from clara_ray.config import ConfigError
-from clara_ray.data.records import RECORD_TYPES, Record, RecordError, check_doc_span, jsonl_objects, parse_record
+from clara_ray.data.records import RECORD_TYPES, Record, RecordError, jsonl_objects, parse_record, window_span
 
 if TYPE_CHECKING:
     import pyarrow
@@ -41,17 +41,11 @@ def _datasource_class():
 
             rows = {RECORD_COLUMN: [], "source": [], "line": [], WINDOW_COLUMN: []}
             for number, obj in jsonl_objects(f.readall().split(b"\n"), path):
-                record = parse_record(obj, self.stage, path, number)
-                span = getattr(record, "doc_span", None)  # stage-1 windows only
-                if self.doc_max_length is not None:
-                    try:
-                        check_doc_span(span, self.doc_max_length)
-                    except ValueError as exc:
-                        raise RecordError(path, number, f"field 'doc_span': {exc}") from None
+                record = parse_record(obj, self.stage, path, number, self.doc_max_length)
                 rows[RECORD_COLUMN].append(record.model_dump_json())
                 rows["source"].append(path)
                 rows["line"].append(number)
-                rows[WINDOW_COLUMN].append(int(span is not None))
+                rows[WINDOW_COLUMN].append(int(window_span(record) is not None))
             if rows["line"]:
                 yield pa.table(rows)
 

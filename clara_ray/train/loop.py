@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from clara_ray.config import ConfigError
+from clara_ray.data.records import window_span
 from clara_ray.train.config import TrainConfig
 from clara_ray.train.data import micro_batches
 
@@ -173,7 +174,8 @@ class MemoryMonitor:
     a generator that reads its memory does better with its own; one that ignores it scores both
     alike, however low its training loss."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, doc_max_length: int | None = None):
+        """`doc_max_length` also checks each held-out window's doc_span against the compressor's."""
         from clara_ray.data.records import read_records
 
         self.stage, self.every = cfg.stage, cfg.monitor.every_steps
@@ -181,7 +183,7 @@ class MemoryMonitor:
         if not path.is_file():
             problem = "a directory, not a JSONL file" if path.is_dir() else "no such file"
             raise ConfigError(f"monitor.path {path}: {problem}")
-        self.records = read_records(path, cfg.stage)[: cfg.monitor.records]
+        self.records = read_records(path, cfg.stage, doc_max_length)[: cfg.monitor.records]
         if len(self.records) < 2:
             raise ConfigError(f"monitor.path {path}: needs at least 2 records to swap documents")
         n = len(self.records)
@@ -279,7 +281,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     stream = itertools.islice(stream, start_step * accum, None)
 
     writer = _tensorboard(cfg, start_step) if rank == 0 else None
-    monitor = MemoryMonitor(cfg) if rank == 0 and cfg.monitor.path else None
+    monitor = MemoryMonitor(cfg, model.config.doc_max_length) if rank == 0 and cfg.monitor.path else None
     # The documents of the last micro-batches: a compressor trained under the batch rule has its running
     # mean memory recomputed from them before the monitor and the export read it (after a resume, from
     # what the resumed run has seen; training itself does not read that mean).
@@ -291,7 +293,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         tick, stats = time.perf_counter(), _StepStats()
         lr = scheduler.get_last_lr()[0]
         for records in itertools.islice(stream, accum):
-            recent.extend((d, getattr(r, "doc_span", None)) for r in records for d in r.docs)  # span: stage 1
+            recent.extend((d, window_span(r)) for r in records for d in r.docs)
             out = engine(records, cfg.stage)
             engine.backward(out.loss)
             engine.step()  # DeepSpeed only updates (and clips, steps the lr) every `accum` calls

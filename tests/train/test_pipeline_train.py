@@ -72,6 +72,6 @@ def test_a_bad_record_is_the_clis_one_line_naming_file_and_line(ray_cluster, tmp
         f"model={json.dumps(TINY_MODEL)}", f"data.paths=[{data}]", f"run.storage_path={tmp_path / 'runs'}"])
     assert result.exit_code == 2, (result.output, result.exception)
     assert result.stderr.splitlines()[-1] == (
-        f"error: {data}:2: field 'doc_span': doc_span [0, 1000000000000]: a paragraph of 1000000000000 tokens is "
+        f"error: {data}:2: doc_span [0, 1000000000000]: a paragraph of 1000000000000 tokens is "
         f"longer than the compressor reads (model.doc_max_length={TINY_MODEL['doc_max_length']})")
     assert not (tmp_path / "runs").exists()  # nothing started, nothing half-written
