@@ -261,6 +261,14 @@ _WINDOWS_PROBE = replace(PROFILES["full-batch-center"], rates=(4,), answers=Fals
                          text_rag_lora=False, stages=miniature_stages(120, 0, 0, 0, 0))
 PROFILES["windows-probe-own"] = _WINDOWS_PROBE
 PROFILES["windows-probe-document"] = replace(_WINDOWS_PROBE, model=_WINDOW_POSITIONS_MODEL)
+# Memory token j right after the first (j+1)/n of the text (model.memory_layout: interleaved) instead of all
+# after it. The probe above showed the reference layout's memory keeping a paragraph's end, the part
+# nearest the memory tokens; interleaved, every part of a paragraph has memory tokens next to it. The
+# probe arm, `quick` (compared with quick-batch-center) and `full-batch-center` at CR 4 with it.
+_INTERLEAVED_MODEL = (*_BATCH_CENTER_MODEL, "model.memory_layout=interleaved")
+PROFILES["windows-probe-interleaved"] = replace(_WINDOWS_PROBE, model=_INTERLEAVED_MODEL)
+PROFILES["quick-interleaved"] = replace(PROFILES["quick"], model=_INTERLEAVED_MODEL)
+PROFILES["full-interleaved"] = replace(PROFILES["full-batch-center"], rates=(4,), model=_INTERLEAVED_MODEL)
 # The quick profile plus two alternatives to its stage 2; with `--work-dir runs/repro-quick` it
 # reuses a finished quick run and only trains and evaluates the alternatives (15 minutes measured).
 PROFILES["quick-ablation"] = replace(PROFILES["quick"], stage2_variants=stage2_ablation(20))

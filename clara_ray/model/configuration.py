@@ -67,6 +67,13 @@ class CLaRaConfig(BaseModel):
     # session 41). "document": at the positions it has in its paragraph, the memory tokens after the
     # paragraph's end, so windows teach the memory every distance in a document.
     window_positions: Literal["own", "document"] = "own"
+    # Where the memory tokens sit among a document's tokens when it is compressed. "end" (the reference):
+    # all n after the text. Each then learns to keep the tokens just before it, and trained on stage-1
+    # windows of a few dozen tokens the memory of a whole paragraph keeps its end (session 42).
+    # "interleaved": memory token j right after the first (j+1)/n of the text (rounded up), so under causal
+    # attention it reads the text up to there: every part of a document, of any length, has memory
+    # tokens right after it, as every part of a training window had (a miniature-recipe deviation).
+    memory_layout: Literal["end", "interleaved"] = "end"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: str = "sdpa"
     memory_token_template: str = "<MEM{i}>"
@@ -81,6 +88,13 @@ class CLaRaConfig(BaseModel):
             raise ValueError(
                 f"doc_max_length ({self.doc_max_length}) must be >= compression_rate ({self.compression_rate})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_layout(self):
+        if self.memory_layout == "interleaved" and self.window_positions == "document":
+            raise ValueError("memory_layout 'interleaved' places a window's memory tokens among its own tokens; "
+                             "window_positions 'document' needs them after the whole document: choose one")
         return self
 
     @classmethod

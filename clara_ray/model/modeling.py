@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import warnings
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -52,6 +52,15 @@ class _Batch:
     attention_mask: torch.Tensor
     labels: torch.Tensor | None = None
     shift: torch.Tensor | None = None  # added to each position (a window placed in its document)
+    memory_index: torch.Tensor | None = None  # (B, n): where each row's memory tokens sit
+
+    def memory_states(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, width, h) states -> (B, n, h) at the memory tokens."""
+        return hidden.gather(1, self.memory_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+    def text_mask(self) -> torch.Tensor:
+        """The attention mask without the memory tokens: (B, width), 1 on the text's tokens."""
+        return self.attention_mask.scatter(1, self.memory_index, 0)
 
     @property
     def real_tokens(self) -> int:
@@ -287,7 +296,8 @@ class CLaRa(nn.Module):
         return _Batch(to(ids), to(mask), to(lab))
 
     def _memory_inputs(self, texts: Sequence[str], spans: Sequence[tuple[int, int] | None] | None = None) -> _Batch:
-        """Encoder marker + BOS + text + EOS (truncated), padding, then the n memory tokens.
+        """Encoder marker + BOS + text + EOS (truncated), padding, then the n memory tokens (memory_layout
+        "end"; "interleaved": _interleaved_inputs).
         Documents and queries go through exactly this function. A text with a span (offset, length)
         is a window of a longer document and sits where it does there: its tokens from position
         offset on, EOS and the memory tokens after the document's `length` tokens, as if the rest of
@@ -295,10 +305,14 @@ class CLaRa(nn.Module):
         encoded = self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
                                  max_length=self.config.doc_max_length)["input_ids"]
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        if self.config.memory_layout == "interleaved":
+            return self._interleaved_inputs(encoded, bos)
         bodies = [[self.encoder_id, *bos, *ids, self.tokenizer.eos_token_id] for ids in encoded]
         batch = self._pad(bodies, left=False)
         n = self.num_memory_tokens
         memory = torch.tensor(self.memory_ids, device=self.device).expand(len(bodies), n)
+        width = batch.input_ids.shape[1]
+        index = torch.arange(width, width + n, device=self.device).expand(len(bodies), n)
         shift = None
         if spans is not None and any(span is not None for span in spans):
             shift = torch.zeros((len(bodies), batch.input_ids.shape[1] + n), dtype=torch.long, device=self.device)
@@ -310,7 +324,26 @@ class CLaRa(nn.Module):
                     shift[i, start:] = offset  # the window's tokens
                     shift[i, start + len(ids):] = max(length, offset + len(ids)) - len(ids)  # EOS, padding, memory
         return _Batch(torch.cat([batch.input_ids, memory], 1),
-                      torch.cat([batch.attention_mask, torch.ones_like(memory)], 1), shift=shift)
+                      torch.cat([batch.attention_mask, torch.ones_like(memory)], 1), shift=shift, memory_index=index)
+
+    def _interleaved_inputs(self, encoded: list[list[int]], bos: list[int]) -> _Batch:
+        """memory_layout "interleaved": encoder marker + BOS, then the text and its EOS (L tokens) with
+        memory token j right after their first ceil((j+1) L / n); then padding."""
+        n = self.num_memory_tokens
+        rows, where = [], []
+        for ids in encoded:
+            text = [*ids, self.tokenizer.eos_token_id]
+            row, at, taken = [self.encoder_id, *bos], [], 0
+            for j, memory_id in enumerate(self.memory_ids):
+                cut = -(-(j + 1) * len(text) // n)  # ceil, in integers
+                row += text[taken:cut]
+                taken = cut
+                at.append(len(row))
+                row.append(memory_id)
+            rows.append(row)
+            where.append(at)
+        batch = self._pad(rows, left=False)
+        return replace(batch, memory_index=torch.tensor(where, device=self.device))
 
     def _prompt_ids(self, system: str, user: str) -> list[int]:
         text = prompts.render_chat(self.tokenizer, system, user)
@@ -351,13 +384,10 @@ class CLaRa(nn.Module):
             hidden = self.language_model.base_model(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
             ).last_hidden_state
-        n = self.num_memory_tokens
-        memory = hidden[:, -n:]
+        memory = batch.memory_states(hidden)
         if not with_mse:
             return memory
-        text_mask = batch.attention_mask.clone()
-        text_mask[:, -n:] = 0
-        text_mask = text_mask.unsqueeze(-1).to(hidden.dtype)
+        text_mask = batch.text_mask().unsqueeze(-1).to(hidden.dtype)
         text_mean = (hidden * text_mask).sum(1) / text_mask.sum(1).clamp(min=1)
         mse = (memory.mean(1).float() - text_mean.float()).pow(2).mean(-1)
         return memory, mse if per_row_mse else mse.mean()

@@ -35,12 +35,19 @@ def test_full_profile_chains_every_stage_and_rate_with_diagnostics(tmp_path):
     assert not any(a.startswith("model.window_positions") for a in windows)  # the reference: windows on their own
     placed = Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=PROFILES["full-window-positions"])
     assert "model.window_positions=document" in _steps(placed)["train_cr4_compress_windows"].argv
-    for arm, placement in (("own", []), ("document", ["model.window_positions=document"])):
+    for arm, placement in (("own", []), ("document", ["model.window_positions=document"]),
+                           ("interleaved", ["model.memory_layout=interleaved"])):
         probe = _steps(Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=PROFILES[f"windows-probe-{arm}"]))
         assert list(probe) == ["build_data", "train_cr4_compress_windows", "evaluate_cr4_stage1"]  # no answers
-        assert [a for a in probe["train_cr4_compress_windows"].argv if a.startswith("model.window_positions")] == placement
+        assert [a for a in probe["train_cr4_compress_windows"].argv
+                if a.startswith(("model.window_positions", "model.memory_layout"))] == placement
         assert "max_steps=120" in probe["train_cr4_compress_windows"].argv
         assert "harness.reconstruction=32" in probe["evaluate_cr4_stage1"].argv
+    for profile, first in (("quick-interleaved", "train_cr16_compress_windows"),
+                           ("full-interleaved", "train_cr4_compress_windows")):
+        interleaved = Plan(squad=Path("/data/squad.json"), work_dir=tmp_path, recipe=PROFILES[profile])
+        assert {"model.memory_layout=interleaved", "model.memory_center_training=batch"} <= set(
+            _steps(interleaved)[first].argv)
     assert f"init_from={plan.export_dir(4, 'compress_windows')}" in paragraphs
     assert "model=null" in paragraphs  # the stage YAML's model fields must not override the loaded model
     assert f"monitor.path={tmp_path.resolve() / 'data' / 'heldout_pretrain_windows.jsonl'}" in windows

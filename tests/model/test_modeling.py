@@ -404,3 +404,66 @@ def test_prompt_length_is_the_generator_prompt_the_model_builds(tiny_model):
     assert tiny_model.prompt_length(question, 3) == int(slots.attention_mask.sum())
     # one more compressed document costs its memory tokens (and a separator), not its text
     assert tiny_model.prompt_length(question, 3) - tiny_model.prompt_length(question, 2) >= tiny_model.num_memory_tokens
+
+
+def _interleaved(model: CLaRa) -> CLaRa:
+    model = copy.deepcopy(model)
+    randomise_adapters(model)
+    model.eval()
+    model.config.memory_layout = "interleaved"
+    return model
+
+
+def test_interleaved_layout_puts_memory_token_j_after_its_share_of_the_text(tiny_model):
+    model = _interleaved(tiny_model)
+    texts = ["bees", "bees build combs of wax in the hive and store honey in them for the winter"]
+    batch = model._memory_inputs(texts)
+    n, memory = model.num_memory_tokens, set(model.memory_ids)
+    for row, mask, index, text in zip(batch.input_ids.tolist(), batch.attention_mask.tolist(),
+                                      batch.memory_index.tolist(), texts):
+        row = row[:sum(mask)]
+        assert [row[i] for i in index] == model.memory_ids  # each memory token once, in order, where indexed
+        assert [token for token in row if token not in memory] == _end_layout_body(model, text)
+        ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+        length = len(ids) + 1  # with its EOS
+        before = [sum(token not in memory for token in row[:i]) - 2 for i in index]  # minus ENC and BOS
+        assert before == [-(-(j + 1) * length // n) for j in range(n)]  # also for a text shorter than n
+
+
+def _end_layout_body(model: CLaRa, text: str) -> list[int]:
+    """The text's tokens as the reference layout lays them out: ENC, BOS, text, EOS."""
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = [model.tokenizer.bos_token_id] if model.tokenizer.bos_token_id is not None else []
+    return [model.encoder_id, *bos, *ids, model.tokenizer.eos_token_id]
+
+
+def test_an_interleaved_memory_token_reads_the_text_only_up_to_its_share(tiny_model):
+    """Under causal attention memory token 0 sees the text's first share alone: two documents that
+    differ only after it give it the same state, and their last memory tokens differ. In the
+    reference layout every memory token reads the whole text."""
+    model = _interleaved(tiny_model)
+    same_start = "bees build combs of wax in the hive and store honey in them"
+    texts = [f"{same_start} in winter and in summer", f"{same_start} in summer and in winter"]
+    ids = [model.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    shared = next(i for i, (a, b) in enumerate(zip(*ids)) if a != b)
+    first_share = -(-(len(ids[0]) + 1) // model.num_memory_tokens)
+    assert len(ids[0]) == len(ids[1]) and first_share <= shared  # the test's premise
+    with torch.no_grad():
+        interleaved = model._encode(texts, "compressor")
+        torch.testing.assert_close(interleaved[0, 0], interleaved[1, 0])
+        assert (interleaved[0, -1] - interleaved[1, -1]).abs().max() > 1e-3
+        model.config.memory_layout = "end"
+        end = model._encode(texts, "compressor")
+    assert (end[0, 0] - end[1, 0]).abs().max() > 1e-3
+
+
+def test_interleaved_layout_trains_the_compressor_and_needs_whole_documents(tiny_model, tiny_config):
+    model = _interleaved(tiny_model)
+    model.train()
+    model.prepare_stage("compress_pretrain")
+    out = model(stage1_records(), "compress_pretrain")
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(out.mse)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.adapter_parameters("compressor"))
+    with pytest.raises(ValueError, match="choose one"):
+        CLaRaConfig(**{**tiny_config.model_dump(), "memory_layout": "interleaved", "window_positions": "document"})
