@@ -306,6 +306,9 @@ class CLaRa(nn.Module):
                                  max_length=self.config.doc_max_length)["input_ids"]
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
         if self.config.memory_layout == "interleaved":
+            if spans is not None and any(span is not None for span in spans):
+                # CLaRaConfig refuses interleaved with window_positions "document", the only source of spans
+                raise ValueError("memory_layout 'interleaved' cannot place windows by their doc_span")
             return self._interleaved_inputs(encoded, bos)
         bodies = [[self.encoder_id, *bos, *ids, self.tokenizer.eos_token_id] for ids in encoded]
         batch = self._pad(bodies, left=False)
@@ -315,7 +318,7 @@ class CLaRa(nn.Module):
         index = torch.arange(width, width + n, device=self.device).expand(len(bodies), n)
         shift = None
         if spans is not None and any(span is not None for span in spans):
-            shift = torch.zeros((len(bodies), batch.input_ids.shape[1] + n), dtype=torch.long, device=self.device)
+            shift = torch.zeros((len(bodies), width + n), dtype=torch.long, device=self.device)
             start = 1 + len(bos)  # the text's first token
             for i, (ids, span) in enumerate(zip(encoded, spans)):
                 if span is not None:

@@ -128,12 +128,12 @@ def _check_windows(cfg: TrainConfig, model: "CLaRaConfig | None", dataset) -> No
                     "--reconstruction-window)", ", ".join(cfg.data.paths))
 
 
-def _check_monitor(cfg: TrainConfig, model: "CLaRaConfig | None") -> None:
+def _check_monitor(cfg: TrainConfig, doc_max_length: int | None) -> None:
     """The monitor's held-out records, read as rank 0 will read them, so that a file too short,
     without two distinct documents or with a window longer than the compressor reads is one error
     before Ray starts, not a failed worker group."""
     if cfg.monitor.path:
-        MemoryMonitor(cfg, model.doc_max_length if model else None)
+        MemoryMonitor(cfg, doc_max_length)
 
 
 def train_stage(cfg: TrainConfig) -> TrainSummary:
@@ -142,10 +142,11 @@ def train_stage(cfg: TrainConfig) -> TrainSummary:
     began = time.perf_counter()
     cfg = cfg.with_absolute_paths()
     model = _check_model(cfg)
-    _check_monitor(cfg, model)
+    doc_max_length = model.doc_max_length if model else None
+    _check_monitor(cfg, doc_max_length)
     if not ray.is_initialized():
         ray.init()  # joins RAY_ADDRESS (set by `ray job submit`), else starts a local cluster
-    dataset = read_stage_dataset(cfg.data.paths, cfg.stage, model.doc_max_length if model else None)
+    dataset = read_stage_dataset(cfg.data.paths, cfg.stage, doc_max_length)
     _check_windows(cfg, model, dataset)
     records = dataset.count()
     total_steps = cfg.total_steps(records)

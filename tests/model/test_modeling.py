@@ -467,3 +467,5 @@ def test_interleaved_layout_trains_the_compressor_and_needs_whole_documents(tiny
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.adapter_parameters("compressor"))
     with pytest.raises(ValueError, match="choose one"):
         CLaRaConfig(**{**tiny_config.model_dump(), "memory_layout": "interleaved", "window_positions": "document"})
+    with pytest.raises(ValueError, match="cannot place windows by their doc_span"):
+        model._memory_inputs(["bees build combs"], spans=[(4, 16)])  # not silently laid out as a whole text

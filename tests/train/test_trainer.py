@@ -45,5 +45,5 @@ def test_a_held_out_window_longer_than_the_compressor_reads_fails_before_ray_nam
     model = _check_model(cfg)
     with pytest.raises(RecordError, match=rf"heldout\.jsonl:2: doc_span \[16, 1000000\]: .*"
                                           rf"model\.doc_max_length={model.doc_max_length}\)$"):
-        _check_monitor(cfg, model)
+        _check_monitor(cfg, model.doc_max_length)
     _check_monitor(cfg, None)  # an export in a bucket: the workers check it
