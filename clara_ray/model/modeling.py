@@ -305,8 +305,9 @@ class CLaRa(nn.Module):
         encoded = self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
                                  max_length=self.config.doc_max_length)["input_ids"]
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        windows = spans is not None and any(span is not None for span in spans)
         if self.config.memory_layout == "interleaved":
-            if spans is not None and any(span is not None for span in spans):
+            if windows:
                 # CLaRaConfig refuses interleaved with window_positions "document", the only source of spans
                 raise ValueError("memory_layout 'interleaved' cannot place windows by their doc_span")
             return self._interleaved_inputs(encoded, bos)
@@ -317,7 +318,7 @@ class CLaRa(nn.Module):
         width = batch.input_ids.shape[1]
         index = torch.arange(width, width + n, device=self.device).expand(len(bodies), n)
         shift = None
-        if spans is not None and any(span is not None for span in spans):
+        if windows:
             shift = torch.zeros((len(bodies), width + n), dtype=torch.long, device=self.device)
             start = 1 + len(bos)  # the text's first token
             for i, (ids, span) in enumerate(zip(encoded, spans)):
