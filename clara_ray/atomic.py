@@ -3,14 +3,17 @@
 Every file another process may read while it is being replaced (summaries, manifests, the store's
 CURRENT pointer, resumable partial outputs, exported JSONL) is written to a temporary sibling,
 flushed to disk and renamed over its target: a crash or a full disk leaves the old file, never
-half of a new one. Whole directories (cache entries) have their own build-and-rename in
+half of a new one. A whole directory another process reads (an exported model) is built beside
+its target and swapped in (replace_dir); cache entries have their own build-and-rename in
 `clara_ray.cache`.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -29,3 +32,18 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_dir(target: Path, fill: Callable[[Path], None]) -> None:
+    """Replace the directory `target` whole with the one `fill(new)` creates at the path `new`, a
+    sibling: an error in `fill` or a crash leaves the old directory, never half of a new one."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        fill(staging / "new")
+        if target.exists():
+            os.replace(target, staging / "old")
+        os.replace(staging / "new", target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

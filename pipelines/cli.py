@@ -22,6 +22,7 @@ STEPS = {
     "ingest": "pipelines.ingest",
     "build-squad-data": "pipelines.build_squad_data",
     "train": "pipelines.train",
+    "export": "pipelines.export",
     "precompress": "pipelines.precompress",
     "serve": "pipelines.serve",
     "add": "pipelines.add",

@@ -142,6 +142,11 @@ class RunConfig(_Strict):
     def export_dir(self) -> Path:
         return self._local(self.output_dir, "model")
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where Ray Train keeps the run's checkpoints, for a local or mounted storage_path."""
+        return self._local(None, None)
+
 
 class SpeedConfig(_Strict):
     """Exact speed-ups (results unchanged); off reproduces the reference's cost, for benchmarks."""

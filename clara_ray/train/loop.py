@@ -21,14 +21,15 @@ from clara_ray.train.data import micro_batches
 
 EXPORT_SUBDIR = "model"
 RECENTER_DOCUMENTS = 64  # the running mean memory's recomputation (recenter_memory): noise ~1/8 of a memory's own part
-_TAG_PREFIX = "step_"
+TAG_PREFIX = "step_"
 # Each rank's random state beside the DeepSpeed state, so a resumed run draws the dropout masks and
 # paraphrase prompts an uninterrupted one would have drawn.
 _RNG_FILE = "rng_state_rank{rank}.pt"
 
 
-def build_model(cfg: TrainConfig, device: str):
-    """Stage 1: a fresh CLaRa from `cfg.model`; later stages: the previous stage's export."""
+def stage_model(cfg: TrainConfig, device: str):
+    """The stage's CLaRa before its first step, adapters prepared for it. Stage 1: a fresh CLaRa from
+    `cfg.model`; later stages: the previous stage's export."""
     from clara_ray import CLaRa, CLaRaConfig
 
     if cfg.init_from:
@@ -36,6 +37,12 @@ def build_model(cfg: TrainConfig, device: str):
     else:
         model = CLaRa.from_config(CLaRaConfig(**cfg.model), device=device)
     model.prepare_stage(cfg.stage, generator_init=cfg.generator_init, train_compressor=cfg.train_compressor)
+    return model
+
+
+def build_model(cfg: TrainConfig, device: str):
+    """stage_model with the stage's speed settings (cfg.speed) applied."""
+    model = stage_model(cfg, device)
     model.label_logits_only = cfg.speed.label_logits_only
     model.encode_distinct = cfg.speed.encode_distinct
     if cfg.speed.candidate_cache and not model.trains("compressor"):  # a store is refused otherwise (TrainConfig)
@@ -115,7 +122,7 @@ def _save_and_report(engine, model, cfg: TrainConfig, step: int, metrics: dict[s
     from ray.train import Checkpoint
 
     with tempfile.TemporaryDirectory(prefix="clara-ckpt-") as directory:
-        engine.save_checkpoint(directory, tag=f"{_TAG_PREFIX}{step:08d}", client_state={"step": step},
+        engine.save_checkpoint(directory, tag=f"{TAG_PREFIX}{step:08d}", client_state={"step": step},
                                exclude_frozen_parameters=True)
         rank = ray.train.get_context().get_world_rank()
         _save_rng_state(model, Path(directory) / _RNG_FILE.format(rank=rank))
@@ -283,8 +290,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     writer = _tensorboard(cfg, start_step) if rank == 0 else None
     monitor = MemoryMonitor(cfg, model.config.doc_max_length) if rank == 0 and cfg.monitor.path else None
     # The documents of the last micro-batches: a compressor trained under the batch rule has its running
-    # mean memory recomputed from them before the monitor and the export read it (after a resume, from
-    # what the resumed run has seen; training itself does not read that mean).
+    # mean memory recomputed from them before the monitor reads it and before each checkpoint (after a
+    # resume, from what the resumed run has seen; training itself does not read that mean).
     recent = collections.deque(maxlen=RECENTER_DOCUMENTS)
     engine.train()
     began = time.perf_counter()
@@ -309,8 +316,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                    "tokens_per_s": tokens / seconds, "padding": 1 - tokens / max(positions, 1),
                    "resumed_from_step": start_step, **means}
         due_monitor = monitor is not None and (step % monitor.every == 0 or step == total_steps)
-        # `recent` is empty only if the data stream ran dry before this step: nothing to recompute from
-        if model.memory_center_lags and recent and (due_monitor or step == total_steps):
+        # Before every checkpoint too, so that any checkpoint exports as the final one would
+        # (`clara export`). `recent` is empty only if the data stream ran dry before this step.
+        if model.memory_center_lags and recent and (due_monitor or due_ckpt):
             model.recenter_memory(recent)
         if due_monitor:
             metrics |= monitor.measure(model)

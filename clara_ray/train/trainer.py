@@ -7,16 +7,14 @@ submit` sets RAY_ADDRESS) and starts a local one otherwise. Running it again wit
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from clara_ray.atomic import write_atomic
+from clara_ray.atomic import replace_dir, write_atomic
 from clara_ray.train.config import TrainConfig
 from clara_ray.train.data import count_windows, read_stage_dataset
 from clara_ray.train.loop import EXPORT_SUBDIR, MemoryMonitor, train_worker
@@ -49,19 +47,11 @@ class TrainSummary(BaseModel):
 
 def _export(checkpoint, target: Path) -> None:
     """Copy the checkpoint's CLaRa directory to `target`, replacing any previous export whole."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        with checkpoint.as_directory() as directory:
-            source = Path(directory) / EXPORT_SUBDIR
-            if not source.is_dir():
-                raise RuntimeError(f"final checkpoint {checkpoint.path} holds no exported model")
-            shutil.copytree(source, staging / "new")
-        if target.exists():
-            os.replace(target, staging / "old")
-        os.replace(staging / "new", target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with checkpoint.as_directory() as directory:
+        source = Path(directory) / EXPORT_SUBDIR
+        if not source.is_dir():
+            raise RuntimeError(f"final checkpoint {checkpoint.path} holds no exported model")
+        replace_dir(target, lambda new: shutil.copytree(source, new))
 
 
 def _trainer(cfg: TrainConfig, dataset, total_steps: int):

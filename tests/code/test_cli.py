@@ -46,7 +46,7 @@ def _outputs(argv: list[str]) -> list[str]:
 def test_clara_lists_every_step():
     result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for step in ("ingest", "train", "precompress", "serve", "eval", "report", "demo", "submit", "bench", "reproduce"):
+    for step in ("ingest", "train", "export", "precompress", "serve", "eval", "report", "demo", "submit", "bench", "reproduce"):
         assert step in STEPS and re.search(rf"│ {step} ", result.output), step
 
 
@@ -149,6 +149,9 @@ CASES = {
                                                      "speed.candidate_store={tmp}/store"],
                                                     ["configs/train/cpu/compress_pretrain.yaml",
                                                      "speed.candidate_store is set but stage compress_pretrain"]),
+    "export of a run without checkpoints": (["export", "--stage", "compress_pretrain", "--config",
+                                             "configs/train/cpu/compress_pretrain.yaml", "run.storage_path={tmp}"],
+                                            ["{tmp}/cpu-compress-pretrain: no checkpoints there"]),
     "config not UTF-8": (["train", "--stage", "instruct", "--config", "{tmp}/utf16.yaml"],
                          ["{tmp}/utf16.yaml: line 1: not UTF-8 text (byte 0xff at column 1)"]),
 }
