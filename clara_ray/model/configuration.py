@@ -20,6 +20,11 @@ class CheckpointError(InputError):
     the message names the file."""
 
 
+def weights_mismatch(exc: RuntimeError) -> str:
+    """The last line of torch's load_state_dict error, which lists each tensor of another shape on a line."""
+    return str(exc).strip().splitlines()[-1].strip()
+
+
 class LoraSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     r: int = Field(16, ge=1)

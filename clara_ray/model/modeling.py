@@ -26,7 +26,7 @@ from clara_ray.backbones import resolve_backbone
 from clara_ray.data.records import (CompressPretrainRecord, EndToEndRecord, InstructRecord, RetrievalRecord,
                                     check_doc_span, trained_adapters)
 from clara_ray.model import prompts
-from clara_ray.model.configuration import ADAPTERS, CONFIG_FILE, CheckpointError, CLaRaConfig
+from clara_ray.model.configuration import ADAPTERS, CONFIG_FILE, CheckpointError, CLaRaConfig, weights_mismatch
 from clara_ray.model.embeddings import ExtendedEmbedding
 from clara_ray.model.prompt_head import PromptHeadCache, shared_head
 from clara_ray.model.topk import cosine_scores, straight_through_topk
@@ -774,7 +774,7 @@ class CLaRa(nn.Module):
                 try:
                     result = set_peft_model_state_dict(model.backbone, _read_weights(file), adapter_name=name)
                 except RuntimeError as exc:  # torch's "size mismatch" for a tensor of another shape
-                    why = str(exc).strip().splitlines()[-1].strip()  # torch lists each tensor on a line
+                    why = weights_mismatch(exc)
                     raise CheckpointError(f"{file}: weights do not fit this backbone: {why}") from None
                 if getattr(result, "unexpected_keys", None):
                     raise CheckpointError(f"{file}: weights do not fit this backbone: {result.unexpected_keys[:3]}")

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from clara_ray.atomic import replace_dir
 from clara_ray.config import ConfigError
+from clara_ray.model.configuration import CheckpointError, weights_mismatch
 from clara_ray.train.config import TrainConfig
-from clara_ray.train.loop import TAG_PREFIX
+from clara_ray.train.loop import TAG_PREFIX, stage_model
 
 # ZeRO stages 1-2 keep the whole module state on rank 0; the other files are optimizer shards.
 MODEL_STATES = "mp_rank_00_model_states.pt"
@@ -51,17 +52,15 @@ def load_trained_state(model, tag_dir: Path) -> None:
     """Load the checkpoint's module state into `model`, which must train the same tensors."""
     import torch
 
-    from clara_ray.model.configuration import CheckpointError
-
     file = tag_dir / MODEL_STATES
     if not file.is_file():
         raise CheckpointError(f"{tag_dir}: no {MODEL_STATES} (not a ZeRO stage 1-2 checkpoint, or damaged)")
     state = torch.load(file, map_location="cpu", weights_only=False)["module"]  # DeepSpeed's own file
     try:
         result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # torch's "size mismatch", one tensor a line
-        why = str(exc).strip().splitlines()[-1].strip()
-        raise CheckpointError(f"{file}: weights do not fit the model this config builds: {why}") from None
+    except RuntimeError as exc:  # torch's "size mismatch"
+        raise CheckpointError(f"{file}: weights do not fit the model this config builds: "
+                              f"{weights_mismatch(exc)}") from None
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     absent = sorted(set(trainable) & set(result.missing_keys))
     if absent or result.unexpected_keys:
@@ -75,8 +74,6 @@ def export_checkpoint(cfg: TrainConfig, step: int | None = None, out: Path | Non
     """Write the CLaRa directory of the run's checkpoint of `step` (default: the latest) to `out`
     (default: <run>/model-step<step>), replacing it whole; returns (step, directory)."""
     import torch
-
-    from clara_ray.train.loop import stage_model
 
     cfg = cfg.with_absolute_paths()
     step, tag_dir = find_checkpoint(cfg, step)
